@@ -1,0 +1,10 @@
+//! `sealctl install` (to be written).
+
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> ExitCode {
+    crate::fail("install", "not implemented yet")
+}

@@ -1,0 +1,10 @@
+//! `sealctl mkcomposefs` (to be written).
+
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> ExitCode {
+    crate::fail("mkcomposefs", "not implemented yet")
+}

@@ -1,0 +1,2 @@
+//! The composefs flavour of EROFS: on-disk format, writer and reader.
+//! (to be written)
