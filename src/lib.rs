@@ -10,6 +10,7 @@
 //! | [`cmdline`]   | kernel command line parsing, digest parameter selection         | boot    |
 //! | [`config`]    | the initramfs config file (`/etc/sealroot/config.json`)         | boot    |
 //! | [`keys`]      | ed25519 PEM keys (PKCS#8 / SPKI), fingerprints, embedded keys   | both    |
+//! | [`trust`]     | the trust anchor: compiled-in / embedded keys and policy        | boot    |
 //! | [`seal`]      | seal manifest format, signing and strict verification           | both    |
 //! | [`erofs`]     | composefs EROFS image format: writer and reader                 | tool    |
 //! | [`tree`]      | the in-memory filesystem tree images are built from             | tool    |
@@ -47,4 +48,5 @@ pub mod switchroot;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tree;
+pub mod trust;
 pub mod uki;
