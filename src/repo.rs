@@ -360,15 +360,10 @@ pub fn cmdline(repo: &Repo, digest: &Digest) -> Result<String, RepoError> {
 
 /// The distinct object digests an image references.
 pub fn image_objects(path: &Path, image: &[u8]) -> Result<Vec<Digest>, RepoError> {
-    referenced_objects_shim(image).map_err(|reason| RepoError::ImageMalformed {
+    crate::erofs::reader::referenced_objects(image).map_err(|e| RepoError::ImageMalformed {
         path: path.to_path_buf(),
-        reason,
+        reason: e.to_string(),
     })
-}
-
-// Until the EROFS reader is merged, no image can be listed.
-fn referenced_objects_shim(_image: &[u8]) -> Result<Vec<Digest>, String> {
-    Err("EROFS reader not available in this build".to_string())
 }
 
 // ---------------------------------------------------------------------------
@@ -520,11 +515,11 @@ pub fn verify(
                 },
             });
         }
-        match referenced_objects_shim(image) {
+        match crate::erofs::reader::referenced_objects(image) {
             Ok(objects) => verify_objects(repo, &objects, &mut report, progress),
-            Err(reason) => report.problems.push(Problem {
+            Err(e) => report.problems.push(Problem {
                 path: image_path.clone(),
-                kind: ProblemKind::ImageMalformed(reason),
+                kind: ProblemKind::ImageMalformed(e.to_string()),
             }),
         }
     }
