@@ -640,3 +640,16 @@ fn random_byte_flips_never_panic() {
     }
     assert!(err > 0 && ok > 0, "ok {ok} err {err}");
 }
+
+/// `SEALROOT_WRITE_SEEDS=DIR cargo test --test reader_hostile write_fuzz_seeds`
+/// writes the hand-built sample images as fuzz seeds (fuzz/seeds/erofs_read).
+#[test]
+fn write_fuzz_seeds() {
+    let Some(dir) = std::env::var_os("SEALROOT_WRITE_SEEDS") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("sample-stubs.img"), build(&with_stubs(sample()))).unwrap();
+    std::fs::write(dir.join("sample.img"), build(&sample())).unwrap();
+}
