@@ -481,7 +481,8 @@ mod tests {
 
     #[test]
     fn malformed_payloads_fail_closed() {
-        let cases: &[(&str, fn(&TrustError) -> bool)] = &[
+        type Check = fn(&TrustError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("not json", |e| matches!(e, TrustError::Malformed { .. })),
             ("{\"policy\":\"signed\"}", |e| matches!(e, TrustError::Malformed { .. })),
             (
