@@ -15,14 +15,15 @@
 //!   and carry text in `.cmdline`, `.osrel` and `.uname`. Multi-profile UKIs
 //!   repeat sections after `.profile`; the first occurrence is the base
 //!   profile's, and that is the one reported.
-//! - [`sealed_digest`] picks the digest the `.cmdline` seals exactly as the
-//!   boot side does: the first `composefs.digest=` or `composefs=` parameter
+//! - [`sealed_digest`] picks the digest the `.cmdline` seals with the boot
+//!   side's own parser ([`crate::cmdline`]): the first `composefs.digest=` or `composefs=` parameter
 //!   on the command line (kernel word splitting), with later ones reported as
 //!   ignored, `?`-prefixed ("insecure") values refused.
 
 use std::fmt;
 
-use crate::digest::{Digest, DigestParseError};
+use crate::cmdline::{CmdlineError, DigestKey};
+use crate::digest::Digest;
 
 /// The PE specification's limit on the number of sections.
 pub const MAX_SECTIONS: usize = 96;
@@ -416,7 +417,7 @@ pub fn os_release_fields(text: &str) -> Vec<(String, String)> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedDigest {
     pub digest: Digest,
-    /// The parameter as written, e.g. `composefs.digest=v1-sha256-12:…`.
+    /// The parameter, e.g. `composefs.digest=v1-sha256-12:…` (normalized).
     pub parameter: String,
     /// Later digest parameters, which the boot side logs and ignores.
     pub ignored: Vec<String>,
@@ -427,13 +428,9 @@ pub struct SealedDigest {
 pub enum CmdlineDigestError {
     /// No `composefs.digest=` or `composefs=` parameter.
     NoDigest,
-    /// The first digest parameter is `?`-prefixed (composefs's "insecure").
-    Insecure { parameter: String },
-    /// The first digest parameter does not parse.
-    Malformed {
-        parameter: String,
-        error: DigestParseError,
-    },
+    /// The boot side would refuse this command line (insecure `?` marker,
+    /// malformed first digest, ...).
+    Refused(CmdlineError),
 }
 
 impl fmt::Display for CmdlineDigestError {
@@ -443,84 +440,29 @@ impl fmt::Display for CmdlineDigestError {
                 f,
                 "command line has no composefs.digest= or composefs= parameter"
             ),
-            CmdlineDigestError::Insecure { parameter } => write!(
-                f,
-                "command line's first digest parameter {parameter:?} is '?'-prefixed (insecure), which sealroot refuses"
-            ),
-            CmdlineDigestError::Malformed { parameter, error } => write!(
-                f,
-                "command line's first digest parameter {parameter:?} is malformed: {error}"
-            ),
+            CmdlineDigestError::Refused(e) => {
+                write!(f, "sealroot would refuse the command line: {e}")
+            }
         }
     }
 }
 
 impl std::error::Error for CmdlineDigestError {}
 
-/// Split a command line the kernel's way: on whitespace, except inside
-/// double quotes; a quote around the whole word or around the value after
-/// `=` is removed.
-fn kernel_words(cmdline: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut current = String::new();
-    let mut in_quote = false;
-    let mut started = false;
-    for c in cmdline.chars() {
-        if c.is_ascii_whitespace() && !in_quote {
-            if started {
-                words.push(std::mem::take(&mut current));
-                started = false;
-            }
-            continue;
-        }
-        started = true;
-        if c == '"' {
-            in_quote = !in_quote;
-            continue;
-        }
-        current.push(c);
-    }
-    if started {
-        words.push(current);
-    }
-    words
-}
-
-/// The first digest parameter of a command line, and the ignored later ones.
+/// The first digest parameter of a command line, and the ignored later ones,
+/// decided by the boot side's own parser ([`crate::cmdline::parse`]).
 pub fn sealed_digest(cmdline: &str) -> Result<SealedDigest, CmdlineDigestError> {
-    let mut first: Option<(String, String, bool)> = None;
-    let mut ignored = Vec::new();
-    for word in kernel_words(cmdline) {
-        let (value, legacy) = if let Some(v) = word.strip_prefix("composefs.digest=") {
-            (v.to_string(), false)
-        } else if let Some(v) = word.strip_prefix("composefs=") {
-            (v.to_string(), true)
-        } else {
-            continue;
-        };
-        if first.is_none() {
-            first = Some((word, value, legacy));
-        } else {
-            ignored.push(word);
-        }
-    }
-    let (parameter, value, legacy) = first.ok_or(CmdlineDigestError::NoDigest)?;
-    if value.starts_with('?') {
-        return Err(CmdlineDigestError::Insecure { parameter });
-    }
-    let parsed = if legacy {
-        Digest::parse_hex_any(&value)
-    } else {
-        Digest::parse_composefs(&value)
+    let parsed = crate::cmdline::parse(cmdline).map_err(CmdlineDigestError::Refused)?;
+    let (key, digest) = parsed.digest.ok_or(CmdlineDigestError::NoDigest)?;
+    let parameter = match key {
+        DigestKey::ComposefsDigest => format!("{}={}", key.name(), digest.to_composefs()),
+        DigestKey::Composefs => format!("{}={}", key.name(), digest.to_hex()),
     };
-    match parsed {
-        Ok(digest) => Ok(SealedDigest {
-            digest,
-            parameter,
-            ignored,
-        }),
-        Err(error) => Err(CmdlineDigestError::Malformed { parameter, error }),
-    }
+    Ok(SealedDigest {
+        digest,
+        parameter,
+        ignored: parsed.ignored_digests,
+    })
 }
 
 #[cfg(test)]
@@ -831,7 +773,9 @@ mod tests {
         assert_eq!(sealed_digest("quiet"), Err(CmdlineDigestError::NoDigest));
         assert!(matches!(
             sealed_digest(&format!("composefs=?{HEX}")),
-            Err(CmdlineDigestError::Insecure { .. })
+            Err(CmdlineDigestError::Refused(
+                CmdlineError::InsecureDigest { .. }
+            ))
         ));
         // A malformed first parameter is an error even when a good one follows.
         assert!(matches!(
@@ -839,18 +783,18 @@ mod tests {
                 "composefs.digest=v1-sha256-12:{} composefs.digest=v1-sha256-12:{HEX}",
                 &HEX[1..]
             )),
-            Err(CmdlineDigestError::Malformed { .. })
+            Err(CmdlineDigestError::Refused(_))
         ));
         assert!(matches!(
             sealed_digest(&format!(
                 "composefs.digest=v1-sha256-12:{}",
                 HEX.to_uppercase()
             )),
-            Err(CmdlineDigestError::Malformed { .. })
+            Err(CmdlineDigestError::Refused(_))
         ));
         assert!(matches!(
             sealed_digest("composefs.digest="),
-            Err(CmdlineDigestError::Malformed { .. })
+            Err(CmdlineDigestError::Refused(_))
         ));
     }
 }
