@@ -34,7 +34,6 @@
 use std::fmt;
 
 use ed25519_dalek::VerifyingKey;
-use sha2::{Digest as _, Sha256};
 
 use crate::digest::{hex_decode_lower, hex_encode};
 
@@ -395,12 +394,6 @@ pub fn encode_area(payload: &[u8]) -> Result<Vec<u8>, TrustError> {
     Ok(area)
 }
 
-/// `sha256:<hex>` of the 32 raw key bytes (the same fingerprint the seal
-/// code and `sealctl` print).
-pub fn fingerprint(key: &VerifyingKey) -> String {
-    format!("sha256:{}", hex_encode(&Sha256::digest(key.as_bytes())))
-}
-
 /// Human- and test-readable lines: `policy:`, `serial-floor:`, one `key:`
 /// line per key fingerprint.
 pub fn describe(policy: &TrustPolicy) -> String {
@@ -412,7 +405,7 @@ pub fn describe(policy: &TrustPolicy) -> String {
     if let TrustPolicy::Signed { keys, .. } = policy {
         for key in keys {
             out.push_str("key: ");
-            out.push_str(&fingerprint(key));
+            out.push_str(&crate::keys::fingerprint(key));
             out.push('\n');
         }
     }
@@ -429,6 +422,7 @@ pub fn show() -> Result<String, TrustError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest as _, Sha256};
 
     // RFC 8032 section 7.1, TEST 1 and TEST 2 public keys.
     const KEY1: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
@@ -481,7 +475,8 @@ mod tests {
 
     #[test]
     fn malformed_payloads_fail_closed() {
-        let cases: &[(&str, fn(&TrustError) -> bool)] = &[
+        type Check = fn(&TrustError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("not json", |e| matches!(e, TrustError::Malformed { .. })),
             ("{\"policy\":\"signed\"}", |e| matches!(e, TrustError::Malformed { .. })),
             (
