@@ -51,7 +51,7 @@ fn build_sample(root: &Path) -> bool {
     fs::create_dir_all(&deep).unwrap();
     fs::write(deep.join("leaf"), b"deep").unwrap();
     symlink("sixty-five", root.join("link")).unwrap();
-    symlink("/".repeat(1) + &"t".repeat(1000), root.join("long-link")).unwrap();
+    symlink(format!("/{}", "t".repeat(1000)), root.join("long-link")).unwrap();
     let many = root.join("many");
     fs::create_dir(&many).unwrap();
     for i in 0..600 {
