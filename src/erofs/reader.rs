@@ -960,7 +960,10 @@ pub fn read_image(image: &[u8]) -> Result<Tree, ReadError> {
             mode: root.mode,
         });
     }
-    let mut tree = Tree { inodes: Vec::new() };
+    let mut tree = Tree {
+        inodes: Vec::new(),
+        secondary_links: Vec::new(),
+    };
     // The root is built first, so it gets id 0 (tree::ROOT).
     let root_id = build_inode(&img, &root, &mut budgets, &mut tree)?;
     let mut by_nid: HashMap<u64, InodeId> = HashMap::new();
