@@ -117,7 +117,10 @@ fn spawn_child(objects: &Path, round: u64, once: bool) -> std::process::Child {
     Command::new(exe)
         .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, objects)
-        .env(ROUND_ENV, format!("{round}{}", if once { ":once" } else { "" }))
+        .env(
+            ROUND_ENV,
+            format!("{round}{}", if once { ":once" } else { "" }),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -176,7 +179,11 @@ fn sigkill_at_random_moments_never_leaves_a_wrong_object() {
     let store = ObjectStore::open(&objects).unwrap();
     for data in objects_for(round, 0, PER_ROUND) {
         let d = digest_bytes(HashAlgorithm::Sha256, &data);
-        assert!(store.contains(&d), "object {} missing after final run", d.to_hex());
+        assert!(
+            store.contains(&d),
+            "object {} missing after final run",
+            d.to_hex()
+        );
     }
     let leftover = std::fs::read_dir(objects.join(TEMP_DIR))
         .map(|d| d.count())
