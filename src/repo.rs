@@ -71,6 +71,7 @@ pub enum RepoError {
     },
     Seal(SealError),
     Store(Box<StoreError>),
+    WriteImage(Box<crate::erofs::writer::WriteError>),
     /// The image could not be read as a composefs EROFS image.
     ImageMalformed {
         path: PathBuf,
@@ -134,6 +135,7 @@ impl fmt::Display for RepoError {
             ),
             RepoError::Seal(e) => write!(f, "{e}"),
             RepoError::Store(e) => write!(f, "{e}"),
+            RepoError::WriteImage(e) => write!(f, "cannot write the image: {e}"),
             RepoError::ImageMalformed { path, reason } => {
                 write!(f, "{}: not a readable composefs image: {reason}", path.display())
             }
@@ -356,6 +358,62 @@ pub fn cmdline(repo: &Repo, digest: &Digest) -> Result<String, RepoError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(RepoError::ImageMissing { path }),
         Err(e) => Err(io_err("stat", &path)(e)),
     }
+}
+
+// ---------------------------------------------------------------------------
+// Build
+
+/// How `build` fixes mtimes (see `docs/sealing.md`, Reproducibility).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MtimePolicy {
+    /// Record mtimes as found.
+    #[default]
+    AsFound,
+    /// Clamp every mtime later than this (seconds since the epoch) to it:
+    /// the `SOURCE_DATE_EPOCH` convention.
+    ClampTo(i64),
+    /// Every mtime becomes 0 (`mkcomposefs --use-epoch`).
+    Zero,
+}
+
+/// Apply `policy` to every inode of `tree`.
+pub fn fix_mtimes(tree: &mut crate::tree::Tree, policy: MtimePolicy) {
+    for inode in &mut tree.inodes {
+        match policy {
+            MtimePolicy::AsFound => {}
+            MtimePolicy::ClampTo(limit) => {
+                if inode.mtime.sec > limit || (inode.mtime.sec == limit && inode.mtime.nsec > 0) {
+                    inode.mtime.sec = limit;
+                    inode.mtime.nsec = 0;
+                }
+            }
+            MtimePolicy::Zero => {
+                inode.mtime.sec = 0;
+                inode.mtime.nsec = 0;
+            }
+        }
+    }
+}
+
+/// Publish `image` as `images/<hex>` (its SHA-256 fs-verity digest) through
+/// a temp file and rename. Callers publish objects first. An existing file
+/// with the same bytes is left alone; one with other bytes (damaged) is
+/// replaced whole. Returns the digest.
+pub fn publish_image(repo: &Repo, image: &[u8]) -> Result<Digest, RepoError> {
+    let digest = fsverity::digest_bytes(HashAlgorithm::Sha256, image);
+    let dir = repo.images_dir();
+    create_dir_all(&dir)?;
+    remove_stale_temps(&dir)?;
+    let path = repo.image_path(&digest);
+    let same = match fs::read(&path) {
+        Ok(existing) => existing == image,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(io_err("read", &path)(e)),
+    };
+    if !same {
+        write_file_atomic(&path, image)?;
+    }
+    Ok(digest)
 }
 
 // ---------------------------------------------------------------------------
@@ -729,16 +787,11 @@ pub fn install_with_objects(
     let stats = batch.commit().map_err(|e| RepoError::Store(Box::new(e)))?;
     report.objects_copied = stats.added;
     report.bytes_copied = stats.bytes_added;
-    let images_dir = target.images_dir();
-    create_dir_all(&images_dir)?;
-    remove_stale_temps(&images_dir)?;
     let image_path = target.image_path(digest);
-    let same = match fs::read(&image_path) {
-        Ok(existing) => existing == image,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => return Err(io_err("read", &image_path)(e)),
-    };
-    if !same {
+    if digest.algorithm() == HashAlgorithm::Sha256 {
+        publish_image(target, image)?;
+    } else {
+        create_dir_all(&target.images_dir())?;
         write_file_atomic(&image_path, image)?;
     }
     report.seal_installed = install_seal(source, target, digest)?;
