@@ -71,6 +71,8 @@ pub enum RepoError {
     },
     Seal(SealError),
     Store(Box<StoreError>),
+    Scan(Box<crate::scan::ScanError>),
+    WriteImage(Box<crate::erofs::writer::WriteError>),
     /// The image could not be read as a composefs EROFS image.
     ImageMalformed {
         path: PathBuf,
@@ -134,6 +136,8 @@ impl fmt::Display for RepoError {
             ),
             RepoError::Seal(e) => write!(f, "{e}"),
             RepoError::Store(e) => write!(f, "{e}"),
+            RepoError::Scan(e) => write!(f, "{e}"),
+            RepoError::WriteImage(e) => write!(f, "cannot write the image: {e}"),
             RepoError::ImageMalformed { path, reason } => {
                 write!(f, "{}: not a readable composefs image: {reason}", path.display())
             }
@@ -356,6 +360,112 @@ pub fn cmdline(repo: &Repo, digest: &Digest) -> Result<String, RepoError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(RepoError::ImageMissing { path }),
         Err(e) => Err(io_err("stat", &path)(e)),
     }
+}
+
+// ---------------------------------------------------------------------------
+// Build
+
+/// How `build` fixes mtimes (see `docs/sealing.md`, Reproducibility).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MtimePolicy {
+    /// Record mtimes as found.
+    #[default]
+    AsFound,
+    /// Clamp every mtime later than this (seconds since the epoch) to it:
+    /// the `SOURCE_DATE_EPOCH` convention.
+    ClampTo(i64),
+    /// Every mtime becomes 0 (`mkcomposefs --use-epoch`).
+    Zero,
+}
+
+/// Apply `policy` to every inode of `tree`.
+pub fn fix_mtimes(tree: &mut crate::tree::Tree, policy: MtimePolicy) {
+    for inode in &mut tree.inodes {
+        match policy {
+            MtimePolicy::AsFound => {}
+            MtimePolicy::ClampTo(limit) => {
+                if inode.mtime.sec > limit || (inode.mtime.sec == limit && inode.mtime.nsec > 0) {
+                    inode.mtime.sec = limit;
+                    inode.mtime.nsec = 0;
+                }
+            }
+            MtimePolicy::Zero => {
+                inode.mtime.sec = 0;
+                inode.mtime.nsec = 0;
+            }
+        }
+    }
+}
+
+/// Options for [`build`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BuildOptions {
+    pub mtimes: MtimePolicy,
+    /// Hashing threads; 0 = all cores.
+    pub threads: usize,
+}
+
+/// What [`build`] made.
+#[derive(Clone, Copy, Debug)]
+pub struct BuildReport {
+    pub digest: Digest,
+    pub image_size: u64,
+    pub objects_added: u64,
+    pub objects_existing: u64,
+    pub bytes_added: u64,
+}
+
+/// Build `rootfs` into `repo`: scan it (files over 64 bytes go into the
+/// object store, hashed as they are copied), write the EROFS image, commit
+/// the objects (durable, then published under their names), then publish
+/// the image. Nothing is signed here.
+pub fn build(rootfs: &Path, repo: &Repo, opts: &BuildOptions) -> Result<BuildReport, RepoError> {
+    let store =
+        ObjectStore::open(&repo.objects_dir()).map_err(|e| RepoError::Store(Box::new(e)))?;
+    let batch = store.batch();
+    let scan_opts = crate::scan::ScanOptions {
+        use_epoch: opts.mtimes == MtimePolicy::Zero,
+        threads: opts.threads,
+        ..Default::default()
+    };
+    let mut tree = crate::scan::scan_directory(rootfs, &scan_opts, Some(&batch))
+        .map_err(|e| RepoError::Scan(Box::new(e)))?;
+    fix_mtimes(&mut tree, opts.mtimes);
+    let image =
+        crate::erofs::writer::write_image(&tree, &crate::erofs::writer::WriteOptions::default())
+            .map_err(|e| RepoError::WriteImage(Box::new(e)))?;
+    drop(tree);
+    // Objects become visible before the image that names them.
+    let stats = batch.commit().map_err(|e| RepoError::Store(Box::new(e)))?;
+    let digest = publish_image(repo, &image)?;
+    Ok(BuildReport {
+        digest,
+        image_size: image.len() as u64,
+        objects_added: stats.added,
+        objects_existing: stats.existing,
+        bytes_added: stats.bytes_added,
+    })
+}
+
+/// Publish `image` as `images/<hex>` (its SHA-256 fs-verity digest) through
+/// a temp file and rename. Callers publish objects first. An existing file
+/// with the same bytes is left alone; one with other bytes (damaged) is
+/// replaced whole. Returns the digest.
+pub fn publish_image(repo: &Repo, image: &[u8]) -> Result<Digest, RepoError> {
+    let digest = fsverity::digest_bytes(HashAlgorithm::Sha256, image);
+    let dir = repo.images_dir();
+    create_dir_all(&dir)?;
+    remove_stale_temps(&dir)?;
+    let path = repo.image_path(&digest);
+    let same = match fs::read(&path) {
+        Ok(existing) => existing == image,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(io_err("read", &path)(e)),
+    };
+    if !same {
+        write_file_atomic(&path, image)?;
+    }
+    Ok(digest)
 }
 
 // ---------------------------------------------------------------------------
@@ -729,16 +839,11 @@ pub fn install_with_objects(
     let stats = batch.commit().map_err(|e| RepoError::Store(Box::new(e)))?;
     report.objects_copied = stats.added;
     report.bytes_copied = stats.bytes_added;
-    let images_dir = target.images_dir();
-    create_dir_all(&images_dir)?;
-    remove_stale_temps(&images_dir)?;
     let image_path = target.image_path(digest);
-    let same = match fs::read(&image_path) {
-        Ok(existing) => existing == image,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => return Err(io_err("read", &image_path)(e)),
-    };
-    if !same {
+    if digest.algorithm() == HashAlgorithm::Sha256 {
+        publish_image(target, image)?;
+    } else {
+        create_dir_all(&target.images_dir())?;
         write_file_atomic(&image_path, image)?;
     }
     report.seal_installed = install_seal(source, target, digest)?;
