@@ -35,7 +35,6 @@
 
 use std::fmt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -445,13 +444,16 @@ fn switch_root_inner(new_root: &Path, init: &str, args: &[String]) -> Result<Nev
     rustix::process::chdir("/").map_err(|errno| SwitchError::Chroot { errno })?;
     check_init(init)?;
     log::notice(&format!("switching root to {init}"));
-    let error = std::process::Command::new(init)
-        .arg0(init)
-        .args(args)
-        .exec();
+    let to_c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
+    let path = to_c(init);
+    let argv: Vec<std::ffi::CString> = std::iter::once(init)
+        .chain(args.iter().map(String::as_str))
+        .map(to_c)
+        .collect();
+    let errno = crate::sys::execv(&path, &argv);
     Err(SwitchError::Exec {
         init: init.to_string(),
-        error: error.to_string(),
+        error: errno_name(errno),
     })
 }
 
