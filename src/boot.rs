@@ -101,7 +101,8 @@ pub enum Trusted {
     Seal {
         fingerprint: String,
         serial: u64,
-        manifest_json: serde_json::Value,
+        /// The verified manifest bytes (JSON, embedded verbatim).
+        manifest: String,
     },
     /// Sealed-digest policy.
     SealedDigest { source: DigestSource },
@@ -171,16 +172,6 @@ pub fn prepare(req: &PrepareRequest<'_>) -> Result<Prepared, BootError> {
         source.name()
     ));
 
-    let policy = trust::load().map_err(BootError::Trust)?;
-    let floor = policy.serial_floor().max(config.serial_floor);
-    match &policy {
-        TrustPolicy::Signed { keys, .. } => log::info(&format!(
-            "trust policy signed: {} key(s), serial floor {floor}",
-            keys.len()
-        )),
-        TrustPolicy::SealedDigest { .. } => log::info("trust policy sealed-digest"),
-    }
-
     if !req.sysroot.is_dir() {
         return Err(BootError::Sysroot {
             path: req.sysroot.display().to_string(),
@@ -194,6 +185,18 @@ pub fn prepare(req: &PrepareRequest<'_>) -> Result<Prepared, BootError> {
     let measured = mount::measure(&image, &digest, &shown).map_err(BootError::Image)?;
     let measure_us = us_since(t);
     log::notice(&format!("measured {measured} on {shown}"));
+
+    // Trust is loaded only now so that a binary without keys still says
+    // what it measured; nothing has been mounted yet either way.
+    let policy = trust::load().map_err(BootError::Trust)?;
+    let floor = policy.serial_floor().max(config.serial_floor);
+    match &policy {
+        TrustPolicy::Signed { keys, .. } => log::info(&format!(
+            "trust policy signed: {} key(s), serial floor {floor}",
+            keys.len()
+        )),
+        TrustPolicy::SealedDigest { .. } => log::info("trust policy sealed-digest"),
+    }
 
     let t = Instant::now();
     let trusted = match &policy {
@@ -222,7 +225,7 @@ pub fn prepare(req: &PrepareRequest<'_>) -> Result<Prepared, BootError> {
             Trusted::Seal {
                 fingerprint: v.key_fingerprint,
                 serial: v.manifest.serial,
-                manifest_json: serde_json::from_slice(&manifest).unwrap_or(serde_json::Value::Null),
+                manifest: String::from_utf8_lossy(&manifest).into_owned(),
             }
         }
         TrustPolicy::SealedDigest { .. } => {
@@ -287,57 +290,76 @@ pub fn prepare(req: &PrepareRequest<'_>) -> Result<Prepared, BootError> {
     })
 }
 
-/// The status document.
-pub fn status_json(p: &Prepared, mode: &str) -> serde_json::Value {
+/// JSON string literal for `s` (quotes, backslash and control characters
+/// escaped). Hand-written so the boot binary needs no `serde_json::Value`.
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The status document (see docs/boot-sequence.md).
+pub fn status_json(p: &Prepared, mode: &str) -> String {
     let (trust, manifest) = match &p.trusted {
         Trusted::Seal {
             fingerprint,
-            manifest_json,
+            manifest,
             ..
-        } => (fingerprint.clone(), manifest_json.clone()),
+        } => (fingerprint.clone(), manifest.trim_end().to_string()),
         Trusted::SealedDigest { source } => (
             match source {
                 DigestSource::Config => "sealed-config".to_string(),
                 _ => "sealed-cmdline".to_string(),
             },
-            serde_json::Value::Null,
+            "null".to_string(),
         ),
     };
-    serde_json::json!({
-        "version": 1,
-        "sealroot": VERSION,
-        "mode": mode,
-        "digest": p.digest.to_composefs(),
-        "digest_source": match p.source {
-            DigestSource::Cmdline => "cmdline",
-            DigestSource::Config => "config",
-            DigestSource::Both => "cmdline+config",
-        },
-        "trust": trust,
-        "manifest": manifest,
-        "erofs": match &p.erofs {
-            ErofsHow::FileBacked => "file".to_string(),
-            ErofsHow::Loop(dev) => dev.clone(),
-        },
-        "overlay": match p.overlay {
-            OverlayHow::LayerAppend => "lowerdir+",
-            OverlayHow::StringForm => "lowerdir-string",
-        },
-        "etc": p.config.etc.name(),
-        "var": p.config.var.name(),
-        "timings_us": {
-            "measure": p.timings.measure,
-            "verify": p.timings.verify,
-            "mount_erofs": p.timings.mount_erofs,
-            "mount_overlay": p.timings.mount_overlay,
-            "state": p.timings.state,
-            "total": p.timings.total,
-        },
-    })
+    let source = match p.source {
+        DigestSource::Cmdline => "cmdline",
+        DigestSource::Config => "config",
+        DigestSource::Both => "cmdline+config",
+    };
+    let erofs = match &p.erofs {
+        ErofsHow::FileBacked => "file".to_string(),
+        ErofsHow::Loop(dev) => dev.clone(),
+    };
+    let overlay = match p.overlay {
+        OverlayHow::LayerAppend => "lowerdir+",
+        OverlayHow::StringForm => "lowerdir-string",
+    };
+    let t = &p.timings;
+    format!(
+        "{{\n  \"version\": 1,\n  \"sealroot\": {},\n  \"mode\": {},\n  \"digest\": {},\n  \"digest_source\": {},\n  \"trust\": {},\n  \"manifest\": {},\n  \"erofs\": {},\n  \"overlay\": {},\n  \"etc\": {},\n  \"var\": {},\n  \"timings_us\": {{\"measure\": {}, \"verify\": {}, \"mount_erofs\": {}, \"mount_overlay\": {}, \"state\": {}, \"total\": {}}}\n}}\n",
+        json_str(VERSION),
+        json_str(mode),
+        json_str(&p.digest.to_composefs()),
+        json_str(source),
+        json_str(&trust),
+        manifest,
+        json_str(&erofs),
+        json_str(overlay),
+        json_str(p.config.etc.name()),
+        json_str(p.config.var.name()),
+        t.measure,
+        t.verify,
+        t.mount_erofs,
+        t.mount_overlay,
+        t.state,
+        t.total,
+    )
 }
 
 /// Write `status.json` (temp file + rename: never half-written).
-pub fn write_status(dir: &Path, value: &serde_json::Value) -> Result<PathBuf, BootError> {
+pub fn write_status(dir: &Path, text: &str) -> Result<PathBuf, BootError> {
     let path = dir.join("status.json");
     let err = |error| BootError::Status {
         path: path.display().to_string(),
@@ -345,9 +367,7 @@ pub fn write_status(dir: &Path, value: &serde_json::Value) -> Result<PathBuf, Bo
     };
     std::fs::create_dir_all(dir).map_err(err)?;
     let tmp = dir.join(".status.json.tmp");
-    let mut bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
-    bytes.push(b'\n');
-    std::fs::write(&tmp, &bytes).map_err(err)?;
+    std::fs::write(&tmp, text.as_bytes()).map_err(err)?;
     std::fs::rename(&tmp, &path).map_err(err)?;
     Ok(path)
 }
@@ -452,9 +472,12 @@ fn pid1_fail(policy: FailurePolicy, reason: &str) -> ! {
     match policy {
         FailurePolicy::Shell if Path::new("/bin/sh").exists() => {
             log::err("failure policy shell: starting /bin/sh");
-            use std::os::unix::process::CommandExt;
-            let e = std::process::Command::new("/bin/sh").exec();
-            log::err(&format!("cannot start /bin/sh: {e}; powering off"));
+            let sh = c"/bin/sh";
+            let e = crate::sys::execv(sh, &[sh.to_owned()]);
+            log::err(&format!(
+                "cannot start /bin/sh: {}; powering off",
+                log::errno_name(e)
+            ));
         }
         FailurePolicy::Shell => log::err("failure policy shell: no /bin/sh; powering off"),
         FailurePolicy::Reboot => {
@@ -578,6 +601,79 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
+    }
+
+    fn prepared(trusted: Trusted) -> Prepared {
+        Prepared {
+            digest: Digest::parse_hex_any(&"ab".repeat(32)).unwrap(),
+            source: DigestSource::Cmdline,
+            trusted,
+            erofs: ErofsHow::Loop("/dev/loop3".into()),
+            overlay: OverlayHow::LayerAppend,
+            timings: Timings {
+                measure: 1,
+                verify: 2,
+                mount_erofs: 3,
+                mount_overlay: 4,
+                state: 5,
+                total: 6,
+            },
+            config: Config::default(),
+        }
+    }
+
+    #[test]
+    fn status_document_is_json_with_every_field() {
+        let p = prepared(Trusted::Seal {
+            fingerprint: "sha256:00".into(),
+            serial: 9,
+            manifest: "{\"format\":\"sealroot-seal-v1\",\"serial\":9}\n".into(),
+        });
+        let v: serde_json::Value = serde_json::from_str(&status_json(&p, "pid1")).unwrap();
+        assert_eq!(v["version"], 1);
+        assert_eq!(v["mode"], "pid1");
+        assert_eq!(v["digest"], format!("v1-sha256-12:{}", "ab".repeat(32)));
+        assert_eq!(v["digest_source"], "cmdline");
+        assert_eq!(v["trust"], "sha256:00");
+        assert_eq!(v["manifest"]["serial"], 9);
+        assert_eq!(v["erofs"], "/dev/loop3");
+        assert_eq!(v["overlay"], "lowerdir+");
+        assert_eq!(v["etc"], "persistent");
+        assert_eq!(v["var"], "bind");
+        let t = &v["timings_us"];
+        let got: Vec<u64> = [
+            "measure",
+            "verify",
+            "mount_erofs",
+            "mount_overlay",
+            "state",
+            "total",
+        ]
+        .iter()
+        .map(|k| t[k].as_u64().unwrap())
+        .collect();
+        assert_eq!(got, vec![1, 2, 3, 4, 5, 6]);
+        let p = prepared(Trusted::SealedDigest {
+            source: DigestSource::Config,
+        });
+        let v: serde_json::Value = serde_json::from_str(&status_json(&p, "prepare")).unwrap();
+        assert_eq!(v["trust"], "sealed-config");
+        assert!(v["manifest"].is_null());
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let s = "a\"b\\c\nd\u{1}é";
+        let v: serde_json::Value = serde_json::from_str(&json_str(s)).unwrap();
+        assert_eq!(v.as_str().unwrap(), s);
+    }
+
+    #[test]
+    fn status_written_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write_status(dir.path(), "{}\n").unwrap();
+        assert_eq!(std::fs::read_to_string(p).unwrap(), "{}\n");
+        assert!(!dir.path().join(".status.json.tmp").exists());
     }
 
     #[test]

@@ -22,8 +22,8 @@
 //! - [`switch_root`] moves /dev, /proc, /sys, /run into the new root, deletes
 //!   the initramfs's files (only when `/` is a ramfs/tmpfs, never crossing
 //!   into another filesystem), moves the new root onto `/`, chroots, checks
-//!   that init is a regular executable file on the sealed root filesystem
-//!   itself (not on the writable `/etc`, `/var` or `/sysroot` mounts, so
+//!   that init is a regular executable file on the sealed root mount
+//!   itself (same mount ID as `/`) (not on the writable `/etc`, `/var` or `/sysroot` mounts, so
 //!   `init=` cannot run unverified code), and execs it with PID 1's
 //!   arguments.
 //!
@@ -35,7 +35,6 @@
 
 use std::fmt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -382,20 +381,38 @@ fn free_initramfs() {
     delete_tree_same_fs(Path::new("/"), root.dev());
 }
 
+/// The mount ID of the file `path` resolves to (symlinks followed).
+/// Mount IDs, unlike `st_dev`, are reliable here: overlayfs reports the
+/// underlying layer's (pseudo) device for non-directories.
+fn mount_id(path: &str) -> Option<u64> {
+    let st = rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::AtFlags::empty(),
+        rustix::fs::StatxFlags::MNT_ID | rustix::fs::StatxFlags::TYPE,
+    )
+    .ok()?;
+    if st.stx_mask & rustix::fs::StatxFlags::MNT_ID.bits() == 0 {
+        return None;
+    }
+    Some(st.stx_mnt_id)
+}
+
 /// Check `init` inside the (already chrooted) new root.
 fn check_init(init: &str) -> Result<(), SwitchError> {
+    let err_missing = || SwitchError::InitMissing {
+        init: init.to_string(),
+    };
     if !init.starts_with('/') {
         return Err(SwitchError::InitNotAbsolute {
             init: init.to_string(),
         });
     }
-    let meta = std::fs::metadata(init).map_err(|_| SwitchError::InitMissing {
-        init: init.to_string(),
-    })?;
-    let root = std::fs::metadata("/").map_err(|_| SwitchError::InitMissing {
-        init: init.to_string(),
-    })?;
-    if meta.dev() != root.dev() {
+    let meta = std::fs::metadata(init).map_err(|_| err_missing())?;
+    let (Some(init_mnt), Some(root_mnt)) = (mount_id(init), mount_id("/")) else {
+        return Err(err_missing());
+    };
+    if init_mnt != root_mnt {
         return Err(SwitchError::InitNotOnSealedRoot {
             init: init.to_string(),
         });
@@ -445,19 +462,31 @@ fn switch_root_inner(new_root: &Path, init: &str, args: &[String]) -> Result<Nev
     rustix::process::chdir("/").map_err(|errno| SwitchError::Chroot { errno })?;
     check_init(init)?;
     log::notice(&format!("switching root to {init}"));
-    let error = std::process::Command::new(init)
-        .arg0(init)
-        .args(args)
-        .exec();
+    let to_c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
+    let path = to_c(init);
+    let argv: Vec<std::ffi::CString> = std::iter::once(init)
+        .chain(args.iter().map(String::as_str))
+        .map(to_c)
+        .collect();
+    let errno = crate::sys::execv(&path, &argv);
     Err(SwitchError::Exec {
         init: init.to_string(),
-        error: error.to_string(),
+        error: errno_name(errno),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_ids_tell_mounts_apart() {
+        // /proc is always a different mount from /.
+        let root = mount_id("/").unwrap();
+        assert_eq!(mount_id("/"), Some(root));
+        assert_ne!(mount_id("/proc/self/status"), Some(root));
+        assert_eq!(mount_id("/no/such/file"), None);
+    }
 
     #[test]
     fn root_forms() {
