@@ -69,6 +69,41 @@ pub enum RepoError {
         found: Box<Digest>,
     },
     Seal(SealError),
+    /// The image could not be read as a composefs EROFS image.
+    ImageMalformed {
+        path: PathBuf,
+        reason: String,
+    },
+    ObjectMissing {
+        path: PathBuf,
+        digest: Box<Digest>,
+    },
+    /// Content whose digest is not the one it is (to be) named by.
+    ObjectDigestMismatch {
+        path: PathBuf,
+        expected: Box<Digest>,
+        found: Box<Digest>,
+    },
+    /// EOPNOTSUPP / ENOTTY from `FS_IOC_ENABLE_VERITY`.
+    NoVeritySupport {
+        target: PathBuf,
+        errno: rustix::io::Errno,
+    },
+    EnableVerity {
+        path: PathBuf,
+        errno: rustix::io::Errno,
+    },
+    MeasureVerity {
+        path: PathBuf,
+        errno: rustix::io::Errno,
+    },
+    /// The kernel measures other content than the name says; the file was
+    /// removed so a rerun copies it again.
+    VerityDigestMismatch {
+        path: PathBuf,
+        expected: Box<Digest>,
+        found: Box<Digest>,
+    },
 }
 
 impl fmt::Display for RepoError {
@@ -96,6 +131,55 @@ impl fmt::Display for RepoError {
                 expected.to_hex()
             ),
             RepoError::Seal(e) => write!(f, "{e}"),
+            RepoError::ImageMalformed { path, reason } => {
+                write!(f, "{}: not a readable composefs image: {reason}", path.display())
+            }
+            RepoError::ObjectMissing { path, digest } => write!(
+                f,
+                "{}: object {} missing",
+                path.display(),
+                digest.to_hex()
+            ),
+            RepoError::ObjectDigestMismatch {
+                path,
+                expected,
+                found,
+            } => write!(
+                f,
+                "{}: object content has digest {}, expected {}",
+                path.display(),
+                found.to_hex(),
+                expected.to_hex()
+            ),
+            RepoError::NoVeritySupport { target, errno } => write!(
+                f,
+                "the kernel/filesystem at {} does not support fs-verity (ext4 needs -O verity and 4096-byte blocks): {errno}",
+                target.display()
+            ),
+            RepoError::EnableVerity { path, errno } => {
+                write!(f, "{}: enabling fs-verity failed: {errno}", path.display())?;
+                if *errno == rustix::io::Errno::INVAL {
+                    write!(f, " (ext4 needs 4096-byte blocks: mkfs.ext4 -b 4096 -O verity)")?;
+                }
+                if *errno == rustix::io::Errno::TXTBSY {
+                    write!(f, " (the file is open for writing somewhere)")?;
+                }
+                Ok(())
+            }
+            RepoError::MeasureVerity { path, errno } => {
+                write!(f, "{}: measuring fs-verity failed: {errno}", path.display())
+            }
+            RepoError::VerityDigestMismatch {
+                path,
+                expected,
+                found,
+            } => write!(
+                f,
+                "{}: kernel measures {}, expected {} (file removed; rerun install to copy it again)",
+                path.display(),
+                found.to_hex(),
+                expected.to_hex()
+            ),
         }
     }
 }
@@ -272,10 +356,512 @@ pub fn cmdline(repo: &Repo, digest: &Digest) -> Result<String, RepoError> {
 }
 
 // ---------------------------------------------------------------------------
+// Image contents
+
+/// The distinct object digests an image references.
+pub fn image_objects(path: &Path, image: &[u8]) -> Result<Vec<Digest>, RepoError> {
+    crate::erofs::reader::referenced_objects(image).map_err(|e| RepoError::ImageMalformed {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Offline verification
+
+/// One thing wrong, with the path it concerns.
+#[derive(Debug)]
+pub struct Problem {
+    pub path: PathBuf,
+    pub kind: ProblemKind,
+}
+
+#[derive(Debug)]
+pub enum ProblemKind {
+    ImageMissing,
+    ImageUnreadable(String),
+    ImageDigestMismatch {
+        expected: Box<Digest>,
+        found: Box<Digest>,
+    },
+    ImageMalformed(String),
+    ObjectMissing {
+        digest: Box<Digest>,
+    },
+    ObjectUnreadable(String),
+    ObjectDigestMismatch {
+        expected: Box<Digest>,
+        found: Box<Digest>,
+    },
+    SealMissing,
+    Seal(SealError),
+}
+
+impl ProblemKind {
+    /// A stable machine-readable name (for `--json`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProblemKind::ImageMissing => "image-missing",
+            ProblemKind::ImageUnreadable(_) => "image-unreadable",
+            ProblemKind::ImageDigestMismatch { .. } => "image-digest-mismatch",
+            ProblemKind::ImageMalformed(_) => "image-malformed",
+            ProblemKind::ObjectMissing { .. } => "object-missing",
+            ProblemKind::ObjectUnreadable(_) => "object-unreadable",
+            ProblemKind::ObjectDigestMismatch { .. } => "object-digest-mismatch",
+            ProblemKind::SealMissing => "seal-missing",
+            ProblemKind::Seal(e) => match e {
+                SealError::SignatureInvalid => "seal-signature-invalid",
+                SealError::UnknownKey { .. } => "seal-unknown-key",
+                SealError::SignatureWrongSize { .. } => "seal-signature-wrong-size",
+                SealError::DigestMismatch { .. } => "seal-digest-mismatch",
+                SealError::SerialBelowFloor { .. } => "seal-serial-below-floor",
+                SealError::ManifestTooLarge { .. } | SealError::ManifestEmpty => {
+                    "seal-manifest-size"
+                }
+                SealError::UnknownFormat(_) => "seal-unknown-format",
+                _ => "seal-invalid",
+            },
+        }
+    }
+}
+
+impl fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProblemKind::ImageMissing => write!(f, "image missing"),
+            ProblemKind::ImageUnreadable(e) => write!(f, "image unreadable: {e}"),
+            ProblemKind::ImageDigestMismatch { expected, found } => write!(
+                f,
+                "image content has digest {}, expected {}",
+                found.to_hex(),
+                expected.to_hex()
+            ),
+            ProblemKind::ImageMalformed(e) => {
+                write!(f, "image is not a readable composefs image: {e}")
+            }
+            ProblemKind::ObjectMissing { digest } => {
+                write!(f, "object {} missing", digest.to_hex())
+            }
+            ProblemKind::ObjectUnreadable(e) => write!(f, "object unreadable: {e}"),
+            ProblemKind::ObjectDigestMismatch { expected, found } => write!(
+                f,
+                "object content has digest {}, expected {}",
+                found.to_hex(),
+                expected.to_hex()
+            ),
+            ProblemKind::SealMissing => write!(f, "seal missing"),
+            ProblemKind::Seal(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.kind)
+    }
+}
+
+/// The outcome of [`verify`]. `problems` empty means everything checked.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub objects: u64,
+    pub bytes: u64,
+    pub problems: Vec<Problem>,
+    /// The seal, if it verified against the given keys.
+    pub seal: Option<seal::VerifiedSeal>,
+    /// True when no keys were given, so the signature was not checked
+    /// (the manifest was still parsed and its digest compared).
+    pub signature_unchecked: bool,
+}
+
+/// Recompute everything about image `digest` in `repo`: the image's
+/// digest, every referenced object (present, right digest) and the seal
+/// against `keys`. Problems are collected, not returned early, so one run
+/// reports all of them.
+pub fn verify(
+    repo: &Repo,
+    digest: &Digest,
+    keys: &[ed25519_dalek::VerifyingKey],
+    serial_floor: u64,
+    progress: ProgressFn<'_>,
+) -> VerifyReport {
+    let mut report = VerifyReport::default();
+    let image_path = repo.image_path(digest);
+    let image = match read_image_file(&image_path) {
+        Ok(i) => Some(i),
+        Err(RepoError::ImageMissing { .. }) => {
+            report.problems.push(Problem {
+                path: image_path.clone(),
+                kind: ProblemKind::ImageMissing,
+            });
+            None
+        }
+        Err(e) => {
+            report.problems.push(Problem {
+                path: image_path.clone(),
+                kind: ProblemKind::ImageUnreadable(e.to_string()),
+            });
+            None
+        }
+    };
+    if let Some(image) = &image {
+        let found = fsverity::digest_bytes(digest.algorithm(), image);
+        if found != *digest {
+            report.problems.push(Problem {
+                path: image_path.clone(),
+                kind: ProblemKind::ImageDigestMismatch {
+                    expected: Box::new(*digest),
+                    found: Box::new(found),
+                },
+            });
+        }
+        match crate::erofs::reader::referenced_objects(image) {
+            Ok(objects) => verify_objects(repo, &objects, &mut report, progress),
+            Err(e) => report.problems.push(Problem {
+                path: image_path.clone(),
+                kind: ProblemKind::ImageMalformed(e.to_string()),
+            }),
+        }
+    }
+    verify_seal_files(repo, digest, keys, serial_floor, &mut report);
+    report
+}
+
+/// Check each object's presence and digest; appends problems to `report`.
+pub fn verify_objects(
+    repo: &Repo,
+    objects: &[Digest],
+    report: &mut VerifyReport,
+    progress: ProgressFn<'_>,
+) {
+    for object in objects {
+        let path = repo.object_path(object);
+        report.objects += 1;
+        let kind = match File::open(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Some(ProblemKind::ObjectMissing {
+                    digest: Box::new(*object),
+                })
+            }
+            Err(e) => Some(ProblemKind::ObjectUnreadable(e.to_string())),
+            Ok(file) => {
+                report.bytes += file.metadata().map(|m| m.len()).unwrap_or(0);
+                match fsverity::digest_file(object.algorithm(), &file) {
+                    Ok(found) if found == *object => None,
+                    Ok(found) => Some(ProblemKind::ObjectDigestMismatch {
+                        expected: Box::new(*object),
+                        found: Box::new(found),
+                    }),
+                    Err(e) => Some(ProblemKind::ObjectUnreadable(e.to_string())),
+                }
+            }
+        };
+        if let Some(kind) = kind {
+            report.problems.push(Problem { path, kind });
+        }
+        progress(report.objects, report.bytes);
+    }
+}
+
+fn verify_seal_files(
+    repo: &Repo,
+    digest: &Digest,
+    keys: &[ed25519_dalek::VerifyingKey],
+    serial_floor: u64,
+    report: &mut VerifyReport,
+) {
+    let (json_path, sig_path) = repo.seal_paths(digest);
+    let (json, sig) = match seal::read_seal_files(&repo.seals_dir(), digest) {
+        Ok(pair) => pair,
+        Err(SealError::Missing { path }) => {
+            // Without keys an unsealed image is not a problem by itself.
+            if !keys.is_empty() || path == sig_path {
+                report.problems.push(Problem {
+                    path,
+                    kind: ProblemKind::SealMissing,
+                });
+            }
+            report.signature_unchecked = keys.is_empty();
+            return;
+        }
+        Err(e @ SealError::SignatureWrongSize { .. }) => {
+            report.problems.push(Problem {
+                path: sig_path,
+                kind: ProblemKind::Seal(e),
+            });
+            return;
+        }
+        Err(e) => {
+            report.problems.push(Problem {
+                path: json_path,
+                kind: ProblemKind::Seal(e),
+            });
+            return;
+        }
+    };
+    if keys.is_empty() {
+        report.signature_unchecked = true;
+        match Manifest::parse(&json) {
+            Ok(m) if m.digest == *digest => {}
+            Ok(m) => report.problems.push(Problem {
+                path: json_path,
+                kind: ProblemKind::Seal(SealError::DigestMismatch {
+                    expected: Box::new(*digest),
+                    found: Box::new(m.digest),
+                }),
+            }),
+            Err(e) => report.problems.push(Problem {
+                path: json_path,
+                kind: ProblemKind::Seal(e),
+            }),
+        }
+        return;
+    }
+    match seal::verify_seal(&json, &sig, keys, digest, serial_floor) {
+        Ok(v) => report.seal = Some(v),
+        Err(e) => {
+            let path = match e {
+                SealError::SignatureWrongSize { .. } => sig_path,
+                _ => json_path,
+            };
+            report.problems.push(Problem {
+                path,
+                kind: ProblemKind::Seal(e),
+            });
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Install
+
+/// Counts for progress callbacks: (files done, bytes done).
+pub type ProgressFn<'a> = &'a (dyn Fn(u64, u64) + Sync);
+
+/// What `install` did.
+#[derive(Debug, Default, Clone)]
+pub struct InstallReport {
+    pub objects: u64,
+    pub objects_copied: u64,
+    pub bytes_copied: u64,
+    pub seal_installed: bool,
+    /// Whether the verity phase ran to completion.
+    pub verity_enabled: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InstallOptions {
+    /// Stop after the copy phase (no fs-verity); a later `install` on the
+    /// machine that has fs-verity finishes the job.
+    pub copy_only: bool,
+}
+
+/// Install image `digest` with its objects and seal from `source` into
+/// `target`, then enable fs-verity on every object and the image.
+///
+/// Phase 1 (copy) makes `target` complete: every referenced object is
+/// copied through a temp file whose digest is checked before it is renamed
+/// into place; the image is published after its objects, the seal after the
+/// image, then the state directories. Phase 2 (verity) enables fs-verity on
+/// each object, then the image last (the boot measures the image, so an
+/// image without verity means the install is not finished), and re-measures
+/// each with the kernel.
+pub fn install(
+    source: &Repo,
+    target: &Repo,
+    digest: &Digest,
+    opts: InstallOptions,
+    progress: ProgressFn<'_>,
+) -> Result<InstallReport, RepoError> {
+    let image = read_checked_image(source, digest)?;
+    let objects = image_objects(&source.image_path(digest), &image)?;
+    install_with_objects(source, target, digest, &image, &objects, opts, progress)
+}
+
+/// [`install`] with the object list already known (the image is checked
+/// against `digest` by the caller).
+pub fn install_with_objects(
+    source: &Repo,
+    target: &Repo,
+    digest: &Digest,
+    image: &[u8],
+    objects: &[Digest],
+    opts: InstallOptions,
+    progress: ProgressFn<'_>,
+) -> Result<InstallReport, RepoError> {
+    let mut report = InstallReport {
+        objects: objects.len() as u64,
+        ..InstallReport::default()
+    };
+    // Phase 1: copy.
+    let objects_dir = target.objects_dir();
+    create_dir_all(&objects_dir)?;
+    remove_stale_temps(&objects_dir)?;
+    let mut files_done = 0u64;
+    for object in objects {
+        let dst = target.object_path(object);
+        if let Some(copied) = copy_object(&source.object_path(object), &objects_dir, &dst, object)?
+        {
+            report.objects_copied += 1;
+            report.bytes_copied += copied;
+        }
+        files_done += 1;
+        progress(files_done, report.bytes_copied);
+    }
+    let images_dir = target.images_dir();
+    create_dir_all(&images_dir)?;
+    remove_stale_temps(&images_dir)?;
+    let image_path = target.image_path(digest);
+    let same = match fs::read(&image_path) {
+        Ok(existing) => existing == image,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(io_err("read", &image_path)(e)),
+    };
+    if !same {
+        write_file_atomic(&image_path, image, Replace::Yes)?;
+    }
+    report.seal_installed = install_seal(source, target, digest)?;
+    let deploy = target.deploy_dir(digest);
+    for sub in ["etc/upper", "etc/work", "var"] {
+        create_dir_all(&deploy.join(sub))?;
+    }
+    for dir in [deploy.join("etc"), deploy.clone()] {
+        fsync_dir(&dir)?;
+    }
+    if opts.copy_only {
+        return Ok(report);
+    }
+    // Phase 2: verity, objects first, image last.
+    for object in objects {
+        enable_and_check(target, &target.object_path(object), object)?;
+    }
+    enable_and_check(target, &image_path, digest)?;
+    report.verity_enabled = true;
+    Ok(report)
+}
+
+fn install_seal(source: &Repo, target: &Repo, digest: &Digest) -> Result<bool, RepoError> {
+    let (json, sig) = match seal::read_seal_files(&source.seals_dir(), digest) {
+        Ok(pair) => pair,
+        Err(SealError::Missing { .. }) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let existing = seal::read_seal_files(&target.seals_dir(), digest).ok();
+    if existing.as_ref() != Some(&(json.clone(), sig.clone())) {
+        create_dir_all(&target.seals_dir())?;
+        remove_stale_temps(&target.seals_dir())?;
+        write_seal(target, digest, &json, &sig)?;
+    }
+    Ok(true)
+}
+
+/// Copy one object unless present; returns the bytes copied, or `None` if
+/// the target already had it. The temp file lives in `objects_dir` (same
+/// filesystem) and is renamed to `dst` only after its digest matched.
+fn copy_object(
+    src: &Path,
+    objects_dir: &Path,
+    dst: &Path,
+    digest: &Digest,
+) -> Result<Option<u64>, RepoError> {
+    if dst.symlink_metadata().is_ok() {
+        return Ok(None);
+    }
+    let mut input = match File::open(src) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(RepoError::ObjectMissing {
+                path: src.to_path_buf(),
+                digest: Box::new(*digest),
+            })
+        }
+        Err(e) => return Err(io_err("open", src)(e)),
+    };
+    if let Some(parent) = dst.parent() {
+        create_dir_all(parent)?;
+    }
+    let (tmp, mut out) = create_temp(&objects_dir.join("x"))?;
+    let result = (|| {
+        let mut hasher = fsverity::MerkleHasher::new(digest.algorithm());
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = input.read(&mut buf).map_err(io_err("read", src))?;
+            if n == 0 {
+                break;
+            }
+            let chunk = buf.get(..n).unwrap_or_default();
+            hasher.update(chunk);
+            out.write_all(chunk).map_err(io_err("write", &tmp))?;
+            total += n as u64;
+        }
+        out.sync_all().map_err(io_err("fsync", &tmp))?;
+        let found = hasher.finish();
+        if found != *digest {
+            return Err(RepoError::ObjectDigestMismatch {
+                path: src.to_path_buf(),
+                expected: Box::new(*digest),
+                found: Box::new(found),
+            });
+        }
+        Ok(total)
+    })();
+    drop(out);
+    match result {
+        Ok(total) => {
+            publish(&tmp, dst, Replace::No)?;
+            Ok(Some(total))
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Enable fs-verity on `path` (already enabled is fine), then check that
+/// the kernel measures `expected`. A file that measures otherwise is removed.
+fn enable_and_check(target: &Repo, path: &Path, expected: &Digest) -> Result<(), RepoError> {
+    use rustix::io::Errno;
+    let file = File::open(path).map_err(io_err("open", path))?;
+    match crate::sys::enable_verity(&file, expected.algorithm()) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(errno @ (Errno::OPNOTSUPP | Errno::NOTTY)) => {
+            return Err(RepoError::NoVeritySupport {
+                target: target.root().to_path_buf(),
+                errno,
+            })
+        }
+        Err(errno) => {
+            return Err(RepoError::EnableVerity {
+                path: path.to_path_buf(),
+                errno,
+            })
+        }
+    }
+    let found = crate::sys::measure_verity(&file).map_err(|errno| RepoError::MeasureVerity {
+        path: path.to_path_buf(),
+        errno,
+    })?;
+    if found != *expected {
+        drop(file);
+        let _ = fs::remove_file(path);
+        if let Some(dir) = path.parent() {
+            let _ = fsync_dir(dir);
+        }
+        return Err(RepoError::VerityDigestMismatch {
+            path: path.to_path_buf(),
+            expected: Box::new(*expected),
+            found: Box::new(found),
+        });
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
 // Crash-safe file helpers
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)] // `No` is for objects (build/install).
 pub(crate) enum Replace {
     Yes,
     /// Leave an existing file in place (`RENAME_NOREPLACE`); the caller's
@@ -371,7 +957,6 @@ pub(crate) fn write_file_atomic(
 /// Remove temp files left by a killed run in `dir` (non-recursive). Only
 /// files of processes that no longer exist are removed, so two sealctl
 /// runs on one repository do not delete each other's work.
-#[allow(dead_code)]
 pub(crate) fn remove_stale_temps(dir: &Path) -> Result<(), RepoError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
