@@ -241,7 +241,10 @@ pub enum SelectError {
     /// Neither source names a digest.
     NoDigest,
     /// Both do, and they differ.
-    Conflict { cmdline: Digest, config: Digest },
+    Conflict {
+        cmdline: Box<Digest>,
+        config: Box<Digest>,
+    },
 }
 
 impl fmt::Display for SelectError {
@@ -274,7 +277,10 @@ pub fn select_digest(
         (Some(d), None) => Ok((d, DigestSource::Cmdline)),
         (None, Some(d)) => Ok((d, DigestSource::Config)),
         (Some(a), Some(b)) if a == b => Ok((a, DigestSource::Both)),
-        (Some(cmdline), Some(config)) => Err(SelectError::Conflict { cmdline, config }),
+        (Some(cmdline), Some(config)) => Err(SelectError::Conflict {
+            cmdline: Box::new(cmdline),
+            config: Box::new(config),
+        }),
     }
 }
 
@@ -374,8 +380,8 @@ mod tests {
         assert_eq!(
             select_digest(Some(a), Some(b)),
             Err(SelectError::Conflict {
-                cmdline: a,
-                config: b
+                cmdline: Box::new(a),
+                config: Box::new(b)
             })
         );
         assert!(select_digest(Some(a), Some(a512)).is_err());

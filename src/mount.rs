@@ -96,8 +96,8 @@ pub enum ImageError {
     },
     WrongDigest {
         path: String,
-        expected: Digest,
-        found: Digest,
+        expected: Box<Digest>,
+        found: Box<Digest>,
     },
 }
 
@@ -370,8 +370,8 @@ pub fn measure(image: impl AsFd, expected: &Digest, shown: &str) -> Result<Diges
     if &found != expected {
         return Err(ImageError::WrongDigest {
             path,
-            expected: *expected,
-            found,
+            expected: Box::new(*expected),
+            found: Box::new(found),
         });
     }
     Ok(found)

@@ -94,7 +94,7 @@ def main():
     repo = stage / "staging" / "repo"
     repo.mkdir(parents=True)
     out = q.run([sealctl, "build", root, "--repo", repo, "--sign", s.TEST_KEY], capture_output=True, text=True).stdout
-    digest = s.HEX_RE.search(out).group(1)
+    digest = s._digest_from(out, repo)
     (stage / "staging" / "install").write_text(digest + "\n")
     disk = q.mkfs_ext4(stage, work / "disk.img", "96M")
     s.install_disks(kernel, sealctl, [disk], work)

@@ -2,8 +2,8 @@
 in a guest, boot it, and show the verified switch and status.json.
 
 The demo key is generated under build/demo/ with `sealctl keygen` and
-compiled into sealroot through the build-time trust source
-(SEALROOT_TRUSTED_KEYS, see src/trust.rs), so the test keys play no part.
+embedded into a prebuilt sealroot (built without any keys) with
+`sealctl embed-keys`, the packager's path; the test keys play no part.
 """
 
 import os
@@ -38,13 +38,15 @@ def main():
         step("generating the demo signing key (build/demo/demo-key.pem)")
         q.run([sealctl, "keygen", "--output", key], capture_output=True)
     pub = work / "demo-key.pub.pem"
-    step("building sealroot with the demo public key compiled in")
-    env["SEALROOT_TRUSTED_KEYS"] = str(pub)
+    step("building sealroot (no keys compiled in) and embedding the demo public key")
     q.run(["cargo", "build", "-q", "--profile", "boot", "--no-default-features", "--target", q.TARGET,
            "--bin", "sealroot"], cwd=q.ROOT, env=env, stderr=subprocess.PIPE)
     built = q.ROOT / "target" / q.TARGET / "boot" / "sealroot"
     sealroot = work / "sealroot"
-    shutil.copy(built, sealroot)
+    q.run([sealctl, "embed-keys", "--binary", built, "--output", sealroot, "--key", pub], capture_output=True)
+    shown = subprocess.run([sealctl, "embed-keys", "--binary", sealroot, "--show"], capture_output=True, text=True)
+    for line in shown.stdout.strip().splitlines():
+        print("   " + line)
     print(f"   sealroot: {sealroot.stat().st_size} bytes; " +
           subprocess.run(["file", "-b", sealroot], capture_output=True, text=True).stdout.strip())
 
@@ -57,10 +59,7 @@ def main():
     repo.mkdir(parents=True)
     out = q.run([sealctl, "build", root, "--repo", repo, "--sign", work / "demo-key.pem"],
                 capture_output=True, text=True).stdout
-    m = s.HEX_RE.search(out)
-    if not m:
-        raise RuntimeError(f"sealctl build printed no digest: {out}")
-    digest = m.group(1)
+    digest = s._digest_from(out, repo)
     print(f"   digest {digest}")
     r = subprocess.run([sealctl, "cmdline", "--repo", repo, digest], capture_output=True, text=True)
     param = r.stdout.strip() if r.returncode == 0 and "=" in r.stdout else f"composefs.digest=v1-sha256-12:{digest}"

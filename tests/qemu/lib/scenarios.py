@@ -51,11 +51,15 @@ def sealctl(fx, *args, check=True):
     return r
 
 
-def _digest_from(out):
-    m = HEX_RE.search(out)
-    if not m:
-        raise RuntimeError(f"no digest in sealctl output: {out.strip()[:300]}")
-    return m.group(1)
+def _digest_from(out, repo):
+    """The image digest `sealctl build` printed: the hex string in its output
+    that names an image in the repository (the output may carry other hex,
+    e.g. a key fingerprint)."""
+    images = Path(repo) / "composefs" / "images"
+    for h in HEX_RE.findall(out):
+        if (images / h).exists() or (images / h).is_symlink():
+            return h
+    raise RuntimeError(f"no image digest in sealctl build output: {out.strip()[:300]}")
 
 
 def _hash_alg_flag(fx):
@@ -95,8 +99,8 @@ class Fixture:
                 shutil.rmtree(old)
         repo = stage / "staging" / "repo"
         repo.mkdir(parents=True)
-        self.d["A"] = _digest_from(sealctl(self, "build", rootA, "--repo", repo, "--sign", TEST_KEY).stdout)
-        self.d["B"] = _digest_from(sealctl(self, "build", rootB, "--repo", repo, "--sign", TEST_KEY).stdout)
+        self.d["A"] = _digest_from(sealctl(self, "build", rootA, "--repo", repo, "--sign", TEST_KEY).stdout, repo)
+        self.d["B"] = _digest_from(sealctl(self, "build", rootB, "--repo", repo, "--sign", TEST_KEY).stdout, repo)
         if self.d["A"] == self.d["B"]:
             raise RuntimeError("two different roots gave one digest")
         # Alternative seals for A, made with the real signing command, kept
@@ -118,7 +122,7 @@ class Fixture:
         repo512 = stage512 / "staging" / "repo"
         repo512.mkdir(parents=True)
         self.d["A512"] = _digest_from(sealctl(self, "build", rootA, "--repo", repo512, "--sign", TEST_KEY,
-                                              _hash_alg_flag(self), "sha512").stdout)
+                                              _hash_alg_flag(self), "sha512").stdout, repo512)
         if len(self.d["A512"]) != 128:
             raise RuntimeError(f"sha512 build printed {self.d['A512']}")
         return stage, stage512
