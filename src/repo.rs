@@ -37,6 +37,7 @@ use ed25519_dalek::SigningKey;
 use crate::digest::{Digest, DigestParseError, HashAlgorithm};
 use crate::fsverity;
 use crate::seal::{self, Manifest, SealError};
+use crate::store::{ObjectStore, StoreError};
 
 /// Prefix of every temporary file this module creates.
 pub const TEMP_PREFIX: &str = ".tmp-sealctl-";
@@ -69,6 +70,8 @@ pub enum RepoError {
         found: Box<Digest>,
     },
     Seal(SealError),
+    Store(Box<StoreError>),
+    WriteImage(Box<crate::erofs::writer::WriteError>),
     /// The image could not be read as a composefs EROFS image.
     ImageMalformed {
         path: PathBuf,
@@ -131,6 +134,8 @@ impl fmt::Display for RepoError {
                 expected.to_hex()
             ),
             RepoError::Seal(e) => write!(f, "{e}"),
+            RepoError::Store(e) => write!(f, "{e}"),
+            RepoError::WriteImage(e) => write!(f, "cannot write the image: {e}"),
             RepoError::ImageMalformed { path, reason } => {
                 write!(f, "{}: not a readable composefs image: {reason}", path.display())
             }
@@ -339,8 +344,8 @@ pub fn write_seal(
     let dir = repo.seals_dir();
     create_dir_all(&dir)?;
     let (json_path, sig_path) = repo.seal_paths(digest);
-    write_file_atomic(&sig_path, sig, Replace::Yes)?;
-    write_file_atomic(&json_path, json, Replace::Yes)?;
+    write_file_atomic(&sig_path, sig)?;
+    write_file_atomic(&json_path, json)?;
     Ok((json_path, sig_path))
 }
 
@@ -353,6 +358,62 @@ pub fn cmdline(repo: &Repo, digest: &Digest) -> Result<String, RepoError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(RepoError::ImageMissing { path }),
         Err(e) => Err(io_err("stat", &path)(e)),
     }
+}
+
+// ---------------------------------------------------------------------------
+// Build
+
+/// How `build` fixes mtimes (see `docs/sealing.md`, Reproducibility).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MtimePolicy {
+    /// Record mtimes as found.
+    #[default]
+    AsFound,
+    /// Clamp every mtime later than this (seconds since the epoch) to it:
+    /// the `SOURCE_DATE_EPOCH` convention.
+    ClampTo(i64),
+    /// Every mtime becomes 0 (`mkcomposefs --use-epoch`).
+    Zero,
+}
+
+/// Apply `policy` to every inode of `tree`.
+pub fn fix_mtimes(tree: &mut crate::tree::Tree, policy: MtimePolicy) {
+    for inode in &mut tree.inodes {
+        match policy {
+            MtimePolicy::AsFound => {}
+            MtimePolicy::ClampTo(limit) => {
+                if inode.mtime.sec > limit || (inode.mtime.sec == limit && inode.mtime.nsec > 0) {
+                    inode.mtime.sec = limit;
+                    inode.mtime.nsec = 0;
+                }
+            }
+            MtimePolicy::Zero => {
+                inode.mtime.sec = 0;
+                inode.mtime.nsec = 0;
+            }
+        }
+    }
+}
+
+/// Publish `image` as `images/<hex>` (its SHA-256 fs-verity digest) through
+/// a temp file and rename. Callers publish objects first. An existing file
+/// with the same bytes is left alone; one with other bytes (damaged) is
+/// replaced whole. Returns the digest.
+pub fn publish_image(repo: &Repo, image: &[u8]) -> Result<Digest, RepoError> {
+    let digest = fsverity::digest_bytes(HashAlgorithm::Sha256, image);
+    let dir = repo.images_dir();
+    create_dir_all(&dir)?;
+    remove_stale_temps(&dir)?;
+    let path = repo.image_path(&digest);
+    let same = match fs::read(&path) {
+        Ok(existing) => existing == image,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(io_err("read", &path)(e)),
+    };
+    if !same {
+        write_file_atomic(&path, image)?;
+    }
+    Ok(digest)
 }
 
 // ---------------------------------------------------------------------------
@@ -693,32 +754,45 @@ pub fn install_with_objects(
         objects: objects.len() as u64,
         ..InstallReport::default()
     };
-    // Phase 1: copy.
-    let objects_dir = target.objects_dir();
-    create_dir_all(&objects_dir)?;
-    remove_stale_temps(&objects_dir)?;
-    let mut files_done = 0u64;
-    for object in objects {
-        let dst = target.object_path(object);
-        if let Some(copied) = copy_object(&source.object_path(object), &objects_dir, &dst, object)?
-        {
-            report.objects_copied += 1;
-            report.bytes_copied += copied;
+    // Phase 1: copy. The store hashes each object as it copies it and
+    // publishes it under its name only if the digest matches.
+    let store =
+        ObjectStore::open(&target.objects_dir()).map_err(|e| RepoError::Store(Box::new(e)))?;
+    let batch = store.batch();
+    for (done, object) in objects.iter().enumerate() {
+        let src = source.object_path(object);
+        match src.symlink_metadata() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(RepoError::ObjectMissing {
+                    path: src,
+                    digest: Box::new(*object),
+                })
+            }
+            _ => {}
         }
-        files_done += 1;
-        progress(files_done, report.bytes_copied);
+        batch.add_file(&src, object).map_err(|e| match e {
+            StoreError::DigestMismatch {
+                expected,
+                found,
+                path,
+            } => RepoError::ObjectDigestMismatch {
+                path,
+                expected: Box::new(expected),
+                found: Box::new(found),
+            },
+            other => RepoError::Store(Box::new(other)),
+        })?;
+        progress(done as u64 + 1, 0);
     }
-    let images_dir = target.images_dir();
-    create_dir_all(&images_dir)?;
-    remove_stale_temps(&images_dir)?;
+    let stats = batch.commit().map_err(|e| RepoError::Store(Box::new(e)))?;
+    report.objects_copied = stats.added;
+    report.bytes_copied = stats.bytes_added;
     let image_path = target.image_path(digest);
-    let same = match fs::read(&image_path) {
-        Ok(existing) => existing == image,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => return Err(io_err("read", &image_path)(e)),
-    };
-    if !same {
-        write_file_atomic(&image_path, image, Replace::Yes)?;
+    if digest.algorithm() == HashAlgorithm::Sha256 {
+        publish_image(target, image)?;
+    } else {
+        create_dir_all(&target.images_dir())?;
+        write_file_atomic(&image_path, image)?;
     }
     report.seal_installed = install_seal(source, target, digest)?;
     let deploy = target.deploy_dir(digest);
@@ -753,70 +827,6 @@ fn install_seal(source: &Repo, target: &Repo, digest: &Digest) -> Result<bool, R
         write_seal(target, digest, &json, &sig)?;
     }
     Ok(true)
-}
-
-/// Copy one object unless present; returns the bytes copied, or `None` if
-/// the target already had it. The temp file lives in `objects_dir` (same
-/// filesystem) and is renamed to `dst` only after its digest matched.
-fn copy_object(
-    src: &Path,
-    objects_dir: &Path,
-    dst: &Path,
-    digest: &Digest,
-) -> Result<Option<u64>, RepoError> {
-    if dst.symlink_metadata().is_ok() {
-        return Ok(None);
-    }
-    let mut input = match File::open(src) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(RepoError::ObjectMissing {
-                path: src.to_path_buf(),
-                digest: Box::new(*digest),
-            })
-        }
-        Err(e) => return Err(io_err("open", src)(e)),
-    };
-    if let Some(parent) = dst.parent() {
-        create_dir_all(parent)?;
-    }
-    let (tmp, mut out) = create_temp(&objects_dir.join("x"))?;
-    let result = (|| {
-        let mut hasher = fsverity::MerkleHasher::new(digest.algorithm());
-        let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0u64;
-        loop {
-            let n = input.read(&mut buf).map_err(io_err("read", src))?;
-            if n == 0 {
-                break;
-            }
-            let chunk = buf.get(..n).unwrap_or_default();
-            hasher.update(chunk);
-            out.write_all(chunk).map_err(io_err("write", &tmp))?;
-            total += n as u64;
-        }
-        out.sync_all().map_err(io_err("fsync", &tmp))?;
-        let found = hasher.finish();
-        if found != *digest {
-            return Err(RepoError::ObjectDigestMismatch {
-                path: src.to_path_buf(),
-                expected: Box::new(*digest),
-                found: Box::new(found),
-            });
-        }
-        Ok(total)
-    })();
-    drop(out);
-    match result {
-        Ok(total) => {
-            publish(&tmp, dst, Replace::No)?;
-            Ok(Some(total))
-        }
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
 }
 
 /// Enable fs-verity on `path` (already enabled is fine), then check that
@@ -861,14 +871,6 @@ fn enable_and_check(target: &Repo, path: &Path, expected: &Digest) -> Result<(),
 // ---------------------------------------------------------------------------
 // Crash-safe file helpers
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Replace {
-    Yes,
-    /// Leave an existing file in place (`RENAME_NOREPLACE`); the caller's
-    /// invariant says it already has the right content.
-    No,
-}
-
 pub(crate) fn create_dir_all(dir: &Path) -> Result<(), RepoError> {
     fs::create_dir_all(dir).map_err(io_err("create directory", dir))
 }
@@ -900,47 +902,21 @@ pub(crate) fn create_temp(final_path: &Path) -> Result<(PathBuf, File), RepoErro
     Ok((tmp, file))
 }
 
-/// Move a fully written and fsync'd temp file to its final name, then fsync
-/// the directory. With [`Replace::No`] an existing target wins and the temp
-/// file is removed; returns whether the temp file was published.
-pub(crate) fn publish(tmp: &Path, final_path: &Path, replace: Replace) -> Result<bool, RepoError> {
-    let published = match replace {
-        Replace::Yes => {
-            fs::rename(tmp, final_path).map_err(io_err("rename", final_path))?;
-            true
-        }
-        Replace::No => {
-            match rustix::fs::renameat_with(
-                rustix::fs::CWD,
-                tmp,
-                rustix::fs::CWD,
-                final_path,
-                rustix::fs::RenameFlags::NOREPLACE,
-            ) {
-                Ok(()) => true,
-                Err(rustix::io::Errno::EXIST) => {
-                    let _ = fs::remove_file(tmp);
-                    false
-                }
-                Err(e) => {
-                    let _ = fs::remove_file(tmp);
-                    return Err(io_err("rename", final_path)(e.into()));
-                }
-            }
-        }
-    };
-    if let Some(dir) = final_path.parent() {
-        fsync_dir(dir)?;
+/// Move a fully written and fsync'd temp file to its final name
+/// (replacing), then fsync the directory.
+pub(crate) fn publish(tmp: &Path, final_path: &Path) -> Result<(), RepoError> {
+    if let Err(e) = fs::rename(tmp, final_path) {
+        let _ = fs::remove_file(tmp);
+        return Err(io_err("rename", final_path)(e));
     }
-    Ok(published)
+    match final_path.parent() {
+        Some(dir) => fsync_dir(dir),
+        None => Ok(()),
+    }
 }
 
 /// Write `data` to `final_path` through a temp file, fsync, rename.
-pub(crate) fn write_file_atomic(
-    final_path: &Path,
-    data: &[u8],
-    replace: Replace,
-) -> Result<bool, RepoError> {
+pub(crate) fn write_file_atomic(final_path: &Path, data: &[u8]) -> Result<(), RepoError> {
     let (tmp, mut file) = create_temp(final_path)?;
     let result = file
         .write_all(data)
@@ -951,7 +927,7 @@ pub(crate) fn write_file_atomic(
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    publish(&tmp, final_path, replace)
+    publish(&tmp, final_path)
 }
 
 /// Remove temp files left by a killed run in `dir` (non-recursive). Only
@@ -1011,13 +987,12 @@ mod tests {
     fn atomic_write_and_stale_temp_cleanup() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("x");
-        assert!(write_file_atomic(&target, b"one", Replace::No).unwrap());
-        assert!(!write_file_atomic(&target, b"two", Replace::No).unwrap());
+        write_file_atomic(&target, b"one").unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"one");
-        assert!(write_file_atomic(&target, b"three", Replace::Yes).unwrap());
+        write_file_atomic(&target, b"three").unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"three");
-        // A temp of a dead process (pid 0 never names a user process dir
-        // in /proc... use an impossible pid) is removed; others stay.
+        // A temp of a process that cannot exist (pid above pid_max) is
+        // removed; one of a live process (pid 1) stays.
         let stale = dir.path().join(format!("{TEMP_PREFIX}999999999-0"));
         fs::write(&stale, b"junk").unwrap();
         let live = dir.path().join(format!("{TEMP_PREFIX}1-0"));

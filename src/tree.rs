@@ -21,6 +21,9 @@
 //!   (written as `trusted.overlay.metacopy`). The reference format allows any
 //!   combination, so the tree does too; [`RegularFile::is_inline`] is the rule
 //!   the writer uses.
+//! - [`Tree::secondary_links`] optionally marks which entries of a hard-linked
+//!   inode are links rather than its definition (it decides where the
+//!   reference writer places the inode).
 //!
 //! Memory is linear in the metadata: no file data is held except inline
 //! content (at most 64 bytes per file from a directory scan; dumpfiles may
@@ -244,6 +247,13 @@ pub fn valid_name(name: &[u8]) -> bool {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tree {
     pub inodes: Vec<Inode>,
+    /// Directory entries `(directory, name)` that are secondary hard links:
+    /// the inode they name was defined by another entry (a dumpfile `@`
+    /// line). The writer numbers and places an inode at its defining entry,
+    /// as the reference does; entries not listed here are taken in
+    /// breadth-first order, the first one defining. Sources without that
+    /// information (directory scans, images) leave this empty.
+    pub secondary_links: Vec<(InodeId, Box<[u8]>)>,
 }
 
 impl Tree {
@@ -256,7 +266,10 @@ impl Tree {
     /// are discarded).
     pub fn with_root(mut root: Inode) -> Tree {
         root.kind = InodeKind::Directory(Vec::new());
-        Tree { inodes: vec![root] }
+        Tree {
+            inodes: vec![root],
+            secondary_links: Vec::new(),
+        }
     }
 
     pub fn root(&self) -> &Inode {

@@ -106,11 +106,21 @@ const XATTR_USER_OPAQUE: &[u8] = b"user.overlay.opaque";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadError {
     /// The image is shorter than the composefs header plus superblock.
-    TooSmall { len: usize },
-    BadComposefsMagic { found: u32 },
-    UnsupportedComposefsVersion { found: u32 },
-    BadErofsMagic { found: u32 },
-    UnsupportedBlockSize { blkszbits: u8 },
+    TooSmall {
+        len: usize,
+    },
+    BadComposefsMagic {
+        found: u32,
+    },
+    UnsupportedComposefsVersion {
+        found: u32,
+    },
+    BadErofsMagic {
+        found: u32,
+    },
+    UnsupportedBlockSize {
+        blkszbits: u8,
+    },
     /// A region the image points at lies (partly) outside the image.
     OutOfBounds {
         what: &'static str,
@@ -119,29 +129,60 @@ pub enum ReadError {
         image_len: usize,
     },
     /// A nid whose inode would lie outside the image.
-    InodeOutOfBounds { nid: u64 },
-    UnsupportedLayout { nid: u64, layout: u8 },
+    InodeOutOfBounds {
+        nid: u64,
+    },
+    UnsupportedLayout {
+        nid: u64,
+        layout: u8,
+    },
     /// The inode's data layout does not fit its file type.
-    LayoutMismatch { nid: u64, mode: u32, layout: u8 },
-    BadFileType { nid: u64, mode: u32 },
-    RootNotDirectory { nid: u64, mode: u32 },
+    LayoutMismatch {
+        nid: u64,
+        mode: u32,
+        layout: u8,
+    },
+    BadFileType {
+        nid: u64,
+        mode: u32,
+    },
+    RootNotDirectory {
+        nid: u64,
+        mode: u32,
+    },
     /// Inline (tail-packed) data crossing a block boundary.
-    InlineCrossesBlock { nid: u64, offset: u64, len: u64 },
+    InlineCrossesBlock {
+        nid: u64,
+        offset: u64,
+        len: u64,
+    },
     BadXattr {
         nid: u64,
         offset: u64,
         reason: &'static str,
     },
-    BadXattrPrefix { nid: u64, index: u8 },
+    BadXattrPrefix {
+        nid: u64,
+        index: u8,
+    },
     BadDirectoryBlock {
         nid: u64,
         offset: u64,
         reason: &'static str,
     },
-    BadName { nid: u64, name: Vec<u8> },
-    DuplicateName { nid: u64, name: Vec<u8> },
+    BadName {
+        nid: u64,
+        name: Vec<u8>,
+    },
+    DuplicateName {
+        nid: u64,
+        name: Vec<u8>,
+    },
     /// A directory's `.` entry does not point at itself (or is missing).
-    BadDotEntry { nid: u64, found: Option<u64> },
+    BadDotEntry {
+        nid: u64,
+        found: Option<u64>,
+    },
     /// A directory's `..` entry does not point at its parent (or is missing).
     BadDotDotEntry {
         nid: u64,
@@ -155,26 +196,49 @@ pub enum ReadError {
         mode: u32,
     },
     /// A directory reached a second time: a cycle or a directory hardlink.
-    DirectoryRevisited { nid: u64 },
+    DirectoryRevisited {
+        nid: u64,
+    },
     /// A whiteout (char device 0:0) that is hardlinked.
-    HardlinkedWhiteout { nid: u64 },
-    DepthExceeded { nid: u64, depth: usize },
+    HardlinkedWhiteout {
+        nid: u64,
+    },
+    DepthExceeded {
+        nid: u64,
+        depth: usize,
+    },
     /// More directory entries than the image's size can hold honestly.
-    TooManyEntries { limit: u64 },
+    TooManyEntries {
+        limit: u64,
+    },
     /// More inline content than the image's size can hold honestly.
-    ContentBudgetExceeded { nid: u64, limit: u64 },
+    ContentBudgetExceeded {
+        nid: u64,
+        limit: u64,
+    },
     /// More xattr bytes than the image's size justifies.
-    XattrBudgetExceeded { nid: u64, limit: u64 },
+    XattrBudgetExceeded {
+        nid: u64,
+        limit: u64,
+    },
     BadSymlink {
         nid: u64,
         size: u64,
         reason: &'static str,
     },
-    BadMetacopy { nid: u64, len: usize },
+    BadMetacopy {
+        nid: u64,
+        len: usize,
+    },
     /// An external file (chunk-based) whose metacopy xattr is missing.
-    MissingMetacopy { nid: u64 },
+    MissingMetacopy {
+        nid: u64,
+    },
     /// The rebuilt tree was refused by the tree module.
-    Tree { nid: u64, message: String },
+    Tree {
+        nid: u64,
+        message: String,
+    },
 }
 
 impl fmt::Display for ReadError {
@@ -927,14 +991,11 @@ fn parse_metacopy(nid: u64, value: &[u8]) -> Result<Option<Digest>, ReadError> {
         nid,
         len: value.len(),
     };
-    if value.len() < 4 || usize::from(value[1]) != value.len() || value[0] != 0 || value[2] != 0
-    {
+    if value.len() < 4 || usize::from(value[1]) != value.len() || value[0] != 0 || value[2] != 0 {
         return Err(bad);
     }
     let alg = HashAlgorithm::from_number(u32::from(value[3])).ok_or(bad.clone())?;
-    Digest::from_bytes(alg, &value[4..])
-        .map(Some)
-        .ok_or(bad)
+    Digest::from_bytes(alg, &value[4..]).map(Some).ok_or(bad)
 }
 
 /// Decode the image into the neutral [`Decoded`] form.

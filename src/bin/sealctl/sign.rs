@@ -34,7 +34,7 @@ pub struct SealFields {
     #[arg(long)]
     pub os: Option<String>,
     /// OS version recorded in the manifest.
-    #[arg(long = "os-version", alias = "image-version")]
+    #[arg(long = "version", alias = "os-version")]
     pub version: Option<String>,
     /// Omit the creation time.
     #[arg(long)]
