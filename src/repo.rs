@@ -71,6 +71,7 @@ pub enum RepoError {
     },
     Seal(SealError),
     Store(Box<StoreError>),
+    Scan(Box<crate::scan::ScanError>),
     WriteImage(Box<crate::erofs::writer::WriteError>),
     /// The image could not be read as a composefs EROFS image.
     ImageMalformed {
@@ -135,6 +136,7 @@ impl fmt::Display for RepoError {
             ),
             RepoError::Seal(e) => write!(f, "{e}"),
             RepoError::Store(e) => write!(f, "{e}"),
+            RepoError::Scan(e) => write!(f, "{e}"),
             RepoError::WriteImage(e) => write!(f, "cannot write the image: {e}"),
             RepoError::ImageMalformed { path, reason } => {
                 write!(f, "{}: not a readable composefs image: {reason}", path.display())
@@ -393,6 +395,56 @@ pub fn fix_mtimes(tree: &mut crate::tree::Tree, policy: MtimePolicy) {
             }
         }
     }
+}
+
+/// Options for [`build`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BuildOptions {
+    pub mtimes: MtimePolicy,
+    /// Hashing threads; 0 = all cores.
+    pub threads: usize,
+}
+
+/// What [`build`] made.
+#[derive(Clone, Copy, Debug)]
+pub struct BuildReport {
+    pub digest: Digest,
+    pub image_size: u64,
+    pub objects_added: u64,
+    pub objects_existing: u64,
+    pub bytes_added: u64,
+}
+
+/// Build `rootfs` into `repo`: scan it (files over 64 bytes go into the
+/// object store, hashed as they are copied), write the EROFS image, commit
+/// the objects (durable, then published under their names), then publish
+/// the image. Nothing is signed here.
+pub fn build(rootfs: &Path, repo: &Repo, opts: &BuildOptions) -> Result<BuildReport, RepoError> {
+    let store =
+        ObjectStore::open(&repo.objects_dir()).map_err(|e| RepoError::Store(Box::new(e)))?;
+    let batch = store.batch();
+    let scan_opts = crate::scan::ScanOptions {
+        use_epoch: opts.mtimes == MtimePolicy::Zero,
+        threads: opts.threads,
+        ..Default::default()
+    };
+    let mut tree = crate::scan::scan_directory(rootfs, &scan_opts, Some(&batch))
+        .map_err(|e| RepoError::Scan(Box::new(e)))?;
+    fix_mtimes(&mut tree, opts.mtimes);
+    let image =
+        crate::erofs::writer::write_image(&tree, &crate::erofs::writer::WriteOptions::default())
+            .map_err(|e| RepoError::WriteImage(Box::new(e)))?;
+    drop(tree);
+    // Objects become visible before the image that names them.
+    let stats = batch.commit().map_err(|e| RepoError::Store(Box::new(e)))?;
+    let digest = publish_image(repo, &image)?;
+    Ok(BuildReport {
+        digest,
+        image_size: image.len() as u64,
+        objects_added: stats.added,
+        objects_existing: stats.existing,
+        bytes_added: stats.bytes_added,
+    })
 }
 
 /// Publish `image` as `images/<hex>` (its SHA-256 fs-verity digest) through
