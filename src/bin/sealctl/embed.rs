@@ -137,7 +137,7 @@ impl std::fmt::Display for EmbedError {
             ),
             EmbedError::MagicNotFound { path } => write!(
                 f,
-                "{}: trust area magic SEALROOT-TRUST01 not found (not a sealroot binary?)",
+                "{}: trust area magic not found (not a sealroot binary?)",
                 path.display()
             ),
             EmbedError::MagicAmbiguous { offsets } => write!(
