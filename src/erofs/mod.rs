@@ -2,11 +2,11 @@
 //!
 //! - [`format`]: constants and small helpers both sides share.
 //! - [`writer`]: tree → image bytes, bit-for-bit as `mkcomposefs` 1.0.x.
-//!
-//! The reader (`reader.rs`, owned by the reader helper) is declared here
-//! once it exists.
+//! - [`reader`]: image bytes → tree, for untrusted images (never panics,
+//!   bounded allocation).
 
 pub mod format;
+pub mod reader;
 pub mod writer;
 
 pub use writer::{write_image, WriteError, WriteOptions};
