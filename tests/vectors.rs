@@ -136,3 +136,33 @@ fn should_fail_vectors_are_refused() {
     assert!(n > 0);
     assert!(accepted.is_empty(), "accepted: {accepted:?}");
 }
+
+/// Run the writer over every file of a fuzz corpus (env
+/// `SEALROOT_DUMPFILE_CORPUS`): whatever the parser accepts must be written
+/// or refused with an error, never panic. Ignored by default (needs a corpus).
+#[test]
+#[ignore]
+fn writer_survives_fuzz_corpus() {
+    let Some(dir) = std::env::var_os("SEALROOT_DUMPFILE_CORPUS") else {
+        eprintln!("SKIP: set SEALROOT_DUMPFILE_CORPUS");
+        return;
+    };
+    let mut written = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let input = std::fs::read(e.path()).unwrap();
+        if let Ok(tree) = dumpfile::parse(&input, false) {
+            for opts in [
+                WriteOptions::default(),
+                WriteOptions {
+                    min_version: 0,
+                    max_version: 0,
+                },
+            ] {
+                if write_image(&tree, &opts).is_ok() {
+                    written += 1;
+                }
+            }
+        }
+    }
+    eprintln!("{written} images written");
+}

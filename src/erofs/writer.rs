@@ -974,3 +974,84 @@ fn emit(nodes: &[Node], l: &Layout, version: u32) -> Vec<u8> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dumpfile;
+    use crate::tree::S_IFMT;
+
+    fn build(dump: &[u8], opts: WriteOptions) -> Vec<u8> {
+        write_image(&dumpfile::parse(dump, true).unwrap(), &opts).unwrap()
+    }
+
+    #[test]
+    fn header_superblock_and_root_facts() {
+        let img = build(b"/ 0 40755 2 0 0 0 7.0 - - -\n", WriteOptions::default());
+        assert_eq!(img.len() % 4096, 0);
+        assert_eq!(&img[0..4], &COMPOSEFS_MAGIC.to_le_bytes());
+        assert_eq!(&img[12..16], &0u32.to_le_bytes(), "no whiteout: version 0");
+        assert_eq!(&img[1024..1028], &EROFS_MAGIC.to_le_bytes());
+        assert_eq!(img[1024 + 12], 12, "blkszbits");
+        // root nid: first slot after the superblock (1152 / 32).
+        assert_eq!(u16::from_le_bytes([img[1038], img[1039]]), 36);
+        // inodes: root + 256 whiteout stubs.
+        assert_eq!(u64::from_le_bytes(img[1040..1048].try_into().unwrap()), 257);
+        // build time = minimum mtime.
+        assert_eq!(u64::from_le_bytes(img[1048..1056].try_into().unwrap()), 7);
+    }
+
+    #[test]
+    fn whiteout_raises_version_within_max() {
+        let d = b"/ 0 40755 2 0 0 0 0.0 - - -\n/w 0 20644 1 0 0 0 0.0 - - -\n";
+        let v1 = build(d, WriteOptions::default());
+        assert_eq!(&v1[12..16], &1u32.to_le_bytes());
+        let v0 = build(
+            d,
+            WriteOptions {
+                min_version: 0,
+                max_version: 0,
+            },
+        );
+        assert_eq!(&v0[12..16], &0u32.to_le_bytes());
+        assert_ne!(v0, v1);
+        let t = dumpfile::parse(d, true).unwrap();
+        assert!(matches!(
+            write_image(
+                &t,
+                &WriteOptions {
+                    min_version: 2,
+                    max_version: 2
+                }
+            ),
+            Err(WriteError::UnsupportedVersion { version: 2 })
+        ));
+    }
+
+    #[test]
+    fn image_reads_back_with_hardlinks_overlay_xattrs_and_nlink() {
+        let d = b"/ 0 40755 2 0 0 0 0.0 - - -\n\
+/a 0 40755 2 0 0 0 0.0 - - -\n\
+/a/f 100 100644 3 5 6 0 9.1 ab/cdef - 00000000000000000000000000000000000000000000000000000000000000ff user.x=1\n\
+/b 100 @100644 3 5 6 0 9.1 /a/f - -\n\
+/c 4 100600 1 0 0 0 0.0 - abcd - trusted.overlay.k=v\n";
+        let img = build(d, WriteOptions::default());
+        let t = crate::erofs::reader::read_image(&img).unwrap();
+        let a = t.lookup(ROOT, b"a").unwrap();
+        let f = t.lookup(a, b"f").unwrap();
+        assert_eq!(t.lookup(ROOT, b"b"), Some(f), "hard link shares the inode");
+        let inode = &t.inodes[f];
+        assert_eq!(inode.nlink, 3, "non-directory nlink kept from the source");
+        assert_eq!(inode.mode() & S_IFMT, 0o100000);
+        match &inode.kind {
+            InodeKind::Regular(r) => {
+                assert_eq!(r.size, 100);
+                assert_eq!(r.payload.as_deref(), Some(&b"ab/cdef"[..]));
+                assert_eq!(r.digest.map(|d| d.as_bytes()[31]), Some(0xff));
+            }
+            k => panic!("{k:?}"),
+        }
+        let c = t.lookup(ROOT, b"c").unwrap();
+        assert_eq!(t.inodes[c].xattr(b"trusted.overlay.k"), Some(&b"v"[..]));
+    }
+}
