@@ -13,11 +13,10 @@ use std::time::{Duration, SystemTime};
 
 use sealroot::digest::{Digest, HashAlgorithm};
 use sealroot::fsverity;
+use sealroot::progress::Progress;
 use sealroot::repo::{self, InstallOptions, Repo};
 
 const CHILD_ENV: &str = "SEALROOT_CRASH_CHILD";
-
-fn no_progress(_: u64, _: u64) {}
 
 /// xorshift seeded from the clock: enough to scatter kill times.
 struct Rng(u64);
@@ -139,7 +138,7 @@ fn crash_child_install() {
         &image,
         &objects,
         InstallOptions { copy_only: true },
-        &no_progress,
+        &Progress::hidden(),
     )
     .unwrap();
 }
@@ -200,7 +199,7 @@ fn install_copy_phase_survives_sigkill() {
         &image,
         &objects,
         InstallOptions { copy_only: true },
-        &no_progress,
+        &Progress::hidden(),
     )
     .unwrap();
     assert_eq!(check_target(&t), objects.len());
