@@ -112,6 +112,22 @@ fn build_is_reproducible_and_verifies() {
         fsverity::digest_bytes(HashAlgorithm::Sha256, &fs::read(a.image_path(&d1)).unwrap()),
         d1
     );
+    // The reference tool agrees on the image digest (when installed), and
+    // `sealctl mkcomposefs` on the same tree gives the same digest.
+    let img = a.image_path(&d1);
+    if let Ok(out) = Command::new("fsverity").arg("digest").arg(&img).output() {
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            format!("sha256:{} {}\n", d1.to_hex(), img.display())
+        );
+    } else {
+        eprintln!("fsverity not installed: reference digest check skipped");
+    }
+    let mk = sealctl(
+        &["mkcomposefs", "--print-digest-only", root.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(String::from_utf8(mk.stdout).unwrap().trim(), d1.to_hex());
     // 20 generated files + the script (hardlinked once) are external.
     assert_eq!(objects_named_by_content(&a), 21);
     // Building again into the same repository changes nothing.
