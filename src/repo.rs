@@ -986,7 +986,9 @@ pub(crate) fn write_file_atomic(final_path: &Path, data: &[u8]) -> Result<(), Re
 
 /// Remove temp files left by a killed run in `dir` (non-recursive). Only
 /// files of processes that no longer exist are removed, so two sealctl
-/// runs on one repository do not delete each other's work.
+/// runs on one repository do not delete each other's work. Liveness is
+/// read from `/proc/<pid>`; without a mounted /proc every owner looks dead,
+/// which is only wrong if two runs share a repository there.
 pub(crate) fn remove_stale_temps(dir: &Path) -> Result<(), RepoError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
