@@ -388,6 +388,8 @@ pub(crate) fn mkdir_all(path: &Path, mode: u32) -> Result<(), Errno> {
     match rustix::fs::mkdir(path, Mode::from_raw_mode(mode)) {
         Ok(()) => Ok(()),
         Err(Errno::EXIST) if is_dir(path) => Ok(()),
+        // Something that is not a directory is in the way.
+        Err(Errno::EXIST) => Err(Errno::NOTDIR),
         Err(e) => Err(e),
     }
 }
@@ -877,4 +879,47 @@ pub fn compose(req: ComposeRequest<'_>) -> Result<Composed, MountError> {
         mount_overlay_us,
         state_us,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mkdir_all_nested_and_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x/y/z");
+        mkdir_all(&p, 0o755).unwrap();
+        assert!(is_dir(&p));
+        mkdir_all(&p, 0o755).unwrap();
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        assert_eq!(
+            mkdir_all(&dir.path().join("file/sub"), 0o755),
+            Err(Errno::NOTDIR)
+        );
+    }
+
+    #[test]
+    fn read_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![7u8; 10000]).unwrap();
+        assert_eq!(read_file_limited(&p, 10000).unwrap().len(), 10000);
+        assert_eq!(read_file_limited(&p, 9999), Err(None));
+        assert_eq!(
+            read_file_limited(&dir.path().join("nope"), 1),
+            Err(Some(Errno::NOENT))
+        );
+    }
+
+    #[test]
+    fn measure_maps_unsupported_filesystems() {
+        // The host kernel (and tmpfs everywhere) cannot measure: fail closed.
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let d = Digest::parse_hex_any(&"00".repeat(32)).unwrap();
+        match measure(f.as_file(), &d, "x") {
+            Err(ImageError::VerityUnsupported { .. }) | Err(ImageError::VerityMissing { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
 }

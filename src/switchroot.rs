@@ -504,6 +504,24 @@ mod tests {
     }
 
     #[test]
+    fn delete_tree_stays_on_its_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("a/b/c")).unwrap();
+        std::fs::write(d.join("a/b/c/f"), b"x").unwrap();
+        std::fs::write(d.join("top"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc", d.join("link")).unwrap();
+        let dev = rustix::fs::lstat(d).unwrap().st_dev as u64;
+        // A device number that matches nothing: nothing may be deleted.
+        delete_tree_same_fs(d, dev.wrapping_add(1));
+        assert!(d.join("a/b/c/f").exists() && d.join("top").exists());
+        delete_tree_same_fs(d, dev);
+        assert_eq!(std::fs::read_dir(d).unwrap().count(), 0);
+        // The symlink itself went, not what it points to.
+        assert!(Path::new("/etc").is_dir());
+    }
+
+    #[test]
     fn root_forms() {
         assert_eq!(root_device_path("/dev/vda"), "/dev/vda");
         assert_eq!(root_device_path("UUID=abc"), "/dev/disk/by-uuid/abc");
