@@ -414,6 +414,10 @@ def _boot(kernel, initrd, append, disks, log_path, timeout, stop_after, memory, 
     guest finished (FINISHED) or STOP_AFTER (a regex) matched plus a grace.
     Single-threaded TCG: the guest still has SMP vCPUs, but they take turns on
     one host thread, which avoids MTTCG's races with kernel text patching."""
+    # no_timer_check: under a loaded host the kernel's IO-APIC timer check
+    # can fail ("IO-APIC + timer doesn't work!" panic); it is meant for VMs.
+    if "no_timer_check" not in append:
+        append += " no_timer_check"
     cmd = ["qemu-system-x86_64", "-accel", "tcg,thread=single", "-m", str(memory), "-smp", str(smp),
            "-nodefaults", "-display", "none", "-serial", "stdio", "-monitor", "none",
            "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd), "-append", append]
