@@ -74,7 +74,7 @@ def timings_from_status(st):
                 w in "/".join(path).lower() for w in ("time", "ms", "us", "duration")):
             name = "/".join(path)
             val = float(o)
-            if name.endswith("_us") or name.endswith("us"):
+            if any(c.endswith("_us") for c in path):
                 val /= 1000.0
             found[name] = val
     walk(st, [])
