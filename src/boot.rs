@@ -1,7 +1,692 @@
-//! Boot orchestration (to be written).
+//! Boot orchestration: the `sealroot` binary's modes, the trust decision,
+//! and `/run/sealroot/status.json`.
+//!
+//! Contract (the integrators' view is docs/boot-sequence.md, which lists
+//! every log line):
+//! - PID 1 (`/init` of a minimal initramfs): API filesystems, modules from
+//!   `/etc/sealroot/modules`, physical root from `root=` at `/sysroot`,
+//!   [`prepare`], then [`crate::switchroot::switch_root`]. Any refusal logs
+//!   one `refusing to boot: <reason>` line and then follows the failure
+//!   policy of the config (halt = power off by default).
+//! - `sealroot prepare [--sysroot DIR] [--cmdline TEXT] [--config FILE]`:
+//!   the same [`prepare`] on a physical root someone else mounted (systemd
+//!   `sysroot.mount`, dracut `$NEWROOT`); exit status 0 on success, 1 on a
+//!   refusal, 2 on a usage error.
+//! - [`prepare`]: expected digest (first command-line digest parameter and/or
+//!   the config, which must agree), trust policy from [`crate::trust::load`]
+//!   (never from the command line), open + measure the image fd, verify the
+//!   seal (signed policy) with the serial floor max(compiled-in, config),
+//!   mount from that same fd ([`crate::mount::compose`]), write the status.
+//!   The order guarantees that nothing is mounted before the measured digest
+//!   is trusted.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use crate::cmdline::{self, Cmdline, CmdlineError};
+use crate::config::{self, Config, ConfigError, DigestSource, FailurePolicy, SelectError};
+use crate::digest::Digest;
+use crate::log;
+use crate::mount::{self, ComposeRequest, ErofsHow, ImageError, MountError, OverlayHow};
+use crate::seal::{self, SealError};
+use crate::switchroot::{self, SwitchError};
+use crate::trust::{self, TrustError, TrustPolicy};
+
+/// Where the status file goes.
+pub const STATUS_DIR: &str = "/run/sealroot";
+/// Scratch mount directory used while composing.
+pub const SCRATCH_DIR: &str = "/run/sealroot/mnt";
+/// PID 1's module list.
+pub const MODULE_LIST: &str = "/etc/sealroot/modules";
+/// Where PID 1 mounts the physical root.
+pub const PID1_SYSROOT: &str = "/sysroot";
+/// Default init.
+pub const DEFAULT_INIT: &str = "/sbin/init";
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Every way a boot is refused. Display gives the reason after
+/// `refusing to boot: `.
+#[derive(Debug)]
+pub enum BootError {
+    ReadCmdline { error: std::io::Error },
+    Cmdline(CmdlineError),
+    Config(ConfigError),
+    Digest(SelectError),
+    Trust(TrustError),
+    Sysroot { path: String },
+    Repo(ImageError),
+    Image(ImageError),
+    SealFile(ImageError),
+    Seal { path: String, error: SealError },
+    Mount(MountError),
+    Switch(SwitchError),
+    Status { path: String, error: std::io::Error },
+}
+
+impl fmt::Display for BootError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BootError::ReadCmdline { error } => {
+                write!(f, "cannot read /proc/cmdline: {error}")
+            }
+            BootError::Cmdline(e) => e.fmt(f),
+            BootError::Config(e) => e.fmt(f),
+            BootError::Digest(e) => e.fmt(f),
+            BootError::Trust(e) => write!(f, "trust anchor unusable: {e}"),
+            BootError::Sysroot { path } => {
+                write!(f, "physical root {path} is not a directory")
+            }
+            BootError::Repo(e) => write!(f, "repository: {e}"),
+            BootError::Image(e) => e.fmt(f),
+            BootError::SealFile(e) => write!(f, "seal: {e}"),
+            BootError::Seal { path, error } => write!(f, "seal {path} rejected: {error}"),
+            BootError::Mount(e) => e.fmt(f),
+            BootError::Switch(e) => e.fmt(f),
+            BootError::Status { path, error } => {
+                write!(f, "cannot write status {path}: {error}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BootError {}
+
+/// How the digest came to be trusted.
+#[derive(Clone, Debug)]
+pub enum Trusted {
+    /// Signed policy: the verified seal.
+    Seal {
+        fingerprint: String,
+        serial: u64,
+        /// The verified manifest bytes (JSON, embedded verbatim).
+        manifest: String,
+    },
+    /// Sealed-digest policy.
+    SealedDigest { source: DigestSource },
+}
+
+/// Per-step timings in microseconds.
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    pub measure: u64,
+    pub verify: u64,
+    pub mount_erofs: u64,
+    pub mount_overlay: u64,
+    pub state: u64,
+    pub total: u64,
+}
+
+/// The outcome of [`prepare`].
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub digest: Digest,
+    pub source: DigestSource,
+    pub trusted: Trusted,
+    pub erofs: ErofsHow,
+    pub overlay: OverlayHow,
+    pub timings: Timings,
+    pub config: Config,
+}
+
+fn us_since(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Parse the command line text and log what it contained that is ignored.
+pub fn read_cmdline(text: &str) -> Result<Cmdline, BootError> {
+    let c = cmdline::parse(text).map_err(BootError::Cmdline)?;
+    for ignored in &c.ignored_digests {
+        log::warning(&format!(
+            "ignoring later digest parameter {ignored}: only the first one counts"
+        ));
+    }
+    for ignored in &c.ignored_options {
+        log::warning(&format!(
+            "ignoring {ignored}: policy settings come only from {}",
+            config::CONFIG_PATH
+        ));
+    }
+    Ok(c)
+}
+
+/// Everything [`prepare`] needs.
+pub struct PrepareRequest<'a> {
+    pub sysroot: &'a Path,
+    pub cmdline: &'a Cmdline,
+    pub config: &'a Config,
+    pub scratch: &'a Path,
+    pub started: Instant,
+}
+
+/// Check, verify, compose. See the module docs.
+pub fn prepare(req: &PrepareRequest<'_>) -> Result<Prepared, BootError> {
+    let config = req.config;
+    let (digest, source) = config::select_digest(req.cmdline.digest.map(|(_, d)| d), config.digest)
+        .map_err(BootError::Digest)?;
+    log::notice(&format!(
+        "expected digest {} (from {})",
+        digest.to_composefs(),
+        source.name()
+    ));
+
+    if !req.sysroot.is_dir() {
+        return Err(BootError::Sysroot {
+            path: req.sysroot.display().to_string(),
+        });
+    }
+    let repo = mount::open_repo(req.sysroot).map_err(BootError::Repo)?;
+
+    let t = Instant::now();
+    let image = mount::open_image(&repo, &digest).map_err(BootError::Image)?;
+    let shown = format!("{}/{}", mount::REPO_DIR, mount::image_rel(&digest));
+    let measured = mount::measure(&image, &digest, &shown).map_err(BootError::Image)?;
+    let measure_us = us_since(t);
+    log::notice(&format!("measured {measured} on {shown}"));
+
+    // Trust is loaded only now so that a binary without keys still says
+    // what it measured; nothing has been mounted yet either way.
+    let policy = trust::load().map_err(BootError::Trust)?;
+    let floor = policy.serial_floor().max(config.serial_floor);
+    match &policy {
+        TrustPolicy::Signed { keys, .. } => log::info(&format!(
+            "trust policy signed: {} key(s), serial floor {floor}",
+            keys.len()
+        )),
+        TrustPolicy::SealedDigest { .. } => log::info("trust policy sealed-digest"),
+    }
+
+    let t = Instant::now();
+    let trusted = match &policy {
+        TrustPolicy::Signed { keys, .. } => {
+            let hex = measured.to_hex();
+            let json_rel = format!("seals/{hex}.json");
+            let sig_rel = format!("seals/{hex}.sig");
+            let json_shown = format!("{}/{json_rel}", mount::REPO_DIR);
+            let sig_shown = format!("{}/{sig_rel}", mount::REPO_DIR);
+            let manifest =
+                mount::read_beneath(&repo, &json_rel, &json_shown, seal::MAX_MANIFEST_SIZE)
+                    .map_err(BootError::SealFile)?;
+            let sig = mount::read_beneath(&repo, &sig_rel, &sig_shown, seal::SIGNATURE_SIZE)
+                .map_err(BootError::SealFile)?;
+            let v =
+                seal::verify_seal(&manifest, &sig, keys, &measured, floor).map_err(|error| {
+                    BootError::Seal {
+                        path: json_shown.clone(),
+                        error,
+                    }
+                })?;
+            log::notice(&format!(
+                "seal verified: serial {} (floor {floor}), key {}",
+                v.manifest.serial, v.key_fingerprint
+            ));
+            Trusted::Seal {
+                fingerprint: v.key_fingerprint,
+                serial: v.manifest.serial,
+                manifest: String::from_utf8_lossy(&manifest).into_owned(),
+            }
+        }
+        TrustPolicy::SealedDigest { .. } => {
+            log::notice(&format!(
+                "sealed-digest policy: trusting the digest from the {}",
+                source.name()
+            ));
+            Trusted::SealedDigest { source }
+        }
+    };
+    let verify_us = us_since(t);
+
+    let composed = mount::compose(ComposeRequest {
+        sysroot: req.sysroot,
+        scratch: req.scratch,
+        image,
+        digest: &measured,
+        etc: config.etc,
+        var: config.var,
+    })
+    .map_err(BootError::Mount)?;
+    match &composed.erofs {
+        ErofsHow::FileBacked => log::info("mounted EROFS image from the measured fd (file-backed)"),
+        ErofsHow::Loop(dev) => log::info(&format!(
+            "mounted EROFS image from the measured fd via read-only {dev}"
+        )),
+    }
+    log::info(match composed.overlay {
+        OverlayHow::LayerAppend => {
+            "mounted overlay lowerdir+/datadir+ metacopy=on,redirect_dir=on,verity=require"
+        }
+        OverlayHow::StringForm => {
+            "mounted overlay lowerdir=IMAGE::OBJECTS metacopy=on,redirect_dir=on,verity=require"
+        }
+    });
+    log::info(&format!(
+        "state: /etc {}, /var {}, physical root read-only at /sysroot",
+        config.etc.name(),
+        config.var.name()
+    ));
+    let timings = Timings {
+        measure: measure_us,
+        verify: verify_us,
+        mount_erofs: composed.mount_erofs_us,
+        mount_overlay: composed.mount_overlay_us,
+        state: composed.state_us,
+        total: us_since(req.started),
+    };
+    log::notice(&format!(
+        "composed root ready at {} in {} us",
+        req.sysroot.display(),
+        timings.total
+    ));
+    Ok(Prepared {
+        digest: measured,
+        source,
+        trusted,
+        erofs: composed.erofs,
+        overlay: composed.overlay,
+        timings,
+        config: config.clone(),
+    })
+}
+
+/// JSON string literal for `s` (quotes, backslash and control characters
+/// escaped). Hand-written so the boot binary needs no `serde_json::Value`.
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The status document (see docs/boot-sequence.md).
+pub fn status_json(p: &Prepared, mode: &str) -> String {
+    let (trust, manifest) = match &p.trusted {
+        Trusted::Seal {
+            fingerprint,
+            manifest,
+            ..
+        } => (fingerprint.clone(), manifest.trim_end().to_string()),
+        Trusted::SealedDigest { source } => (
+            match source {
+                DigestSource::Config => "sealed-config".to_string(),
+                _ => "sealed-cmdline".to_string(),
+            },
+            "null".to_string(),
+        ),
+    };
+    let source = match p.source {
+        DigestSource::Cmdline => "cmdline",
+        DigestSource::Config => "config",
+        DigestSource::Both => "cmdline+config",
+    };
+    let erofs = match &p.erofs {
+        ErofsHow::FileBacked => "file".to_string(),
+        ErofsHow::Loop(dev) => dev.clone(),
+    };
+    let overlay = match p.overlay {
+        OverlayHow::LayerAppend => "lowerdir+",
+        OverlayHow::StringForm => "lowerdir-string",
+    };
+    let t = &p.timings;
+    format!(
+        "{{\n  \"version\": 1,\n  \"sealroot\": {},\n  \"mode\": {},\n  \"digest\": {},\n  \"digest_source\": {},\n  \"trust\": {},\n  \"manifest\": {},\n  \"erofs\": {},\n  \"overlay\": {},\n  \"etc\": {},\n  \"var\": {},\n  \"timings_us\": {{\"measure\": {}, \"verify\": {}, \"mount_erofs\": {}, \"mount_overlay\": {}, \"state\": {}, \"total\": {}}}\n}}\n",
+        json_str(VERSION),
+        json_str(mode),
+        json_str(&p.digest.to_composefs()),
+        json_str(source),
+        json_str(&trust),
+        manifest,
+        json_str(&erofs),
+        json_str(overlay),
+        json_str(p.config.etc.name()),
+        json_str(p.config.var.name()),
+        t.measure,
+        t.verify,
+        t.mount_erofs,
+        t.mount_overlay,
+        t.state,
+        t.total,
+    )
+}
+
+/// Write `status.json` (temp file + rename: never half-written).
+pub fn write_status(dir: &Path, text: &str) -> Result<PathBuf, BootError> {
+    let path = dir.join("status.json");
+    let err = |error| BootError::Status {
+        path: path.display().to_string(),
+        error,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let tmp = dir.join(".status.json.tmp");
+    std::fs::write(&tmp, text.as_bytes()).map_err(err)?;
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    Ok(path)
+}
+
+/// Options of `sealroot prepare`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PrepareArgs {
+    pub sysroot: Option<PathBuf>,
+    pub cmdline: Option<String>,
+    pub config: Option<PathBuf>,
+}
+
+const USAGE: &str = "usage: sealroot prepare [--sysroot DIR] [--cmdline TEXT] [--config FILE]\n       sealroot --version\n(as PID 1 it boots: see docs/boot-sequence.md)";
+
+/// Parse the arguments after `prepare`.
+pub fn parse_prepare_args(args: &[String]) -> Result<PrepareArgs, String> {
+    let mut out = PrepareArgs::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (name, inline) = match a.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        let slot = match name {
+            "--sysroot" => 0,
+            "--cmdline" => 1,
+            "--config" => 2,
+            other => return Err(format!("unknown argument {other:?}")),
+        };
+        let value = match inline {
+            Some(v) => v,
+            None => it
+                .next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))?,
+        };
+        let dup = match slot {
+            0 => out.sysroot.replace(PathBuf::from(value)).is_some(),
+            1 => out.cmdline.replace(value).is_some(),
+            _ => out.config.replace(PathBuf::from(value)).is_some(),
+        };
+        if dup {
+            return Err(format!("{name} given twice"));
+        }
+    }
+    Ok(out)
+}
+
+fn proc_cmdline() -> Result<String, BootError> {
+    let mut bytes = Vec::new();
+    use std::io::Read;
+    std::fs::File::open("/proc/cmdline")
+        .and_then(|f| {
+            f.take(cmdline::MAX_CMDLINE as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .map_err(|error| BootError::ReadCmdline { error })?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn run_prepare(args: PrepareArgs, started: Instant) -> Result<(), BootError> {
+    let sysroot = args.sysroot.unwrap_or_else(|| PathBuf::from(PID1_SYSROOT));
+    log::info(&format!(
+        "sealroot {VERSION} preparing {}",
+        sysroot.display()
+    ));
+    let text = match args.cmdline {
+        Some(t) => t,
+        None => proc_cmdline()?,
+    };
+    let c = read_cmdline(&text)?;
+    let config_path = args
+        .config
+        .unwrap_or_else(|| PathBuf::from(config::CONFIG_PATH));
+    let cfg = config::load(&config_path)
+        .map_err(BootError::Config)?
+        .unwrap_or_default();
+    let p = prepare(&PrepareRequest {
+        sysroot: &sysroot,
+        cmdline: &c,
+        config: &cfg,
+        scratch: Path::new(SCRATCH_DIR),
+        started,
+    })?;
+    let path = write_status(Path::new(STATUS_DIR), &status_json(&p, "prepare"))?;
+    log::info(&format!("status written to {}", path.display()));
+    Ok(())
+}
+
+fn sleep_s(s: u64) {
+    std::thread::sleep(std::time::Duration::from_secs(s));
+}
+
+/// PID 1 after a refusal: never returns.
+fn pid1_fail(policy: FailurePolicy, reason: &str) -> ! {
+    let line = format!("refusing to boot: {reason}");
+    for _ in 0..3 {
+        sleep_s(1);
+        log::console(&line);
+    }
+    rustix::fs::sync();
+    match policy {
+        FailurePolicy::Shell if Path::new("/bin/sh").exists() => {
+            log::err("failure policy shell: starting /bin/sh");
+            let sh = c"/bin/sh";
+            let e = crate::sys::execv(sh, &[sh.to_owned()]);
+            log::err(&format!(
+                "cannot start /bin/sh: {}; powering off",
+                log::errno_name(e)
+            ));
+        }
+        FailurePolicy::Shell => log::err("failure policy shell: no /bin/sh; powering off"),
+        FailurePolicy::Reboot => {
+            log::err("failure policy reboot: rebooting");
+            let _ = rustix::system::reboot(rustix::system::RebootCommand::Restart);
+        }
+        FailurePolicy::Halt => log::err("failure policy halt: powering off"),
+    }
+    let _ = rustix::system::reboot(rustix::system::RebootCommand::PowerOff);
+    let _ = rustix::system::reboot(rustix::system::RebootCommand::Halt);
+    // PID 1 must never exit (the kernel would panic).
+    loop {
+        sleep_s(3600);
+    }
+}
+
+fn run_pid1(init_args: Vec<String>, started: Instant) -> ! {
+    if let Err(e) = switchroot::mount_api_filesystems() {
+        let reason = e.to_string();
+        log::err(&format!("refusing to boot: {reason}"));
+        pid1_fail(FailurePolicy::Halt, &reason);
+    }
+    log::info(&format!("sealroot {VERSION} starting as PID 1"));
+    let cfg = match config::load(Path::new(config::CONFIG_PATH)) {
+        Ok(c) => c.unwrap_or_default(),
+        Err(e) => {
+            let reason = e.to_string();
+            log::err(&format!("refusing to boot: {reason}"));
+            pid1_fail(FailurePolicy::Halt, &reason);
+        }
+    };
+    let policy = cfg.failure;
+    let fail = |e: BootError| -> ! {
+        let reason = e.to_string();
+        log::err(&format!("refusing to boot: {reason}"));
+        pid1_fail(policy, &reason)
+    };
+    let (loaded, present) = switchroot::load_modules(Path::new(MODULE_LIST));
+    if loaded + present > 0 {
+        log::info(&format!(
+            "modules: {loaded} loaded, {present} already present"
+        ));
+    }
+    let text = proc_cmdline().unwrap_or_else(|e| fail(e));
+    let c = read_cmdline(&text).unwrap_or_else(|e| fail(e));
+    let sysroot = Path::new(PID1_SYSROOT);
+    if let Err(e) = switchroot::mount_physical_root(
+        c.root.as_deref(),
+        c.rootfstype.as_deref(),
+        c.rootflags.as_deref(),
+        c.wait_seconds.unwrap_or(cmdline::DEFAULT_WAIT_SECONDS),
+        sysroot,
+    ) {
+        fail(BootError::Switch(e));
+    }
+    let p = prepare(&PrepareRequest {
+        sysroot,
+        cmdline: &c,
+        config: &cfg,
+        scratch: Path::new(SCRATCH_DIR),
+        started,
+    })
+    .unwrap_or_else(|e| fail(e));
+    if let Err(e) = write_status(Path::new(STATUS_DIR), &status_json(&p, "pid1")) {
+        // The root is verified and mounted; a missing status file is not a
+        // reason to stop, but it is worth a warning.
+        log::warning(&e.to_string());
+    }
+    let init = c.init.clone().unwrap_or_else(|| DEFAULT_INIT.to_string());
+    let e = switchroot::switch_root(sysroot, &init, &init_args);
+    fail(BootError::Switch(e))
+}
 
 /// Entry point of the `sealroot` binary.
-pub fn main() -> std::process::ExitCode {
-    eprintln!("sealroot: not yet implemented");
-    std::process::ExitCode::FAILURE
+pub fn main() -> ExitCode {
+    let started = Instant::now();
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let rest = args.get(1..).unwrap_or(&[]).to_vec();
+    if rustix::process::getpid() == rustix::process::Pid::INIT {
+        // The kernel hands init the words of the command line it did not
+        // consume; pass them on to the real init.
+        run_pid1(rest, started);
+    }
+    match rest.first().map(String::as_str) {
+        Some("prepare") => {
+            let pa = match parse_prepare_args(&rest[1..]) {
+                Ok(a) => a,
+                Err(msg) => {
+                    eprintln!("sealroot prepare: {msg}\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            };
+            match run_prepare(pa, started) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    log::err(&format!("refusing to boot: {e}"));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("--version") => {
+            println!("sealroot {VERSION}");
+            ExitCode::SUCCESS
+        }
+        Some("--help") | Some("-h") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    fn prepared(trusted: Trusted) -> Prepared {
+        Prepared {
+            digest: Digest::parse_hex_any(&"ab".repeat(32)).unwrap(),
+            source: DigestSource::Cmdline,
+            trusted,
+            erofs: ErofsHow::Loop("/dev/loop3".into()),
+            overlay: OverlayHow::LayerAppend,
+            timings: Timings {
+                measure: 1,
+                verify: 2,
+                mount_erofs: 3,
+                mount_overlay: 4,
+                state: 5,
+                total: 6,
+            },
+            config: Config::default(),
+        }
+    }
+
+    #[test]
+    fn status_document_is_json_with_every_field() {
+        let p = prepared(Trusted::Seal {
+            fingerprint: "sha256:00".into(),
+            serial: 9,
+            manifest: "{\"format\":\"sealroot-seal-v1\",\"serial\":9}\n".into(),
+        });
+        let v: serde_json::Value = serde_json::from_str(&status_json(&p, "pid1")).unwrap();
+        assert_eq!(v["version"], 1);
+        assert_eq!(v["mode"], "pid1");
+        assert_eq!(v["digest"], format!("v1-sha256-12:{}", "ab".repeat(32)));
+        assert_eq!(v["digest_source"], "cmdline");
+        assert_eq!(v["trust"], "sha256:00");
+        assert_eq!(v["manifest"]["serial"], 9);
+        assert_eq!(v["erofs"], "/dev/loop3");
+        assert_eq!(v["overlay"], "lowerdir+");
+        assert_eq!(v["etc"], "persistent");
+        assert_eq!(v["var"], "bind");
+        let t = &v["timings_us"];
+        let got: Vec<u64> = [
+            "measure",
+            "verify",
+            "mount_erofs",
+            "mount_overlay",
+            "state",
+            "total",
+        ]
+        .iter()
+        .map(|k| t[k].as_u64().unwrap())
+        .collect();
+        assert_eq!(got, vec![1, 2, 3, 4, 5, 6]);
+        let p = prepared(Trusted::SealedDigest {
+            source: DigestSource::Config,
+        });
+        let v: serde_json::Value = serde_json::from_str(&status_json(&p, "prepare")).unwrap();
+        assert_eq!(v["trust"], "sealed-config");
+        assert!(v["manifest"].is_null());
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let s = "a\"b\\c\nd\u{1}é";
+        let v: serde_json::Value = serde_json::from_str(&json_str(s)).unwrap();
+        assert_eq!(v.as_str().unwrap(), s);
+    }
+
+    #[test]
+    fn status_written_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write_status(dir.path(), "{}\n").unwrap();
+        assert_eq!(std::fs::read_to_string(p).unwrap(), "{}\n");
+        assert!(!dir.path().join(".status.json.tmp").exists());
+    }
+
+    #[test]
+    fn prepare_args() {
+        assert_eq!(parse_prepare_args(&[]).unwrap(), PrepareArgs::default());
+        let a = parse_prepare_args(&s(&["--sysroot", "/x", "--cmdline=a b", "--config", "/c"]))
+            .unwrap();
+        assert_eq!(a.sysroot.as_deref(), Some(Path::new("/x")));
+        assert_eq!(a.cmdline.as_deref(), Some("a b"));
+        assert_eq!(a.config.as_deref(), Some(Path::new("/c")));
+        assert!(parse_prepare_args(&s(&["--sysroot"])).is_err());
+        assert!(parse_prepare_args(&s(&["--sysroot", "/a", "--sysroot", "/b"])).is_err());
+        assert!(parse_prepare_args(&s(&["--policy", "x"])).is_err());
+        assert!(parse_prepare_args(&s(&["/x"])).is_err());
+    }
 }

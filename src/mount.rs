@@ -1,1 +1,833 @@
-//! (to be written)
+//! The mount sequence: the measured EROFS image fd, the `verity=require`
+//! overlay, the state mounts, and the physical root kept read-only inside.
+//!
+//! Contract:
+//! - [`open_image`] opens `composefs/images/<hex>` beneath the repository
+//!   with `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`: a symlink may
+//!   point into `objects/` (composefs-rs does that) but never out of
+//!   `composefs/`. The result must be a regular file.
+//! - [`measure`] asks the kernel for that fd's fs-verity digest and compares
+//!   the full digest (algorithm and every byte) with the expected one.
+//! - [`compose`] mounts EROFS from THAT SAME fd (`source=/proc/self/fd/N`, or
+//!   a read-only loop device bound to the fd when the kernel answers ENOTBLK:
+//!   no file-backed EROFS before 6.12), then an overlay with `lowerdir+` =
+//!   the EROFS mount, `datadir+` = `composefs/objects`, `metacopy=on`,
+//!   `redirect_dir=on`, `verity=require` (string form `lowerdir=A::B` when
+//!   the kernel does not know `lowerdir+`, before 6.8). `verity=require` is
+//!   never dropped: a kernel that rejects it ends the boot
+//!   ([`MountError::VerityRequireRejected`]).
+//! - Then the state: `/etc` (persistent overlay, transient tmpfs overlay,
+//!   bind, or the image's own), `/var` (bind from state or the image's), the
+//!   physical root bind-mounted read-only at `/sysroot` inside the new root,
+//!   and finally the whole tree is moved on top of the physical root's mount
+//!   point. The image must contain the directories `/etc`, `/var` (when
+//!   their mode mounts something) and `/sysroot`.
+//! - Nothing is left mounted on failure: everything is assembled under a
+//!   private scratch tmpfs that one lazy unmount removes.
+//!
+//! Kernel facts relied on:
+//! - Before Linux 6.15 overlayfs layers must be attached in the caller's
+//!   mount namespace (`clone_private_mount` refuses detached mounts with
+//!   EINVAL), so the EROFS mount is attached under the scratch tmpfs before
+//!   the overlay is created; the overlay keeps private clones of its layers,
+//!   so the scratch copy can be unmounted right after.
+//! - `MS_MOVE` refuses to move a mount whose parent is shared (systemd makes
+//!   every mount shared), hence the scratch tmpfs is made private.
+//! - A detailed reason for an `fsconfig` failure can be read from the
+//!   filesystem context fd (`e overlayfs: ...`); it is appended to errors.
+
+use std::ffi::CString;
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags, CWD};
+use rustix::io::Errno;
+use rustix::mount::{
+    fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MountPropagationFlags, MoveMountFlags,
+    UnmountFlags,
+};
+
+use crate::config::{EtcMode, VarMode};
+use crate::digest::Digest;
+use crate::log::errno_name;
+
+/// Repository directory on the physical root.
+pub const REPO_DIR: &str = "composefs";
+
+/// Errors opening or measuring the image, or reading a repository file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageError {
+    Missing {
+        path: String,
+    },
+    OutsideRepository {
+        path: String,
+    },
+    NotRegularFile {
+        path: String,
+    },
+    Open {
+        path: String,
+        errno: Errno,
+    },
+    TooLarge {
+        path: String,
+        max: usize,
+    },
+    Read {
+        path: String,
+        errno: Errno,
+    },
+    /// The file has no fs-verity (ENODATA).
+    VerityMissing {
+        path: String,
+    },
+    /// The kernel or filesystem cannot do fs-verity (EOPNOTSUPP / ENOTTY).
+    VerityUnsupported {
+        path: String,
+        errno: Errno,
+    },
+    Measure {
+        path: String,
+        errno: Errno,
+    },
+    WrongDigest {
+        path: String,
+        expected: Box<Digest>,
+        found: Box<Digest>,
+    },
+}
+
+impl fmt::Display for ImageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageError::Missing { path } => write!(f, "{path} does not exist"),
+            ImageError::OutsideRepository { path } => write!(
+                f,
+                "{path} resolves outside the repository (symlink escaping {REPO_DIR}/)"
+            ),
+            ImageError::NotRegularFile { path } => write!(f, "{path} is not a regular file"),
+            ImageError::Open { path, errno } => {
+                write!(f, "cannot open {path}: {}", errno_name(*errno))
+            }
+            ImageError::TooLarge { path, max } => {
+                write!(f, "{path} is larger than {max} bytes")
+            }
+            ImageError::Read { path, errno } => {
+                write!(f, "cannot read {path}: {}", errno_name(*errno))
+            }
+            ImageError::VerityMissing { path } => {
+                write!(f, "image {path} has no fs-verity (ENODATA)")
+            }
+            ImageError::VerityUnsupported { path, errno } => write!(
+                f,
+                "cannot measure image {path}: fs-verity not supported by this kernel or filesystem ({})",
+                errno_name(*errno)
+            ),
+            ImageError::Measure { path, errno } => {
+                write!(f, "cannot measure image {path}: {}", errno_name(*errno))
+            }
+            ImageError::WrongDigest {
+                path,
+                expected,
+                found,
+            } => write!(
+                f,
+                "image {path} digest mismatch: expected {expected}, measured {found}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ImageError {}
+
+/// Errors of the mount sequence proper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountError {
+    Scratch {
+        path: String,
+        errno: Errno,
+    },
+    Erofs {
+        step: &'static str,
+        errno: Errno,
+        kernel: String,
+    },
+    LoopDevice {
+        step: &'static str,
+        errno: Errno,
+    },
+    Overlay {
+        step: String,
+        errno: Errno,
+        kernel: String,
+    },
+    /// The kernel refused `verity=require`; there is no fallback.
+    VerityRequireRejected {
+        errno: Errno,
+        kernel: String,
+    },
+    /// The string form cannot carry this path (`:`, `,` or `\`).
+    UnsafePath {
+        path: String,
+    },
+    /// The image lacks a directory a mount goes on.
+    MissingMountPoint {
+        path: String,
+    },
+    State {
+        what: &'static str,
+        path: String,
+        errno: Errno,
+    },
+    Attach {
+        target: String,
+        errno: Errno,
+    },
+}
+
+fn kernel_suffix(kernel: &str) -> String {
+    if kernel.is_empty() {
+        String::new()
+    } else {
+        format!(" (kernel: {kernel})")
+    }
+}
+
+impl fmt::Display for MountError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MountError::Scratch { path, errno } => write!(
+                f,
+                "cannot prepare scratch directory {path}: {}",
+                errno_name(*errno)
+            ),
+            MountError::Erofs {
+                step,
+                errno,
+                kernel,
+            } => write!(
+                f,
+                "cannot mount EROFS image ({step}): {}{}",
+                errno_name(*errno),
+                kernel_suffix(kernel)
+            ),
+            MountError::LoopDevice { step, errno } => write!(
+                f,
+                "cannot set up a loop device for the image ({step}): {}",
+                errno_name(*errno)
+            ),
+            MountError::Overlay {
+                step,
+                errno,
+                kernel,
+            } => write!(
+                f,
+                "cannot mount overlay ({step}): {}{}",
+                errno_name(*errno),
+                kernel_suffix(kernel)
+            ),
+            MountError::VerityRequireRejected { errno, kernel } => write!(
+                f,
+                "kernel rejected overlay option verity=require: {}{}; not mounting without it",
+                errno_name(*errno),
+                kernel_suffix(kernel)
+            ),
+            MountError::UnsafePath { path } => write!(
+                f,
+                "path {path:?} contains ':', ',' or '\\' and cannot be given to overlayfs's lowerdir= string"
+            ),
+            MountError::MissingMountPoint { path } => write!(
+                f,
+                "the sealed image has no directory {path} to mount on"
+            ),
+            MountError::State { what, path, errno } => write!(
+                f,
+                "cannot mount {what} from {path}: {}",
+                errno_name(*errno)
+            ),
+            MountError::Attach { target, errno } => {
+                write!(f, "cannot attach composed root at {target}: {}", errno_name(*errno))
+            }
+        }
+    }
+}
+
+impl std::error::Error for MountError {}
+
+/// The repository directory fd (`<sysroot>/composefs`, `O_PATH`).
+pub fn open_repo(sysroot: &Path) -> Result<OwnedFd, ImageError> {
+    let path = sysroot.join(REPO_DIR);
+    rustix::fs::open(
+        &path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|errno| match errno {
+        Errno::NOENT => ImageError::Missing {
+            path: path.display().to_string(),
+        },
+        errno => ImageError::Open {
+            path: path.display().to_string(),
+            errno,
+        },
+    })
+}
+
+/// Open `rel` beneath the repository fd as a read-only regular file.
+/// `shown` names it in errors (e.g. `composefs/images/<hex>`).
+pub fn open_beneath(repo: impl AsFd, rel: &str, shown: &str) -> Result<OwnedFd, ImageError> {
+    let path = shown.to_string();
+    let fd = rustix::fs::openat2(
+        repo,
+        rel,
+        // NONBLOCK so that a FIFO planted under the name cannot hang the
+        // boot before the type check below.
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|errno| match errno {
+        Errno::NOENT => ImageError::Missing { path: path.clone() },
+        Errno::XDEV => ImageError::OutsideRepository { path: path.clone() },
+        errno => ImageError::Open {
+            path: path.clone(),
+            errno,
+        },
+    })?;
+    let st = rustix::fs::fstat(&fd).map_err(|errno| ImageError::Open {
+        path: path.clone(),
+        errno,
+    })?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(ImageError::NotRegularFile { path });
+    }
+    Ok(fd)
+}
+
+/// Read a whole repository file of at most `max` bytes.
+pub fn read_beneath(
+    repo: impl AsFd,
+    rel: &str,
+    shown: &str,
+    max: usize,
+) -> Result<Vec<u8>, ImageError> {
+    let fd = open_beneath(repo, rel, shown)?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = match rustix::io::read(&fd, &mut buf) {
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            Err(errno) => {
+                return Err(ImageError::Read {
+                    path: shown.to_string(),
+                    errno,
+                })
+            }
+        };
+        if n == 0 {
+            return Ok(out);
+        }
+        if out.len() + n > max {
+            return Err(ImageError::TooLarge {
+                path: shown.to_string(),
+                max,
+            });
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// `composefs/images/<hex>` for `digest`, relative to the repository.
+pub fn image_rel(digest: &Digest) -> String {
+    format!("images/{}", digest.to_hex())
+}
+
+/// Open the image for `digest` beneath the repository.
+pub fn open_image(repo: impl AsFd, digest: &Digest) -> Result<OwnedFd, ImageError> {
+    let rel = image_rel(digest);
+    open_beneath(repo, &rel, &format!("{REPO_DIR}/{rel}"))
+}
+
+/// Measure the image fd and compare the full digest with `expected`.
+pub fn measure(image: impl AsFd, expected: &Digest, shown: &str) -> Result<Digest, ImageError> {
+    let path = shown.to_string();
+    let found = crate::sys::measure_verity(image).map_err(|errno| match errno {
+        Errno::NODATA => ImageError::VerityMissing { path: path.clone() },
+        Errno::OPNOTSUPP | Errno::NOTTY => ImageError::VerityUnsupported {
+            path: path.clone(),
+            errno,
+        },
+        errno => ImageError::Measure {
+            path: path.clone(),
+            errno,
+        },
+    })?;
+    if &found != expected {
+        return Err(ImageError::WrongDigest {
+            path,
+            expected: Box::new(*expected),
+            found: Box::new(found),
+        });
+    }
+    Ok(found)
+}
+
+/// How EROFS was mounted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ErofsHow {
+    FileBacked,
+    Loop(String),
+}
+
+/// Which overlay interface the kernel took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OverlayHow {
+    /// `lowerdir+` / `datadir+` (Linux 6.8+).
+    LayerAppend,
+    /// `lowerdir=EROFS::OBJECTS` (Linux 6.5-6.7).
+    StringForm,
+}
+
+/// What [`compose`] did and how long each part took (microseconds).
+#[derive(Clone, Debug)]
+pub struct Composed {
+    pub erofs: ErofsHow,
+    pub overlay: OverlayHow,
+    pub mount_erofs_us: u64,
+    pub mount_overlay_us: u64,
+    pub state_us: u64,
+}
+
+/// Inputs of [`compose`].
+pub struct ComposeRequest<'a> {
+    /// Where the physical root is mounted; the composed root ends up on top.
+    pub sysroot: &'a Path,
+    /// A directory on a tmpfs for the private scratch mount.
+    pub scratch: &'a Path,
+    /// The measured image fd.
+    pub image: OwnedFd,
+    pub digest: &'a Digest,
+    pub etc: EtcMode,
+    pub var: VarMode,
+}
+
+fn us_since(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Up to three messages the kernel left in a filesystem context.
+fn kernel_messages(fs: impl AsFd) -> String {
+    let mut msgs = Vec::new();
+    let mut buf = [0u8; 512];
+    for _ in 0..3 {
+        match rustix::io::read(fs.as_fd(), &mut buf) {
+            Ok(n) if n > 0 => msgs.push(String::from_utf8_lossy(&buf[..n]).trim().to_string()),
+            _ => break,
+        }
+    }
+    msgs.join("; ")
+}
+
+fn cstr_path(p: &Path) -> Result<CString, MountError> {
+    CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| MountError::UnsafePath {
+        path: p.display().to_string(),
+    })
+}
+
+fn mkdir_p(path: &Path, what: &'static str) -> Result<(), MountError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(path)
+        .map_err(|e| MountError::State {
+            what,
+            path: path.display().to_string(),
+            errno: Errno::from_io_error(&e).unwrap_or(Errno::IO),
+        })
+}
+
+fn is_dir(path: &Path) -> bool {
+    std::fs::metadata(path).map(|m| m.is_dir()).unwrap_or(false)
+}
+
+fn attach(fd: impl AsFd, target: &Path) -> Result<(), Errno> {
+    move_mount(
+        fd.as_fd(),
+        c"",
+        CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+}
+
+fn erofs_context(source: &str) -> Result<OwnedFd, (Errno, &'static str, String)> {
+    let fs =
+        fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| (e, "fsopen", String::new()))?;
+    let fail = |e: Errno, step: &'static str, fs: &OwnedFd| (e, step, kernel_messages(fs));
+    fsconfig_set_string(&fs, "source", source).map_err(|e| fail(e, "source", &fs))?;
+    fsconfig_set_flag(&fs, "ro").map_err(|e| fail(e, "ro", &fs))?;
+    fsconfig_create(&fs).map_err(|e| fail(e, "create", &fs))?;
+    let mnt = fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY | MountAttrFlags::MOUNT_ATTR_NODEV,
+    )
+    .map_err(|e| fail(e, "fsmount", &fs))?;
+    Ok(mnt)
+}
+
+/// A read-only, auto-clearing loop device bound to `image`.
+fn loop_device(image: impl AsFd) -> Result<(OwnedFd, String), MountError> {
+    let control = rustix::fs::open(
+        "/dev/loop-control",
+        OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|errno| MountError::LoopDevice {
+        step: "open /dev/loop-control",
+        errno,
+    })?;
+    let mut last = Errno::BUSY;
+    for _ in 0..16 {
+        let n =
+            crate::sys::loop_ctl_get_free(&control).map_err(|errno| MountError::LoopDevice {
+                step: "LOOP_CTL_GET_FREE",
+                errno,
+            })?;
+        let name = format!("/dev/loop{n}");
+        let dev = rustix::fs::open(
+            name.as_str(),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| MountError::LoopDevice {
+            step: "open loop device",
+            errno,
+        })?;
+        match crate::sys::loop_configure(
+            &dev,
+            image.as_fd(),
+            crate::sys::LO_FLAGS_READ_ONLY | crate::sys::LO_FLAGS_AUTOCLEAR,
+        ) {
+            Ok(()) => return Ok((dev, name)),
+            Err(Errno::BUSY) => last = Errno::BUSY,
+            Err(errno) => {
+                return Err(MountError::LoopDevice {
+                    step: "LOOP_CONFIGURE",
+                    errno,
+                })
+            }
+        }
+    }
+    Err(MountError::LoopDevice {
+        step: "LOOP_CONFIGURE",
+        errno: last,
+    })
+}
+
+/// Mount EROFS from the measured fd; detached mount fd.
+fn mount_erofs(image: &OwnedFd) -> Result<(OwnedFd, ErofsHow), MountError> {
+    let source = format!("/proc/self/fd/{}", image.as_raw_fd());
+    match erofs_context(&source) {
+        Ok(m) => Ok((m, ErofsHow::FileBacked)),
+        Err((Errno::NOTBLK, _, _)) => {
+            let (dev, name) = loop_device(image)?;
+            let m = erofs_context(&name).map_err(|(errno, step, kernel)| MountError::Erofs {
+                step,
+                errno,
+                kernel,
+            })?;
+            // The mount holds the device now; AUTOCLEAR detaches it when
+            // the mount goes away.
+            drop(dev);
+            Ok((m, ErofsHow::Loop(name)))
+        }
+        Err((errno, step, kernel)) => Err(MountError::Erofs {
+            step,
+            errno,
+            kernel,
+        }),
+    }
+}
+
+fn overlay_err<'a>(step: &str, fs: &'a OwnedFd) -> impl FnOnce(Errno) -> MountError + 'a {
+    let step = step.to_string();
+    move |errno| MountError::Overlay {
+        step,
+        errno,
+        kernel: kernel_messages(fs),
+    }
+}
+
+fn overlay_common(fs: &OwnedFd) -> Result<(), MountError> {
+    fsconfig_set_string(fs, "metacopy", "on").map_err(overlay_err("metacopy=on", fs))?;
+    fsconfig_set_string(fs, "redirect_dir", "on").map_err(overlay_err("redirect_dir=on", fs))?;
+    fsconfig_set_string(fs, "verity", "require").map_err(|errno| {
+        MountError::VerityRequireRejected {
+            errno,
+            kernel: kernel_messages(fs),
+        }
+    })?;
+    fsconfig_set_flag(fs, "ro").map_err(overlay_err("ro", fs))?;
+    fsconfig_create(fs).map_err(overlay_err("create", fs))?;
+    Ok(())
+}
+
+/// The verified overlay: detached mount fd.
+fn mount_overlay(lower: &Path, objects: &Path) -> Result<(OwnedFd, OverlayHow), MountError> {
+    let lower_c = cstr_path(lower)?;
+    let objects_c = cstr_path(objects)?;
+    let open = || {
+        let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|errno| {
+            MountError::Overlay {
+                step: "fsopen".into(),
+                errno,
+                kernel: String::new(),
+            }
+        })?;
+        let _ = fsconfig_set_string(&fs, "source", "composefs");
+        Ok::<_, MountError>(fs)
+    };
+    let fs = open()?;
+    let how = match fsconfig_set_string(&fs, "lowerdir+", lower_c.as_c_str()) {
+        Ok(()) => {
+            fsconfig_set_string(&fs, "datadir+", objects_c.as_c_str())
+                .map_err(overlay_err("datadir+", &fs))?;
+            OverlayHow::LayerAppend
+        }
+        Err(Errno::INVAL) => {
+            drop(fs);
+            for p in [lower, objects] {
+                let s = p.as_os_str().as_encoded_bytes();
+                if s.iter().any(|c| matches!(c, b':' | b',' | b'\\')) {
+                    return Err(MountError::UnsafePath {
+                        path: p.display().to_string(),
+                    });
+                }
+            }
+            let fs2 = open()?;
+            let value = format!("{}::{}", lower.display(), objects.display());
+            fsconfig_set_string(&fs2, "lowerdir", value.as_str())
+                .map_err(overlay_err("lowerdir=", &fs2))?;
+            overlay_common(&fs2)?;
+            let m = fsmount(
+                &fs2,
+                FsMountFlags::FSMOUNT_CLOEXEC,
+                MountAttrFlags::MOUNT_ATTR_RDONLY | MountAttrFlags::MOUNT_ATTR_NODEV,
+            )
+            .map_err(overlay_err("fsmount", &fs2))?;
+            return Ok((m, OverlayHow::StringForm));
+        }
+        Err(errno) => {
+            return Err(MountError::Overlay {
+                step: "lowerdir+".into(),
+                errno,
+                kernel: kernel_messages(&fs),
+            })
+        }
+    };
+    overlay_common(&fs)?;
+    let m = fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY | MountAttrFlags::MOUNT_ATTR_NODEV,
+    )
+    .map_err(overlay_err("fsmount", &fs))?;
+    Ok((m, how))
+}
+
+/// A private tmpfs at `scratch`: every intermediate mount goes under it so
+/// one lazy unmount cleans up after a failure.
+struct Scratch {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl Scratch {
+    fn new(path: &Path) -> Result<Scratch, MountError> {
+        let err = |errno| MountError::Scratch {
+            path: path.display().to_string(),
+            errno,
+        };
+        std::fs::create_dir_all(path)
+            .map_err(|e| err(Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
+        rustix::mount::mount(
+            "sealroot",
+            path,
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            Some(c"mode=0700"),
+        )
+        .map_err(err)?;
+        let s = Scratch {
+            path: path.to_path_buf(),
+            armed: true,
+        };
+        rustix::mount::mount_change(path, MountPropagationFlags::PRIVATE).map_err(err)?;
+        for d in ["erofs", "root", "etc"] {
+            rustix::fs::mkdir(path.join(d), Mode::from_raw_mode(0o700)).map_err(err)?;
+        }
+        Ok(s)
+    }
+
+    fn sub(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = rustix::mount::unmount(&self.path, UnmountFlags::DETACH);
+            let _ = std::fs::remove_dir(&self.path);
+        }
+    }
+}
+
+/// The state directory of a deployment, `state/deploy/<hex>`.
+pub fn deploy_dir(sysroot: &Path, digest: &Digest) -> PathBuf {
+    sysroot.join("state/deploy").join(digest.to_hex())
+}
+
+fn state_err(what: &'static str, path: &Path) -> impl FnOnce(Errno) -> MountError {
+    let path = path.display().to_string();
+    move |errno| MountError::State { what, path, errno }
+}
+
+fn need_dir(root: &Path, rel: &str) -> Result<PathBuf, MountError> {
+    let p = root.join(rel);
+    if !is_dir(&p) {
+        return Err(MountError::MissingMountPoint {
+            path: format!("/{rel}"),
+        });
+    }
+    Ok(p)
+}
+
+fn mount_etc(req: &ComposeRequest<'_>, scratch: &Scratch, root: &Path) -> Result<(), MountError> {
+    let deploy = deploy_dir(req.sysroot, req.digest);
+    if req.etc == EtcMode::None {
+        return Ok(());
+    }
+    let etc = need_dir(root, "etc")?;
+    let overlay = |upper: &Path, work: &Path, what: &'static str| -> Result<(), MountError> {
+        let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(state_err(what, upper))?;
+        let _ = fsconfig_set_string(&fs, "source", "sealroot-etc");
+        fsconfig_set_string(&fs, "lowerdir", cstr_path(&etc)?.as_c_str())
+            .map_err(state_err(what, &etc))?;
+        fsconfig_set_string(&fs, "upperdir", cstr_path(upper)?.as_c_str())
+            .map_err(state_err(what, upper))?;
+        fsconfig_set_string(&fs, "workdir", cstr_path(work)?.as_c_str())
+            .map_err(state_err(what, work))?;
+        fsconfig_create(&fs).map_err(state_err(what, upper))?;
+        let m = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
+            .map_err(state_err(what, upper))?;
+        attach(&m, &etc).map_err(state_err(what, upper))
+    };
+    match req.etc {
+        EtcMode::None => Ok(()),
+        EtcMode::Persistent => {
+            let upper = deploy.join("etc/upper");
+            let work = deploy.join("etc/work");
+            mkdir_p(&upper, "/etc")?;
+            mkdir_p(&work, "/etc")?;
+            overlay(&upper, &work, "/etc")
+        }
+        EtcMode::Transient => {
+            let t = scratch.sub("etc");
+            rustix::mount::mount(
+                "sealroot-etc",
+                &t,
+                "tmpfs",
+                MountFlags::NOSUID | MountFlags::NODEV,
+                Some(c"mode=0755"),
+            )
+            .map_err(state_err("/etc", &t))?;
+            let upper = t.join("upper");
+            let work = t.join("work");
+            mkdir_p(&upper, "/etc")?;
+            mkdir_p(&work, "/etc")?;
+            overlay(&upper, &work, "/etc")?;
+            // The overlay holds its own reference to the tmpfs.
+            let _ = rustix::mount::unmount(&t, UnmountFlags::DETACH);
+            Ok(())
+        }
+        EtcMode::Bind => {
+            let src = deploy.join("etc/upper");
+            mkdir_p(&src, "/etc")?;
+            rustix::mount::mount_bind(&src, &etc).map_err(state_err("/etc", &src))
+        }
+    }
+}
+
+fn mount_var(req: &ComposeRequest<'_>, root: &Path) -> Result<(), MountError> {
+    match req.var {
+        VarMode::None => Ok(()),
+        VarMode::Bind => {
+            let var = need_dir(root, "var")?;
+            let src = deploy_dir(req.sysroot, req.digest).join("var");
+            mkdir_p(&src, "/var")?;
+            rustix::mount::mount_bind(&src, &var).map_err(state_err("/var", &src))
+        }
+    }
+}
+
+/// Mount the verified root on top of `req.sysroot`. See the module docs.
+pub fn compose(req: ComposeRequest<'_>) -> Result<Composed, MountError> {
+    let scratch = Scratch::new(req.scratch)?;
+    let t = Instant::now();
+    let (erofs, erofs_how) = mount_erofs(&req.image)?;
+    let erofs_dir = scratch.sub("erofs");
+    attach(&erofs, &erofs_dir).map_err(|errno| MountError::Erofs {
+        step: "move_mount",
+        errno,
+        kernel: String::new(),
+    })?;
+    drop(erofs);
+    let mount_erofs_us = us_since(t);
+
+    let t = Instant::now();
+    let objects = req.sysroot.join(REPO_DIR).join("objects");
+    let (overlay, overlay_how) = mount_overlay(&erofs_dir, &objects)?;
+    let root = scratch.sub("root");
+    attach(&overlay, &root).map_err(|errno| MountError::Overlay {
+        step: "move_mount".into(),
+        errno,
+        kernel: String::new(),
+    })?;
+    drop(overlay);
+    let _ = rustix::mount::unmount(&erofs_dir, UnmountFlags::DETACH);
+    let mount_overlay_us = us_since(t);
+
+    let t = Instant::now();
+    mount_etc(&req, &scratch, &root)?;
+    mount_var(&req, &root)?;
+    let inner = need_dir(&root, "sysroot")?;
+    rustix::mount::mount_bind(req.sysroot, &inner).map_err(state_err("/sysroot", req.sysroot))?;
+    rustix::mount::mount_remount(
+        &inner,
+        MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+        c"",
+    )
+    .map_err(state_err("/sysroot", req.sysroot))?;
+    let state_us = us_since(t);
+
+    rustix::mount::mount_move(&root, req.sysroot).map_err(|errno| MountError::Attach {
+        target: req.sysroot.display().to_string(),
+        errno,
+    })?;
+    drop(scratch);
+    Ok(Composed {
+        erofs: erofs_how,
+        overlay: overlay_how,
+        mount_erofs_us,
+        mount_overlay_us,
+        state_us,
+    })
+}

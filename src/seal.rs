@@ -1,1 +1,790 @@
-//! (to be written)
+//! Seals: a signed manifest naming an image digest.
+//!
+//! Contract (the full format is in `docs/seal-format.md`):
+//! - A seal is two files: `<hex>.json`, the manifest, and `<hex>.sig`, a raw
+//!   64-byte Ed25519 signature over the manifest's exact bytes. Nothing else
+//!   is signed, so `openssl pkeyutl -verify -rawin` checks a seal.
+//! - The manifest is one line of compact JSON followed by `\n`, fields in a
+//!   fixed order: `format` (`"sealroot-seal-v1"`), `digest`
+//!   (`{"algorithm","hex"}`), `key` (fingerprint of the signing key), then
+//!   optional `os`, `version`, required `serial`, optional `created`.
+//!   [`Manifest::to_bytes`] writes exactly that; [`Manifest::parse`] accepts
+//!   only that (re-serialising must give back the same bytes), so one
+//!   manifest has one spelling.
+//! - Unknown fields are refused, not ignored: a later format that adds a
+//!   field that matters (say, an expiry) gets a new format id, and an old
+//!   verifier must not accept it while silently dropping the new rule.
+//! - [`verify_seal`] checks sizes first (manifest 1..=64 KiB, signature
+//!   exactly 64 bytes), then the signature with `verify_strict` against each
+//!   trusted key, and only then interprets the manifest: format, that the
+//!   named key is the one that verified, digest equals the measured one
+//!   (algorithm and every byte), serial at or above the floor.
+//! - Everything here works on byte slices, except [`read_seal_files`], which
+//!   reads the two files with the same limits without reading past them.
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{Digest, DigestParseError, HashAlgorithm};
+use crate::keys;
+
+/// The only manifest format this code knows.
+pub const FORMAT_V1: &str = "sealroot-seal-v1";
+/// Largest manifest accepted (the real ones are about 250 bytes).
+pub const MAX_MANIFEST_SIZE: usize = 64 * 1024;
+/// Exact size of a seal signature.
+pub const SIGNATURE_SIZE: usize = 64;
+/// Longest `os` / `version` value.
+pub const MAX_TEXT_FIELD: usize = 256;
+
+/// Why a seal was refused.
+#[derive(Debug)]
+pub enum SealError {
+    ManifestEmpty,
+    ManifestTooLarge {
+        size: u64,
+        limit: usize,
+    },
+    SignatureWrongSize {
+        size: u64,
+    },
+    /// Not JSON, not an object, a missing or mistyped field, an unknown
+    /// field (serde's message names it).
+    ManifestMalformed(String),
+    MissingFormat,
+    UnknownFormat(String),
+    UnknownAlgorithm(String),
+    BadDigest(DigestParseError),
+    /// A field with a value outside what the format allows.
+    FieldInvalid {
+        field: &'static str,
+        reason: String,
+    },
+    /// Valid JSON with the right fields, but not byte-for-byte the
+    /// canonical form (whitespace, escapes, field order).
+    NotCanonical,
+    /// No trusted keys were given: nothing can be verified.
+    NoTrustedKeys,
+    /// The manifest names a signing key that is not trusted.
+    UnknownKey {
+        fingerprint: String,
+    },
+    /// No trusted key verifies the signature over these manifest bytes.
+    SignatureInvalid,
+    /// The signature verifies with `actual`, but the manifest names `named`.
+    SignerMismatch {
+        named: String,
+        actual: String,
+    },
+    /// `expected` is the image's measured digest, `found` the one sealed.
+    DigestMismatch {
+        expected: Box<Digest>,
+        found: Box<Digest>,
+    },
+    SerialBelowFloor {
+        serial: u64,
+        floor: u64,
+    },
+    /// A seal file does not exist.
+    Missing {
+        path: PathBuf,
+    },
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+impl fmt::Display for SealError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SealError::ManifestEmpty => write!(f, "seal manifest is empty"),
+            SealError::ManifestTooLarge { size, limit } => write!(
+                f,
+                "seal manifest is {size} bytes, larger than the {limit}-byte limit"
+            ),
+            SealError::SignatureWrongSize { size } => write!(
+                f,
+                "seal signature is {size} bytes, expected exactly {SIGNATURE_SIZE}"
+            ),
+            SealError::ManifestMalformed(m) => write!(f, "seal manifest is malformed: {m}"),
+            SealError::MissingFormat => write!(f, "seal manifest has no \"format\" field"),
+            SealError::UnknownFormat(id) => write!(
+                f,
+                "seal manifest format {id:?} is unknown (this build knows {FORMAT_V1:?})"
+            ),
+            SealError::UnknownAlgorithm(a) => write!(
+                f,
+                "seal manifest digest algorithm {a:?} is unknown (expected sha256 or sha512)"
+            ),
+            SealError::BadDigest(e) => write!(f, "seal manifest digest is malformed: {e}"),
+            SealError::FieldInvalid { field, reason } => {
+                write!(f, "seal manifest field {field:?} is invalid: {reason}")
+            }
+            SealError::NotCanonical => write!(
+                f,
+                "seal manifest is not in canonical form (compact JSON, fixed field order, one trailing newline)"
+            ),
+            SealError::NoTrustedKeys => write!(f, "no trusted keys: every seal is refused"),
+            SealError::UnknownKey { fingerprint } => {
+                write!(f, "seal is signed by an untrusted key {fingerprint}")
+            }
+            SealError::SignatureInvalid => write!(
+                f,
+                "seal signature does not verify with any trusted key (manifest or signature altered)"
+            ),
+            SealError::SignerMismatch { named, actual } => write!(
+                f,
+                "seal manifest names key {named} but was signed by {actual}"
+            ),
+            SealError::DigestMismatch { expected, found } => write!(
+                f,
+                "seal is for digest {}, but the image measures {}",
+                found.to_composefs(),
+                expected.to_composefs()
+            ),
+            SealError::SerialBelowFloor { serial, floor } => write!(
+                f,
+                "seal serial {serial} is below the minimum serial {floor} (rollback refused)"
+            ),
+            SealError::Missing { path } => write!(f, "{}: seal file missing", path.display()),
+            SealError::Read { path, error } => write!(f, "{}: {error}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for SealError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SealError::BadDigest(e) => Some(e),
+            SealError::Read { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// The content of a seal manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    /// The image digest this seal is for.
+    pub digest: Digest,
+    /// Fingerprint (`sha256:<hex>`) of the key that signs it. [`sign`] sets it.
+    pub key: String,
+    pub os: Option<String>,
+    pub version: Option<String>,
+    /// Rollback counter; compared against the boot binary's floor.
+    pub serial: u64,
+    /// UTC time, `YYYY-MM-DDTHH:MM:SSZ`.
+    pub created: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireDigest {
+    algorithm: String,
+    hex: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireManifest {
+    format: String,
+    digest: WireDigest,
+    key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    os: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+    serial: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created: Option<String>,
+}
+
+impl Manifest {
+    /// A manifest for `digest` with no optional fields and serial 0.
+    pub fn new(digest: Digest) -> Self {
+        Manifest {
+            digest,
+            key: String::new(),
+            os: None,
+            version: None,
+            serial: 0,
+            created: None,
+        }
+    }
+
+    /// The canonical bytes: compact JSON, fixed field order, then `\n`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let wire = WireManifest {
+            format: FORMAT_V1.to_string(),
+            digest: WireDigest {
+                algorithm: self.digest.algorithm().name().to_string(),
+                hex: self.digest.to_hex(),
+            },
+            key: self.key.clone(),
+            os: self.os.clone(),
+            version: self.version.clone(),
+            serial: self.serial,
+            created: self.created.clone(),
+        };
+        // Serialising plain strings and integers into a Vec cannot fail.
+        let mut out = serde_json::to_vec(&wire).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+
+    /// Check every field against the format's rules (used before signing
+    /// and after parsing).
+    pub fn validate(&self) -> Result<(), SealError> {
+        validate_fingerprint(&self.key)?;
+        if let Some(os) = &self.os {
+            validate_text("os", os)?;
+        }
+        if let Some(version) = &self.version {
+            validate_text("version", version)?;
+        }
+        if let Some(created) = &self.created {
+            validate_timestamp(created)?;
+        }
+        Ok(())
+    }
+
+    /// Parse and check a manifest strictly (see the module contract).
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, SealError> {
+        check_manifest_size(bytes.len() as u64)?;
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| SealError::ManifestMalformed(e.to_string()))?;
+        let object = value
+            .as_object()
+            .ok_or_else(|| SealError::ManifestMalformed("not a JSON object".to_string()))?;
+        // The format id decides how to read everything else, so it is
+        // checked before the field set.
+        match object.get("format") {
+            None => return Err(SealError::MissingFormat),
+            Some(serde_json::Value::String(s)) if s == FORMAT_V1 => {}
+            Some(serde_json::Value::String(s)) => {
+                return Err(SealError::UnknownFormat(s.chars().take(80).collect()))
+            }
+            Some(_) => {
+                return Err(SealError::ManifestMalformed(
+                    "\"format\" is not a string".to_string(),
+                ))
+            }
+        }
+        let wire: WireManifest = serde_json::from_value(value)
+            .map_err(|e| SealError::ManifestMalformed(e.to_string()))?;
+        let algorithm = HashAlgorithm::from_name(&wire.digest.algorithm).ok_or_else(|| {
+            SealError::UnknownAlgorithm(wire.digest.algorithm.chars().take(80).collect())
+        })?;
+        let digest =
+            Digest::parse_hex(algorithm, &wire.digest.hex).map_err(SealError::BadDigest)?;
+        let manifest = Manifest {
+            digest,
+            key: wire.key,
+            os: wire.os,
+            version: wire.version,
+            serial: wire.serial,
+            created: wire.created,
+        };
+        manifest.validate()?;
+        if manifest.to_bytes() != bytes {
+            return Err(SealError::NotCanonical);
+        }
+        Ok(manifest)
+    }
+}
+
+fn check_manifest_size(size: u64) -> Result<(), SealError> {
+    if size == 0 {
+        return Err(SealError::ManifestEmpty);
+    }
+    if size > MAX_MANIFEST_SIZE as u64 {
+        return Err(SealError::ManifestTooLarge {
+            size,
+            limit: MAX_MANIFEST_SIZE,
+        });
+    }
+    Ok(())
+}
+
+fn validate_fingerprint(fp: &str) -> Result<(), SealError> {
+    let ok = fp
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| crate::digest::hex_decode_lower(hex).is_ok_and(|b| b.len() == 32));
+    if ok {
+        Ok(())
+    } else {
+        Err(SealError::FieldInvalid {
+            field: "key",
+            reason: "expected sha256:<64 lowercase hex>".to_string(),
+        })
+    }
+}
+
+fn validate_text(field: &'static str, value: &str) -> Result<(), SealError> {
+    if value.is_empty() {
+        return Err(SealError::FieldInvalid {
+            field,
+            reason: "empty".to_string(),
+        });
+    }
+    if value.len() > MAX_TEXT_FIELD {
+        return Err(SealError::FieldInvalid {
+            field,
+            reason: format!("{} bytes, limit {MAX_TEXT_FIELD}", value.len()),
+        });
+    }
+    // Values end up in log lines and status files; control characters
+    // could forge lines there.
+    if value.chars().any(char::is_control) {
+        return Err(SealError::FieldInvalid {
+            field,
+            reason: "contains a control character".to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`, a real calendar date and time.
+fn validate_timestamp(value: &str) -> Result<(), SealError> {
+    let bad = || SealError::FieldInvalid {
+        field: "created",
+        reason: format!("{value:?} is not YYYY-MM-DDTHH:MM:SSZ"),
+    };
+    let b = value.as_bytes();
+    if b.len() != 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'Z'
+    {
+        return Err(bad());
+    }
+    let num = |range: std::ops::Range<usize>| -> Result<u32, SealError> {
+        let digits = b.get(range).ok_or_else(bad)?;
+        if !digits.iter().all(u8::is_ascii_digit) {
+            return Err(bad());
+        }
+        Ok(digits
+            .iter()
+            .fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')))
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let month_days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return Err(bad()),
+    };
+    if day == 0 || day > month_days || hour > 23 || minute > 59 || second > 59 {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// Format seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+pub fn format_timestamp(unix_seconds: u64) -> String {
+    let days = unix_seconds / 86_400;
+    let secs = unix_seconds % 86_400;
+    // Civil date from a day count: shift the epoch to 0000-03-01 so leap
+    // days fall at the end of each 400-year era's years.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Sign `manifest` with `key`. The manifest's `key` field is set to the
+/// signer's fingerprint. Returns the exact manifest bytes and the signature.
+pub fn sign(key: &SigningKey, manifest: &Manifest) -> (Vec<u8>, [u8; SIGNATURE_SIZE]) {
+    let mut m = manifest.clone();
+    m.key = keys::fingerprint(&key.verifying_key());
+    let bytes = m.to_bytes();
+    let sig = key.sign(&bytes).to_bytes();
+    (bytes, sig)
+}
+
+/// A seal that passed [`verify_seal`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedSeal {
+    pub manifest: Manifest,
+    /// Fingerprint of the trusted key that verified it.
+    pub key_fingerprint: String,
+    /// Index of that key in the slice given to [`verify_seal`].
+    pub key_index: usize,
+}
+
+/// Verify a seal for an image whose digest was `measured`.
+pub fn verify_seal(
+    manifest_bytes: &[u8],
+    sig_bytes: &[u8],
+    keys: &[VerifyingKey],
+    measured: &Digest,
+    serial_floor: u64,
+) -> Result<VerifiedSeal, SealError> {
+    check_manifest_size(manifest_bytes.len() as u64)?;
+    let sig: &[u8; SIGNATURE_SIZE] =
+        sig_bytes
+            .try_into()
+            .map_err(|_| SealError::SignatureWrongSize {
+                size: sig_bytes.len() as u64,
+            })?;
+    if keys.is_empty() {
+        return Err(SealError::NoTrustedKeys);
+    }
+    let signature = Signature::from_bytes(sig);
+    let Some(key_index) = keys
+        .iter()
+        .position(|k| k.verify_strict(manifest_bytes, &signature).is_ok())
+    else {
+        return Err(unverified_reason(manifest_bytes, keys));
+    };
+    let key_fingerprint = keys::fingerprint(&keys[key_index]);
+    let manifest = Manifest::parse(manifest_bytes)?;
+    if manifest.key != key_fingerprint {
+        return Err(SealError::SignerMismatch {
+            named: manifest.key,
+            actual: key_fingerprint,
+        });
+    }
+    if manifest.digest != *measured {
+        return Err(SealError::DigestMismatch {
+            expected: Box::new(*measured),
+            found: Box::new(manifest.digest),
+        });
+    }
+    if manifest.serial < serial_floor {
+        return Err(SealError::SerialBelowFloor {
+            serial: manifest.serial,
+            floor: serial_floor,
+        });
+    }
+    Ok(VerifiedSeal {
+        manifest,
+        key_fingerprint,
+        key_index,
+    })
+}
+
+/// When no key verifies: if the (unauthenticated) manifest names a key we
+/// do not trust, say so, since that is the likely cause; otherwise the
+/// manifest or signature was altered. This only picks the message; the seal
+/// is refused either way.
+fn unverified_reason(manifest_bytes: &[u8], keys: &[VerifyingKey]) -> SealError {
+    let named = serde_json::from_slice::<serde_json::Value>(manifest_bytes)
+        .ok()
+        .and_then(|v| v.get("key").and_then(|k| k.as_str()).map(str::to_string));
+    match named {
+        Some(fp) if validate_fingerprint(&fp).is_ok() => {
+            if keys.iter().any(|k| keys::fingerprint(k) == fp) {
+                SealError::SignatureInvalid
+            } else {
+                SealError::UnknownKey { fingerprint: fp }
+            }
+        }
+        _ => SealError::SignatureInvalid,
+    }
+}
+
+/// Paths of the two seal files for `digest` in `seals_dir`.
+pub fn seal_paths(seals_dir: &Path, digest: &Digest) -> (PathBuf, PathBuf) {
+    let hex = digest.to_hex();
+    (
+        seals_dir.join(format!("{hex}.json")),
+        seals_dir.join(format!("{hex}.sig")),
+    )
+}
+
+/// Read `<hex>.json` and `<hex>.sig`, refusing oversized files without
+/// reading them whole. Returns (manifest bytes, signature bytes).
+pub fn read_seal_files(seals_dir: &Path, digest: &Digest) -> Result<(Vec<u8>, Vec<u8>), SealError> {
+    let (json, sig) = seal_paths(seals_dir, digest);
+    let manifest = read_limited(&json, MAX_MANIFEST_SIZE)?;
+    check_manifest_size(manifest.len() as u64)?;
+    let signature = read_limited(&sig, SIGNATURE_SIZE)?;
+    if signature.len() != SIGNATURE_SIZE {
+        return Err(SealError::SignatureWrongSize {
+            size: signature.len() as u64,
+        });
+    }
+    Ok((manifest, signature))
+}
+
+/// Read at most `limit + 1` bytes; a longer file is reported with its size.
+fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>, SealError> {
+    let read_err = |error: std::io::Error| {
+        if error.kind() == std::io::ErrorKind::NotFound {
+            SealError::Missing {
+                path: path.to_path_buf(),
+            }
+        } else {
+            SealError::Read {
+                path: path.to_path_buf(),
+                error,
+            }
+        }
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let size = file.metadata().map_err(read_err)?.len();
+    let too_large = |size| {
+        if limit == SIGNATURE_SIZE {
+            SealError::SignatureWrongSize { size }
+        } else {
+            SealError::ManifestTooLarge { size, limit }
+        }
+    };
+    if size > limit as u64 {
+        return Err(too_large(size));
+    }
+    let mut buf = Vec::with_capacity(size as usize);
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(read_err)?;
+    if buf.len() > limit {
+        return Err(too_large(buf.len() as u64));
+    }
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+
+    fn digest(n: u8) -> Digest {
+        Digest::from_bytes(HashAlgorithm::Sha256, &[n; 32]).unwrap()
+    }
+
+    fn sealed(n: u8) -> (Vec<u8>, [u8; 64]) {
+        let mut m = Manifest::new(digest(1));
+        m.os = Some("Debian".into());
+        m.version = Some("12.5".into());
+        m.serial = 7;
+        m.created = Some("2026-01-02T03:04:05Z".into());
+        sign(&key(n), &m)
+    }
+
+    #[test]
+    fn canonical_bytes_are_exact() {
+        let (bytes, _) = sealed(1);
+        let fp = keys::fingerprint(&key(1).verifying_key());
+        let expect = format!(
+            "{{\"format\":\"sealroot-seal-v1\",\"digest\":{{\"algorithm\":\"sha256\",\"hex\":\"{}\"}},\"key\":\"{fp}\",\"os\":\"Debian\",\"version\":\"12.5\",\"serial\":7,\"created\":\"2026-01-02T03:04:05Z\"}}\n",
+            "01".repeat(32)
+        );
+        assert_eq!(String::from_utf8(bytes.clone()).unwrap(), expect);
+        let m = Manifest::parse(&bytes).unwrap();
+        assert_eq!(m.serial, 7);
+        assert_eq!(m.digest, digest(1));
+    }
+
+    #[test]
+    fn verify_good_and_each_failure_by_name() {
+        let (bytes, sig) = sealed(1);
+        let trusted = [key(9).verifying_key(), key(1).verifying_key()];
+        let ok = verify_seal(&bytes, &sig, &trusted, &digest(1), 7).unwrap();
+        assert_eq!(ok.key_index, 1);
+        assert_eq!(ok.key_fingerprint, keys::fingerprint(&trusted[1]));
+
+        assert!(matches!(
+            verify_seal(&bytes, &sig, &trusted, &digest(2), 0),
+            Err(SealError::DigestMismatch { expected, found }) if *expected == digest(2) && *found == digest(1)
+        ));
+        assert!(matches!(
+            verify_seal(&bytes, &sig, &trusted, &digest(1), 8),
+            Err(SealError::SerialBelowFloor {
+                serial: 7,
+                floor: 8
+            })
+        ));
+        assert!(matches!(
+            verify_seal(&bytes, &sig, &[], &digest(1), 0),
+            Err(SealError::NoTrustedKeys)
+        ));
+        let other = [key(9).verifying_key()];
+        match verify_seal(&bytes, &sig, &other, &digest(1), 0) {
+            Err(SealError::UnknownKey { fingerprint }) => {
+                assert_eq!(fingerprint, keys::fingerprint(&key(1).verifying_key()))
+            }
+            r => panic!("{r:?}"),
+        }
+        // Flipped bits anywhere in the manifest or signature are caught
+        // (every 7th byte: strict verification is slow in debug builds).
+        for i in (0..bytes.len()).step_by(7) {
+            let mut b = bytes.clone();
+            b[i] ^= 0x04;
+            assert!(
+                matches!(
+                    verify_seal(&b, &sig, &trusted, &digest(1), 0),
+                    Err(SealError::SignatureInvalid | SealError::UnknownKey { .. })
+                ),
+                "manifest byte {i}"
+            );
+        }
+        for i in (0..64).step_by(5) {
+            let mut s = sig;
+            s[i] ^= 0x01;
+            assert!(
+                matches!(
+                    verify_seal(&bytes, &s, &trusted, &digest(1), 0),
+                    Err(SealError::SignatureInvalid)
+                ),
+                "signature byte {i}"
+            );
+        }
+        assert!(matches!(
+            verify_seal(&bytes, &sig[..63], &trusted, &digest(1), 0),
+            Err(SealError::SignatureWrongSize { size: 63 })
+        ));
+        assert!(matches!(
+            verify_seal(b"", &sig, &trusted, &digest(1), 0),
+            Err(SealError::ManifestEmpty)
+        ));
+        let big = vec![b' '; MAX_MANIFEST_SIZE + 1];
+        assert!(matches!(
+            verify_seal(&big, &sig, &trusted, &digest(1), 0),
+            Err(SealError::ManifestTooLarge { size, limit: MAX_MANIFEST_SIZE }) if size == big.len() as u64
+        ));
+    }
+
+    #[test]
+    fn signer_must_match_named_key() {
+        let mut m = Manifest::new(digest(1));
+        m.key = keys::fingerprint(&key(2).verifying_key());
+        let bytes = m.to_bytes();
+        let sig = key(1).sign(&bytes).to_bytes();
+        assert!(matches!(
+            verify_seal(&bytes, &sig, &[key(1).verifying_key()], &digest(1), 0),
+            Err(SealError::SignerMismatch { .. })
+        ));
+    }
+
+    /// Sign arbitrary bytes so the parse errors after a valid signature are
+    /// reachable.
+    fn verify_raw(text: &str) -> Result<VerifiedSeal, SealError> {
+        let sig = key(1).sign(text.as_bytes()).to_bytes();
+        verify_seal(
+            text.as_bytes(),
+            &sig,
+            &[key(1).verifying_key()],
+            &digest(1),
+            0,
+        )
+    }
+
+    #[test]
+    fn parse_errors_named() {
+        let fp = keys::fingerprint(&key(1).verifying_key());
+        let hex = "01".repeat(32);
+        let good = |rest: &str| {
+            format!("{{\"format\":\"sealroot-seal-v1\",\"digest\":{{\"algorithm\":\"sha256\",\"hex\":\"{hex}\"}},\"key\":\"{fp}\"{rest}}}\n")
+        };
+        assert!(verify_raw(&good(",\"serial\":0")).is_ok());
+        let cases: Vec<(String, &str)> = vec![
+            ("not json".into(), "ManifestMalformed"),
+            ("[1,2]\n".into(), "ManifestMalformed"),
+            ("{\"serial\":1}\n".into(), "MissingFormat"),
+            (
+                "{\"format\":\"sealroot-seal-v2\"}\n".into(),
+                "UnknownFormat",
+            ),
+            ("{\"format\":7}\n".into(), "ManifestMalformed"),
+            (good(""), "ManifestMalformed"), // serial missing
+            (good(",\"serial\":0,\"extra\":1"), "ManifestMalformed"),
+            (good(",\"serial\":-1"), "ManifestMalformed"),
+            (good(",\"serial\":1.5"), "ManifestMalformed"),
+            (
+                good(",\"serial\":18446744073709551616"),
+                "ManifestMalformed",
+            ),
+            (good(",\"serial\":0,\"os\":\"\""), "FieldInvalid"),
+            (good(",\"serial\":0,\"os\":\"a\\nb\""), "FieldInvalid"),
+            (
+                good(",\"serial\":0,\"created\":\"2026-02-30T00:00:00Z\""),
+                "FieldInvalid",
+            ),
+            (
+                good(",\"serial\":0,\"created\":\"yesterday\""),
+                "FieldInvalid",
+            ),
+            (good(", \"serial\":0"), "NotCanonical"),
+            (good(",\"serial\":0").trim_end().to_string(), "NotCanonical"),
+            (
+                good(",\"serial\":0").replace("sha256\",\"hex\"", "sha1\",\"hex\""),
+                "UnknownAlgorithm",
+            ),
+            (good(",\"serial\":0").replace(&hex, &hex[..62]), "BadDigest"),
+            (
+                good(",\"serial\":0").replace(&hex, &"0A".repeat(32)),
+                "BadDigest",
+            ),
+            (
+                good(",\"serial\":0").replace(&hex, &"ab".repeat(64)),
+                "BadDigest",
+            ),
+        ];
+        for (text, want) in cases {
+            let Err(err) = verify_raw(&text) else {
+                panic!("accepted {text:?}")
+            };
+            let name = format!("{err:?}");
+            assert!(name.starts_with(want), "{text:?}: got {name}, want {want}");
+            // Every error renders as one readable line.
+            let line = err.to_string();
+            assert!(!line.is_empty() && !line.contains('\n'), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn sha512_manifest_round_trips() {
+        let d = Digest::from_bytes(HashAlgorithm::Sha512, &[3u8; 64]).unwrap();
+        let (bytes, sig) = sign(&key(1), &Manifest::new(d));
+        let v = verify_seal(&bytes, &sig, &[key(1).verifying_key()], &d, 0).unwrap();
+        assert_eq!(v.manifest.digest, d);
+        // A sha256 digest with the same leading bytes is a different digest.
+        let short = Digest::from_bytes(HashAlgorithm::Sha256, &[3u8; 32]).unwrap();
+        assert!(matches!(
+            verify_seal(&bytes, &sig, &[key(1).verifying_key()], &short, 0),
+            Err(SealError::DigestMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(format_timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_timestamp(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_timestamp(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(format_timestamp(4_102_444_799), "2099-12-31T23:59:59Z");
+        for t in [0u64, 951_782_400, 1_700_000_000, 4_102_444_799] {
+            assert!(validate_timestamp(&format_timestamp(t)).is_ok());
+        }
+        assert!(validate_timestamp("2023-02-29T00:00:00Z").is_err());
+        assert!(validate_timestamp("2024-02-29T00:00:00Z").is_ok());
+        assert!(validate_timestamp("2024-13-01T00:00:00Z").is_err());
+        assert!(validate_timestamp("2024-01-01T24:00:00Z").is_err());
+        assert!(validate_timestamp("2024-01-01t00:00:00Z").is_err());
+    }
+}
