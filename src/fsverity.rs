@@ -42,7 +42,7 @@ const DESCRIPTOR_SIZE: usize = 256;
 const PARALLEL_THRESHOLD: u64 = 4 << 20;
 /// Bytes each worker reads per `pread`: large enough to amortise the system
 /// call, small enough to stay in L2/L3 while hashing.
-const READ_CHUNK: usize = 1 << 20;
+const READ_CHUNK: usize = 64 << 10;
 /// Bytes of file hashed per round of workers; bounds the leaf-hash buffer
 /// (segment / 4096 × digest length) and the unevenness at round ends.
 const SEGMENT: u64 = 256 << 20;

@@ -491,8 +491,23 @@ impl<'a> Der<'a> {
                 return Err(self.err("non-minimal length"));
             }
             (usize::from(l), 3)
+        } else if first == 0x82 {
+            // Never needed for Ed25519, but other algorithms' keys (RSA) use
+            // it, and reading them lets the error name their algorithm.
+            let hi = *self
+                .data
+                .get(len_at + 1)
+                .ok_or_else(|| self.err("truncated length"))?;
+            let lo = *self
+                .data
+                .get(len_at + 2)
+                .ok_or_else(|| self.err("truncated length"))?;
+            let l = (usize::from(hi) << 8) | usize::from(lo);
+            if l < 0x100 {
+                return Err(self.err("non-minimal length"));
+            }
+            (l, 4)
         } else {
-            // Keys are far below 256 bytes; longer forms are never needed.
             return Err(self.err("unsupported length form"));
         };
         let start = self.pos + header;

@@ -1,1 +1,1063 @@
-//! (to be written)
+//! The repository: composefs-rs-compatible layout, build, seal, offline
+//! verify and install onto a target root.
+//!
+//! Layout under a repository root (a build repository or a target sysroot):
+//! ```text
+//! composefs/objects/XX/<rest of hex>   file contents, named by fs-verity digest
+//! composefs/images/<hex>               EROFS image
+//! composefs/seals/<hex>.json|.sig      seal manifest and raw signature
+//! state/deploy/<hex>/etc/{upper,work}  persistent /etc overlay
+//! state/deploy/<hex>/var               /var
+//! ```
+//!
+//! Invariants every writer here keeps:
+//! - A file is visible under a digest name only with that content. New files
+//!   are written under a temporary name in the same directory, fsync'd,
+//!   checked, then renamed into place (no-replace for objects), and the
+//!   directory is fsync'd. A crash leaves at most stray temporary files, which
+//!   the next run removes.
+//! - Objects are published before the image that references them, and the
+//!   image before its seal, so a visible image always has its objects.
+//!
+//! Kernel facts relied on: `rename(2)` within one filesystem is atomic;
+//! `renameat2(RENAME_NOREPLACE)` fails with EEXIST instead of replacing;
+//! `FS_IOC_ENABLE_VERITY` needs a read-only fd and no writer, returns EEXIST
+//! when verity is already on, EOPNOTSUPP/ENOTTY where the kernel or the
+//! filesystem cannot do it.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ed25519_dalek::SigningKey;
+
+use crate::digest::{Digest, DigestParseError, HashAlgorithm};
+use crate::fsverity;
+use crate::progress::Progress;
+use crate::seal::{self, Manifest, SealError};
+use crate::store::{ObjectStore, StoreError};
+
+/// Prefix of every temporary file this module creates.
+pub const TEMP_PREFIX: &str = ".tmp-sealctl-";
+
+/// Largest image `sealctl` reads into memory.
+pub const MAX_IMAGE_SIZE: u64 = 4 << 30;
+
+/// Why a repository operation failed.
+#[derive(Debug)]
+pub enum RepoError {
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    BadDigestArgument {
+        text: String,
+        error: DigestParseError,
+    },
+    ImageMissing {
+        path: PathBuf,
+    },
+    ImageTooLarge {
+        path: PathBuf,
+        size: u64,
+    },
+    ImageDigestMismatch {
+        path: PathBuf,
+        expected: Box<Digest>,
+        found: Box<Digest>,
+    },
+    Seal(SealError),
+    Store(Box<StoreError>),
+    Scan(Box<crate::scan::ScanError>),
+    WriteImage(Box<crate::erofs::writer::WriteError>),
+    /// The image could not be read as a composefs EROFS image.
+    ImageMalformed {
+        path: PathBuf,
+        reason: String,
+    },
+    ObjectMissing {
+        path: PathBuf,
+        digest: Box<Digest>,
+    },
+    /// Content whose digest is not the one it is (to be) named by.
+    ObjectDigestMismatch {
+        path: PathBuf,
+        expected: Box<Digest>,
+        found: Box<Digest>,
+    },
+    /// EOPNOTSUPP / ENOTTY from `FS_IOC_ENABLE_VERITY`.
+    NoVeritySupport {
+        target: PathBuf,
+        errno: rustix::io::Errno,
+    },
+    EnableVerity {
+        path: PathBuf,
+        errno: rustix::io::Errno,
+    },
+    MeasureVerity {
+        path: PathBuf,
+        errno: rustix::io::Errno,
+    },
+    /// The kernel measures other content than the name says; the file was
+    /// removed so a rerun copies it again.
+    VerityDigestMismatch {
+        path: PathBuf,
+        expected: Box<Digest>,
+        found: Box<Digest>,
+    },
+}
+
+impl fmt::Display for RepoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RepoError::Io { op, path, error } => write!(f, "{op} {}: {error}", path.display()),
+            RepoError::BadDigestArgument { text, error } => {
+                write!(f, "{text:?} is not a digest: {error}")
+            }
+            RepoError::ImageMissing { path } => write!(f, "{}: image not found", path.display()),
+            RepoError::ImageTooLarge { path, size } => write!(
+                f,
+                "{}: image is {size} bytes, larger than the {MAX_IMAGE_SIZE}-byte limit",
+                path.display()
+            ),
+            RepoError::ImageDigestMismatch {
+                path,
+                expected,
+                found,
+            } => write!(
+                f,
+                "{}: image content has digest {}, not the {} its name says",
+                path.display(),
+                found.to_hex(),
+                expected.to_hex()
+            ),
+            RepoError::Seal(e) => write!(f, "{e}"),
+            RepoError::Store(e) => write!(f, "{e}"),
+            RepoError::Scan(e) => write!(f, "{e}"),
+            RepoError::WriteImage(e) => write!(f, "cannot write the image: {e}"),
+            RepoError::ImageMalformed { path, reason } => {
+                write!(f, "{}: not a readable composefs image: {reason}", path.display())
+            }
+            RepoError::ObjectMissing { path, digest } => write!(
+                f,
+                "{}: object {} missing",
+                path.display(),
+                digest.to_hex()
+            ),
+            RepoError::ObjectDigestMismatch {
+                path,
+                expected,
+                found,
+            } => write!(
+                f,
+                "{}: object content has digest {}, expected {}",
+                path.display(),
+                found.to_hex(),
+                expected.to_hex()
+            ),
+            RepoError::NoVeritySupport { target, errno } => write!(
+                f,
+                "the kernel/filesystem at {} does not support fs-verity (ext4 needs -O verity and 4096-byte blocks): {errno}",
+                target.display()
+            ),
+            RepoError::EnableVerity { path, errno } => {
+                write!(f, "{}: enabling fs-verity failed: {errno}", path.display())?;
+                if *errno == rustix::io::Errno::INVAL {
+                    write!(f, " (ext4 needs 4096-byte blocks: mkfs.ext4 -b 4096 -O verity)")?;
+                }
+                if *errno == rustix::io::Errno::TXTBSY {
+                    write!(f, " (the file is open for writing somewhere)")?;
+                }
+                Ok(())
+            }
+            RepoError::MeasureVerity { path, errno } => {
+                write!(f, "{}: measuring fs-verity failed: {errno}", path.display())
+            }
+            RepoError::VerityDigestMismatch {
+                path,
+                expected,
+                found,
+            } => write!(
+                f,
+                "{}: kernel measures {}, expected {} (file removed; rerun install to copy it again)",
+                path.display(),
+                found.to_hex(),
+                expected.to_hex()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RepoError {}
+
+impl From<SealError> for RepoError {
+    fn from(e: SealError) -> Self {
+        RepoError::Seal(e)
+    }
+}
+
+pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RepoError {
+    let path = path.to_path_buf();
+    move |error| RepoError::Io { op, path, error }
+}
+
+/// Paths of one repository (a build repository or a target sysroot).
+#[derive(Clone, Debug)]
+pub struct Repo {
+    root: PathBuf,
+}
+
+impl Repo {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Repo { root: root.into() }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn composefs_dir(&self) -> PathBuf {
+        self.root.join("composefs")
+    }
+    pub fn objects_dir(&self) -> PathBuf {
+        self.composefs_dir().join("objects")
+    }
+    pub fn object_path(&self, digest: &Digest) -> PathBuf {
+        self.objects_dir().join(digest.object_path())
+    }
+    pub fn images_dir(&self) -> PathBuf {
+        self.composefs_dir().join("images")
+    }
+    pub fn image_path(&self, digest: &Digest) -> PathBuf {
+        self.images_dir().join(digest.to_hex())
+    }
+    pub fn seals_dir(&self) -> PathBuf {
+        self.composefs_dir().join("seals")
+    }
+    /// (`<hex>.json`, `<hex>.sig`)
+    pub fn seal_paths(&self, digest: &Digest) -> (PathBuf, PathBuf) {
+        seal::seal_paths(&self.seals_dir(), digest)
+    }
+    pub fn deploy_dir(&self, digest: &Digest) -> PathBuf {
+        self.root.join("state").join("deploy").join(digest.to_hex())
+    }
+}
+
+/// A digest as a user types it: `<hex>` (64 → sha256, 128 → sha512),
+/// `v1-sha256-12:<hex>` (command-line form) or `sha256:<hex>` (what
+/// `fsverity digest` and `sealctl build` print).
+pub fn parse_digest_arg(text: &str) -> Result<Digest, RepoError> {
+    let result = if text.starts_with('v') {
+        Digest::parse_composefs(text)
+    } else if let Some((alg, hex)) = text.split_once(':') {
+        match HashAlgorithm::from_name(alg) {
+            Some(alg) => Digest::parse_hex(alg, hex),
+            None => Err(DigestParseError::BadPrefix(alg.to_string())),
+        }
+    } else {
+        Digest::parse_hex_any(text)
+    };
+    result.map_err(|error| RepoError::BadDigestArgument {
+        text: text.chars().take(200).collect(),
+        error,
+    })
+}
+
+/// Read an image and check that its content has the digest it is named by.
+pub fn read_checked_image(repo: &Repo, digest: &Digest) -> Result<Vec<u8>, RepoError> {
+    let path = repo.image_path(digest);
+    let image = read_image_file(&path)?;
+    let found = fsverity::digest_bytes(digest.algorithm(), &image);
+    if found != *digest {
+        return Err(RepoError::ImageDigestMismatch {
+            path,
+            expected: Box::new(*digest),
+            found: Box::new(found),
+        });
+    }
+    Ok(image)
+}
+
+/// Read an image file whole, bounded by [`MAX_IMAGE_SIZE`].
+pub fn read_image_file(path: &Path) -> Result<Vec<u8>, RepoError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(RepoError::ImageMissing {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(io_err("open", path)(e)),
+    };
+    let size = file.metadata().map_err(io_err("stat", path))?.len();
+    if size > MAX_IMAGE_SIZE {
+        return Err(RepoError::ImageTooLarge {
+            path: path.to_path_buf(),
+            size,
+        });
+    }
+    let mut data = Vec::with_capacity(size as usize);
+    file.take(MAX_IMAGE_SIZE + 1)
+        .read_to_end(&mut data)
+        .map_err(io_err("read", path))?;
+    if data.len() as u64 > MAX_IMAGE_SIZE {
+        return Err(RepoError::ImageTooLarge {
+            path: path.to_path_buf(),
+            size: data.len() as u64,
+        });
+    }
+    Ok(data)
+}
+
+/// Seal the image `manifest.digest` of `repo` with `key`: checks the image
+/// is present with the right content, then writes `<hex>.json` and
+/// `<hex>.sig` atomically (each replaced whole). Returns both paths.
+pub fn sign_image(
+    repo: &Repo,
+    key: &SigningKey,
+    manifest: &Manifest,
+) -> Result<(PathBuf, PathBuf), RepoError> {
+    manifest_check(manifest)?;
+    read_checked_image(repo, &manifest.digest)?;
+    let (json, sig) = seal::sign(key, manifest);
+    write_seal(repo, &manifest.digest, &json, &sig)
+}
+
+fn manifest_check(manifest: &Manifest) -> Result<(), RepoError> {
+    // The key field is filled in by signing; check the rest now so a bad
+    // --os/--version/--created is reported before any file is written.
+    let mut m = manifest.clone();
+    m.key = format!("sha256:{}", "0".repeat(64));
+    m.validate().map_err(RepoError::Seal)
+}
+
+/// Write a seal pair. The signature is written first and the manifest
+/// last: a reader that sees the new manifest also sees its signature.
+/// Replacing an existing seal has a window where the old manifest sits
+/// next to the new signature (two renames cannot be one), which verifies
+/// as `SignatureInvalid`: refused, never wrongly accepted.
+pub fn write_seal(
+    repo: &Repo,
+    digest: &Digest,
+    json: &[u8],
+    sig: &[u8],
+) -> Result<(PathBuf, PathBuf), RepoError> {
+    let dir = repo.seals_dir();
+    create_dir_all(&dir)?;
+    let (json_path, sig_path) = repo.seal_paths(digest);
+    write_file_atomic(&sig_path, sig)?;
+    write_file_atomic(&json_path, json)?;
+    Ok((json_path, sig_path))
+}
+
+/// `composefs.digest=v1-<alg>-12:<hex>` for an image present in `repo`.
+pub fn cmdline(repo: &Repo, digest: &Digest) -> Result<String, RepoError> {
+    let path = repo.image_path(digest);
+    match fs::metadata(&path) {
+        Ok(m) if m.is_file() => Ok(format!("composefs.digest={}", digest.to_composefs())),
+        Ok(_) => Err(RepoError::ImageMissing { path }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(RepoError::ImageMissing { path }),
+        Err(e) => Err(io_err("stat", &path)(e)),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Build
+
+/// How `build` fixes mtimes (see `docs/sealing.md`, Reproducibility).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MtimePolicy {
+    /// Record mtimes as found.
+    #[default]
+    AsFound,
+    /// Clamp every mtime later than this (seconds since the epoch) to it:
+    /// the `SOURCE_DATE_EPOCH` convention.
+    ClampTo(i64),
+    /// Every mtime becomes 0 (`mkcomposefs --use-epoch`).
+    Zero,
+}
+
+/// Apply `policy` to every inode of `tree`.
+pub fn fix_mtimes(tree: &mut crate::tree::Tree, policy: MtimePolicy) {
+    for inode in &mut tree.inodes {
+        match policy {
+            MtimePolicy::AsFound => {}
+            MtimePolicy::ClampTo(limit) => {
+                if inode.mtime.sec > limit || (inode.mtime.sec == limit && inode.mtime.nsec > 0) {
+                    inode.mtime.sec = limit;
+                    inode.mtime.nsec = 0;
+                }
+            }
+            MtimePolicy::Zero => {
+                inode.mtime.sec = 0;
+                inode.mtime.nsec = 0;
+            }
+        }
+    }
+}
+
+/// Options for [`build`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BuildOptions {
+    pub mtimes: MtimePolicy,
+    /// Hashing threads; 0 = all cores.
+    pub threads: usize,
+}
+
+/// What [`build`] made.
+#[derive(Clone, Copy, Debug)]
+pub struct BuildReport {
+    pub digest: Digest,
+    pub image_size: u64,
+    pub objects_added: u64,
+    pub objects_existing: u64,
+    pub bytes_added: u64,
+}
+
+/// Build `rootfs` into `repo`: scan it (files over 64 bytes go into the
+/// object store, hashed as they are copied), write the EROFS image, commit
+/// the objects (durable, then published under their names), then publish
+/// the image. Nothing is signed here.
+pub fn build(rootfs: &Path, repo: &Repo, opts: &BuildOptions) -> Result<BuildReport, RepoError> {
+    let store =
+        ObjectStore::open(&repo.objects_dir()).map_err(|e| RepoError::Store(Box::new(e)))?;
+    let batch = store.batch();
+    let scan_opts = crate::scan::ScanOptions {
+        use_epoch: opts.mtimes == MtimePolicy::Zero,
+        threads: opts.threads,
+        ..Default::default()
+    };
+    let mut tree = crate::scan::scan_directory(rootfs, &scan_opts, Some(&batch))
+        .map_err(|e| RepoError::Scan(Box::new(e)))?;
+    fix_mtimes(&mut tree, opts.mtimes);
+    let image =
+        crate::erofs::writer::write_image(&tree, &crate::erofs::writer::WriteOptions::default())
+            .map_err(|e| RepoError::WriteImage(Box::new(e)))?;
+    drop(tree);
+    // Objects become visible before the image that names them.
+    let stats = batch.commit().map_err(|e| RepoError::Store(Box::new(e)))?;
+    let digest = publish_image(repo, &image)?;
+    Ok(BuildReport {
+        digest,
+        image_size: image.len() as u64,
+        objects_added: stats.added,
+        objects_existing: stats.existing,
+        bytes_added: stats.bytes_added,
+    })
+}
+
+/// Publish `image` as `images/<hex>` (its SHA-256 fs-verity digest) through
+/// a temp file and rename. Callers publish objects first. An existing file
+/// with the same bytes is left alone; one with other bytes (damaged) is
+/// replaced whole. Returns the digest.
+pub fn publish_image(repo: &Repo, image: &[u8]) -> Result<Digest, RepoError> {
+    let digest = fsverity::digest_bytes(HashAlgorithm::Sha256, image);
+    let dir = repo.images_dir();
+    create_dir_all(&dir)?;
+    remove_stale_temps(&dir)?;
+    let path = repo.image_path(&digest);
+    let same = match fs::read(&path) {
+        Ok(existing) => existing == image,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(io_err("read", &path)(e)),
+    };
+    if !same {
+        write_file_atomic(&path, image)?;
+    }
+    Ok(digest)
+}
+
+// ---------------------------------------------------------------------------
+// Image contents
+
+/// The distinct object digests an image references.
+pub fn image_objects(path: &Path, image: &[u8]) -> Result<Vec<Digest>, RepoError> {
+    crate::erofs::reader::referenced_objects(image).map_err(|e| RepoError::ImageMalformed {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Offline verification
+
+/// One thing wrong, with the path it concerns.
+#[derive(Debug)]
+pub struct Problem {
+    pub path: PathBuf,
+    pub kind: ProblemKind,
+}
+
+#[derive(Debug)]
+pub enum ProblemKind {
+    ImageMissing,
+    ImageUnreadable(String),
+    ImageDigestMismatch {
+        expected: Box<Digest>,
+        found: Box<Digest>,
+    },
+    ImageMalformed(String),
+    ObjectMissing {
+        digest: Box<Digest>,
+    },
+    ObjectUnreadable(String),
+    ObjectDigestMismatch {
+        expected: Box<Digest>,
+        found: Box<Digest>,
+    },
+    SealMissing,
+    Seal(SealError),
+}
+
+impl ProblemKind {
+    /// A stable machine-readable name (for `--json`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProblemKind::ImageMissing => "image-missing",
+            ProblemKind::ImageUnreadable(_) => "image-unreadable",
+            ProblemKind::ImageDigestMismatch { .. } => "image-digest-mismatch",
+            ProblemKind::ImageMalformed(_) => "image-malformed",
+            ProblemKind::ObjectMissing { .. } => "object-missing",
+            ProblemKind::ObjectUnreadable(_) => "object-unreadable",
+            ProblemKind::ObjectDigestMismatch { .. } => "object-digest-mismatch",
+            ProblemKind::SealMissing => "seal-missing",
+            ProblemKind::Seal(e) => match e {
+                SealError::SignatureInvalid => "seal-signature-invalid",
+                SealError::UnknownKey { .. } => "seal-unknown-key",
+                SealError::SignatureWrongSize { .. } => "seal-signature-wrong-size",
+                SealError::DigestMismatch { .. } => "seal-digest-mismatch",
+                SealError::SerialBelowFloor { .. } => "seal-serial-below-floor",
+                SealError::ManifestTooLarge { .. } | SealError::ManifestEmpty => {
+                    "seal-manifest-size"
+                }
+                SealError::UnknownFormat(_) => "seal-unknown-format",
+                _ => "seal-invalid",
+            },
+        }
+    }
+}
+
+impl fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProblemKind::ImageMissing => write!(f, "image missing"),
+            ProblemKind::ImageUnreadable(e) => write!(f, "image unreadable: {e}"),
+            ProblemKind::ImageDigestMismatch { expected, found } => write!(
+                f,
+                "image content has digest {}, expected {}",
+                found.to_hex(),
+                expected.to_hex()
+            ),
+            ProblemKind::ImageMalformed(e) => {
+                write!(f, "image is not a readable composefs image: {e}")
+            }
+            ProblemKind::ObjectMissing { digest } => {
+                write!(f, "object {} missing", digest.to_hex())
+            }
+            ProblemKind::ObjectUnreadable(e) => write!(f, "object unreadable: {e}"),
+            ProblemKind::ObjectDigestMismatch { expected, found } => write!(
+                f,
+                "object content has digest {}, expected {}",
+                found.to_hex(),
+                expected.to_hex()
+            ),
+            ProblemKind::SealMissing => write!(f, "seal missing"),
+            ProblemKind::Seal(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.kind)
+    }
+}
+
+/// The outcome of [`verify`]. `problems` empty means everything checked.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub objects: u64,
+    pub bytes: u64,
+    pub problems: Vec<Problem>,
+    /// The seal, if it verified against the given keys.
+    pub seal: Option<seal::VerifiedSeal>,
+    /// True when no keys were given, so the signature was not checked
+    /// (the manifest was still parsed and its digest compared).
+    pub signature_unchecked: bool,
+}
+
+/// Recompute everything about image `digest` in `repo`: the image's
+/// digest, every referenced object (present, right digest) and the seal
+/// against `keys`. Problems are collected, not returned early, so one run
+/// reports all of them.
+pub fn verify(
+    repo: &Repo,
+    digest: &Digest,
+    keys: &[ed25519_dalek::VerifyingKey],
+    serial_floor: u64,
+    progress: &Progress,
+) -> VerifyReport {
+    let mut report = VerifyReport::default();
+    let image_path = repo.image_path(digest);
+    let image = match read_image_file(&image_path) {
+        Ok(i) => Some(i),
+        Err(RepoError::ImageMissing { .. }) => {
+            report.problems.push(Problem {
+                path: image_path.clone(),
+                kind: ProblemKind::ImageMissing,
+            });
+            None
+        }
+        Err(e) => {
+            report.problems.push(Problem {
+                path: image_path.clone(),
+                kind: ProblemKind::ImageUnreadable(e.to_string()),
+            });
+            None
+        }
+    };
+    if let Some(image) = &image {
+        let found = fsverity::digest_bytes(digest.algorithm(), image);
+        if found != *digest {
+            report.problems.push(Problem {
+                path: image_path.clone(),
+                kind: ProblemKind::ImageDigestMismatch {
+                    expected: Box::new(*digest),
+                    found: Box::new(found),
+                },
+            });
+        }
+        match crate::erofs::reader::referenced_objects(image) {
+            Ok(objects) => verify_objects(repo, &objects, &mut report, progress),
+            Err(e) => report.problems.push(Problem {
+                path: image_path.clone(),
+                kind: ProblemKind::ImageMalformed(e.to_string()),
+            }),
+        }
+    }
+    verify_seal_files(repo, digest, keys, serial_floor, &mut report);
+    report
+}
+
+/// Check each object's presence and digest; appends problems to `report`.
+pub fn verify_objects(
+    repo: &Repo,
+    objects: &[Digest],
+    report: &mut VerifyReport,
+    progress: &Progress,
+) {
+    progress.set_total(objects.len() as u64, 0);
+    for object in objects {
+        let path = repo.object_path(object);
+        report.objects += 1;
+        let mut size = 0;
+        let kind = match File::open(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Some(ProblemKind::ObjectMissing {
+                    digest: Box::new(*object),
+                })
+            }
+            Err(e) => Some(ProblemKind::ObjectUnreadable(e.to_string())),
+            Ok(file) => {
+                size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                report.bytes += size;
+                match fsverity::digest_file(object.algorithm(), &file) {
+                    Ok(found) if found == *object => None,
+                    Ok(found) => Some(ProblemKind::ObjectDigestMismatch {
+                        expected: Box::new(*object),
+                        found: Box::new(found),
+                    }),
+                    Err(e) => Some(ProblemKind::ObjectUnreadable(e.to_string())),
+                }
+            }
+        };
+        if let Some(kind) = kind {
+            report.problems.push(Problem { path, kind });
+        }
+        progress.add(1, size);
+    }
+}
+
+fn verify_seal_files(
+    repo: &Repo,
+    digest: &Digest,
+    keys: &[ed25519_dalek::VerifyingKey],
+    serial_floor: u64,
+    report: &mut VerifyReport,
+) {
+    let (json_path, sig_path) = repo.seal_paths(digest);
+    let (json, sig) = match seal::read_seal_files(&repo.seals_dir(), digest) {
+        Ok(pair) => pair,
+        Err(SealError::Missing { path }) => {
+            // Without keys an unsealed image is not a problem by itself.
+            if !keys.is_empty() || path == sig_path {
+                report.problems.push(Problem {
+                    path,
+                    kind: ProblemKind::SealMissing,
+                });
+            }
+            report.signature_unchecked = keys.is_empty();
+            return;
+        }
+        Err(e @ SealError::SignatureWrongSize { .. }) => {
+            report.problems.push(Problem {
+                path: sig_path,
+                kind: ProblemKind::Seal(e),
+            });
+            return;
+        }
+        Err(e) => {
+            report.problems.push(Problem {
+                path: json_path,
+                kind: ProblemKind::Seal(e),
+            });
+            return;
+        }
+    };
+    if keys.is_empty() {
+        report.signature_unchecked = true;
+        match Manifest::parse(&json) {
+            Ok(m) if m.digest == *digest => {}
+            Ok(m) => report.problems.push(Problem {
+                path: json_path,
+                kind: ProblemKind::Seal(SealError::DigestMismatch {
+                    expected: Box::new(*digest),
+                    found: Box::new(m.digest),
+                }),
+            }),
+            Err(e) => report.problems.push(Problem {
+                path: json_path,
+                kind: ProblemKind::Seal(e),
+            }),
+        }
+        return;
+    }
+    match seal::verify_seal(&json, &sig, keys, digest, serial_floor) {
+        Ok(v) => report.seal = Some(v),
+        Err(e) => {
+            let path = match e {
+                SealError::SignatureWrongSize { .. } => sig_path,
+                _ => json_path,
+            };
+            report.problems.push(Problem {
+                path,
+                kind: ProblemKind::Seal(e),
+            });
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Install
+
+/// What `install` did.
+#[derive(Debug, Default, Clone)]
+pub struct InstallReport {
+    pub objects: u64,
+    pub objects_copied: u64,
+    pub bytes_copied: u64,
+    pub seal_installed: bool,
+    /// Whether the verity phase ran to completion.
+    pub verity_enabled: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InstallOptions {
+    /// Stop after the copy phase (no fs-verity); a later `install` on the
+    /// machine that has fs-verity finishes the job.
+    pub copy_only: bool,
+}
+
+/// Install image `digest` with its objects and seal from `source` into
+/// `target`, then enable fs-verity on every object and the image.
+///
+/// Phase 1 (copy) makes `target` complete: every referenced object is
+/// copied through a temp file whose digest is checked before it is renamed
+/// into place; the image is published after its objects, the seal after the
+/// image, then the state directories. Phase 2 (verity) enables fs-verity on
+/// each object, then the image last (the boot measures the image, so an
+/// image without verity means the install is not finished), and re-measures
+/// each with the kernel.
+pub fn install(
+    source: &Repo,
+    target: &Repo,
+    digest: &Digest,
+    opts: InstallOptions,
+    progress: &Progress,
+) -> Result<InstallReport, RepoError> {
+    let image = read_checked_image(source, digest)?;
+    let objects = image_objects(&source.image_path(digest), &image)?;
+    install_with_objects(source, target, digest, &image, &objects, opts, progress)
+}
+
+/// [`install`] with the object list already known (the image is checked
+/// against `digest` by the caller).
+pub fn install_with_objects(
+    source: &Repo,
+    target: &Repo,
+    digest: &Digest,
+    image: &[u8],
+    objects: &[Digest],
+    opts: InstallOptions,
+    progress: &Progress,
+) -> Result<InstallReport, RepoError> {
+    let mut report = InstallReport {
+        objects: objects.len() as u64,
+        ..InstallReport::default()
+    };
+    // Phase 1: copy. The store hashes each object as it copies it and
+    // publishes it under its name only if the digest matches.
+    let store =
+        ObjectStore::open(&target.objects_dir()).map_err(|e| RepoError::Store(Box::new(e)))?;
+    let batch = store.batch();
+    progress.set_total(objects.len() as u64, 0);
+    for object in objects {
+        let src = source.object_path(object);
+        match src.symlink_metadata() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(RepoError::ObjectMissing {
+                    path: src,
+                    digest: Box::new(*object),
+                })
+            }
+            _ => {}
+        }
+        batch.add_file(&src, object).map_err(|e| match e {
+            StoreError::DigestMismatch {
+                expected,
+                found,
+                path,
+            } => RepoError::ObjectDigestMismatch {
+                path,
+                expected: Box::new(expected),
+                found: Box::new(found),
+            },
+            other => RepoError::Store(Box::new(other)),
+        })?;
+        progress.add(1, src.metadata().map(|m| m.len()).unwrap_or(0));
+    }
+    let stats = batch.commit().map_err(|e| RepoError::Store(Box::new(e)))?;
+    report.objects_copied = stats.added;
+    report.bytes_copied = stats.bytes_added;
+    let image_path = target.image_path(digest);
+    if digest.algorithm() == HashAlgorithm::Sha256 {
+        publish_image(target, image)?;
+    } else {
+        create_dir_all(&target.images_dir())?;
+        write_file_atomic(&image_path, image)?;
+    }
+    report.seal_installed = install_seal(source, target, digest)?;
+    let deploy = target.deploy_dir(digest);
+    for sub in ["etc/upper", "etc/work", "var"] {
+        create_dir_all(&deploy.join(sub))?;
+    }
+    for dir in [deploy.join("etc"), deploy.clone()] {
+        fsync_dir(&dir)?;
+    }
+    if opts.copy_only {
+        return Ok(report);
+    }
+    // Phase 2: verity, objects first, image last.
+    for object in objects {
+        enable_and_check(target, &target.object_path(object), object)?;
+    }
+    enable_and_check(target, &image_path, digest)?;
+    report.verity_enabled = true;
+    Ok(report)
+}
+
+fn install_seal(source: &Repo, target: &Repo, digest: &Digest) -> Result<bool, RepoError> {
+    let (json, sig) = match seal::read_seal_files(&source.seals_dir(), digest) {
+        Ok(pair) => pair,
+        Err(SealError::Missing { .. }) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let existing = seal::read_seal_files(&target.seals_dir(), digest).ok();
+    if existing.as_ref() != Some(&(json.clone(), sig.clone())) {
+        create_dir_all(&target.seals_dir())?;
+        remove_stale_temps(&target.seals_dir())?;
+        write_seal(target, digest, &json, &sig)?;
+    }
+    Ok(true)
+}
+
+/// Enable fs-verity on `path` (already enabled is fine), then check that
+/// the kernel measures `expected`. A file that measures otherwise is removed.
+fn enable_and_check(target: &Repo, path: &Path, expected: &Digest) -> Result<(), RepoError> {
+    use rustix::io::Errno;
+    let file = File::open(path).map_err(io_err("open", path))?;
+    match crate::sys::enable_verity(&file, expected.algorithm()) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(errno @ (Errno::OPNOTSUPP | Errno::NOTTY)) => {
+            return Err(RepoError::NoVeritySupport {
+                target: target.root().to_path_buf(),
+                errno,
+            })
+        }
+        Err(errno) => {
+            return Err(RepoError::EnableVerity {
+                path: path.to_path_buf(),
+                errno,
+            })
+        }
+    }
+    let found = crate::sys::measure_verity(&file).map_err(|errno| RepoError::MeasureVerity {
+        path: path.to_path_buf(),
+        errno,
+    })?;
+    if found != *expected {
+        drop(file);
+        let _ = fs::remove_file(path);
+        if let Some(dir) = path.parent() {
+            let _ = fsync_dir(dir);
+        }
+        return Err(RepoError::VerityDigestMismatch {
+            path: path.to_path_buf(),
+            expected: Box::new(*expected),
+            found: Box::new(found),
+        });
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Crash-safe file helpers
+
+pub(crate) fn create_dir_all(dir: &Path) -> Result<(), RepoError> {
+    fs::create_dir_all(dir).map_err(io_err("create directory", dir))
+}
+
+pub(crate) fn fsync_dir(dir: &Path) -> Result<(), RepoError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", dir))
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh temporary path next to `final_path`.
+pub(crate) fn temp_path_for(final_path: &Path) -> PathBuf {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = final_path.parent().unwrap_or(Path::new("."));
+    dir.join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()))
+}
+
+/// Create a new temporary file next to `final_path` (mode 0644, O_EXCL).
+pub(crate) fn create_temp(final_path: &Path) -> Result<(PathBuf, File), RepoError> {
+    let tmp = temp_path_for(final_path);
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)
+        .map_err(io_err("create", &tmp))?;
+    Ok((tmp, file))
+}
+
+/// Move a fully written and fsync'd temp file to its final name
+/// (replacing), then fsync the directory.
+pub(crate) fn publish(tmp: &Path, final_path: &Path) -> Result<(), RepoError> {
+    if let Err(e) = fs::rename(tmp, final_path) {
+        let _ = fs::remove_file(tmp);
+        return Err(io_err("rename", final_path)(e));
+    }
+    match final_path.parent() {
+        Some(dir) => fsync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+/// Write `data` to `final_path` through a temp file, fsync, rename.
+pub(crate) fn write_file_atomic(final_path: &Path, data: &[u8]) -> Result<(), RepoError> {
+    let (tmp, mut file) = create_temp(final_path)?;
+    let result = file
+        .write_all(data)
+        .and_then(|()| file.sync_all())
+        .map_err(io_err("write", &tmp));
+    drop(file);
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    publish(&tmp, final_path)
+}
+
+/// Remove temp files left by a killed run in `dir` (non-recursive). Only
+/// files of processes that no longer exist are removed, so two sealctl
+/// runs on one repository do not delete each other's work.
+pub(crate) fn remove_stale_temps(dir: &Path) -> Result<(), RepoError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("read directory", dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_err("read directory", dir))?;
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TEMP_PREFIX)) else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or("");
+        let alive = !pid.is_empty() && Path::new("/proc").join(pid).exists();
+        if !alive || pid == std::process::id().to_string() {
+            let path = entry.path();
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove stale temp", &path)(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_arguments() {
+        let hex = "ab".repeat(32);
+        let d = parse_digest_arg(&hex).unwrap();
+        assert_eq!(d.algorithm(), HashAlgorithm::Sha256);
+        assert_eq!(parse_digest_arg(&format!("sha256:{hex}")).unwrap(), d);
+        assert_eq!(parse_digest_arg(&format!("v1-sha256-12:{hex}")).unwrap(), d);
+        for bad in [
+            String::new(),
+            hex[..63].to_string(),
+            hex.to_uppercase(),
+            format!("md5:{hex}"),
+            format!("sha512:{hex}"),
+            format!("{hex} "),
+        ] {
+            let e = parse_digest_arg(&bad).unwrap_err();
+            assert!(matches!(e, RepoError::BadDigestArgument { .. }), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn atomic_write_and_stale_temp_cleanup() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("x");
+        write_file_atomic(&target, b"one").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"one");
+        write_file_atomic(&target, b"three").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"three");
+        // A temp of a process that cannot exist (pid above pid_max) is
+        // removed; one of a live process (pid 1) stays.
+        let stale = dir.path().join(format!("{TEMP_PREFIX}999999999-0"));
+        fs::write(&stale, b"junk").unwrap();
+        let live = dir.path().join(format!("{TEMP_PREFIX}1-0"));
+        fs::write(&live, b"pid 1 is alive").unwrap();
+        remove_stale_temps(dir.path()).unwrap();
+        assert!(!stale.exists());
+        assert!(live.exists());
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2);
+    }
+}

@@ -1,2 +1,11 @@
 //! The composefs flavour of EROFS: on-disk format, writer and reader.
-//! (to be written)
+//!
+//! - [`format`]: constants and small helpers both sides share.
+//! - [`writer`]: tree → image bytes, bit-for-bit as `mkcomposefs` 1.0.x.
+//! - [`reader`]: image bytes → tree / referenced objects.
+
+pub mod format;
+pub mod reader;
+pub mod writer;
+
+pub use writer::{write_image, WriteError, WriteOptions};

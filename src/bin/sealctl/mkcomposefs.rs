@@ -1,10 +1,195 @@
-//! `sealctl mkcomposefs` (to be written).
+//! `sealctl mkcomposefs`: a drop-in for `mkcomposefs` 1.0.x.
+//!
+//! `SOURCE IMAGE`: SOURCE is a directory, or with `--from-file` a dumpfile
+//! (`-` = stdin, parsed leniently as the reference does). IMAGE `-` is
+//! stdout (refused on a terminal). As in the reference, `--print-digest-only`
+//! takes no IMAGE, and giving either `--min-version` or `--max-version`
+//! makes the other default to 0 (otherwise 0 and 1).
+//!
+//! The whole image is built in memory first, then written to a temporary
+//! file beside IMAGE, synced and renamed over it: on any error nothing is
+//! written. With `--digest-store`, objects are added in one crash-safe batch
+//! committed before the image is published.
 
+use std::ffi::OsString;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct Args {}
+use sealroot::digest::HashAlgorithm;
+use sealroot::erofs::{write_image, WriteOptions};
+use sealroot::scan::{scan_directory, ScanOptions};
+use sealroot::store::ObjectStore;
 
-pub fn run(_args: Args) -> ExitCode {
-    crate::fail("mkcomposefs", "not implemented yet")
+#[derive(clap::Args)]
+pub struct Args {
+    /// Source directory, or dumpfile with --from-file (`-` = stdin).
+    source: OsString,
+    /// Output image (`-` = stdout). Must be omitted with --print-digest-only.
+    image: Option<OsString>,
+    /// The source is a composefs dumpfile, not a directory.
+    #[arg(long)]
+    from_file: bool,
+    /// Store file contents in this object directory, named by digest.
+    #[arg(long, value_name = "DIR")]
+    digest_store: Option<PathBuf>,
+    /// Print the fs-verity digest of the image.
+    #[arg(long)]
+    print_digest: bool,
+    /// Print the fs-verity digest of the image; do not write it.
+    #[arg(long)]
+    print_digest_only: bool,
+    /// Minimum format version.
+    #[arg(long, value_name = "N")]
+    min_version: Option<u32>,
+    /// Maximum format version (the version is raised up to it when needed).
+    #[arg(long, value_name = "N")]
+    max_version: Option<u32>,
+    /// Use a zero mtime for all files.
+    #[arg(long)]
+    use_epoch: bool,
+    /// Do not store xattrs.
+    #[arg(long)]
+    skip_xattrs: bool,
+    /// Only store user.* xattrs.
+    #[arg(long)]
+    user_xattrs: bool,
+    /// Leave out device nodes.
+    #[arg(long)]
+    skip_devices: bool,
+    /// Threads for hashing (default: all cores).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+}
+
+pub fn run(args: Args) -> ExitCode {
+    match run_inner(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => crate::fail("mkcomposefs", e),
+    }
+}
+
+fn run_inner(args: Args) -> Result<(), String> {
+    if args.source.is_empty() {
+        return Err("empty source path".into());
+    }
+    let image = match (&args.image, args.print_digest_only) {
+        (Some(_), true) => {
+            return Err("cannot specify an image path with --print-digest-only".into())
+        }
+        (None, false) => return Err("no destination image specified".into()),
+        (img, _) => img.clone(),
+    };
+    if args.threads == Some(0) {
+        return Err("invalid threads count 0".into());
+    }
+    if args.skip_xattrs && args.user_xattrs {
+        return Err("--skip-xattrs and --user-xattrs cannot be combined".into());
+    }
+    let opts = match (args.min_version, args.max_version) {
+        (None, None) => WriteOptions::default(),
+        (min, max) => WriteOptions {
+            min_version: min.unwrap_or(0),
+            max_version: max.unwrap_or(0),
+        },
+    };
+    if image.as_deref() == Some(std::ffi::OsStr::new("-")) && std::io::stdout().is_terminal() {
+        return Err("stdout is a tty, refusing to write the image to it".into());
+    }
+
+    let source = Path::new(&args.source);
+    let store = match (&args.digest_store, args.from_file) {
+        (Some(dir), false) => Some(ObjectStore::open(dir).map_err(|e| e.to_string())?),
+        _ => None,
+    };
+    let batch = store.as_ref().map(|s| s.batch());
+    let tree = if args.from_file {
+        let mut input = Vec::new();
+        if args.source == "-" {
+            std::io::stdin()
+                .read_to_end(&mut input)
+                .map_err(|e| format!("reading stdin: {e}"))?;
+        } else {
+            input = std::fs::read(source).map_err(|e| format!("{}: {e}", source.display()))?;
+        }
+        sealroot::dumpfile::parse(&input, false).map_err(|e| e.to_string())?
+    } else {
+        let scan_opts = ScanOptions {
+            skip_xattrs: args.skip_xattrs,
+            user_xattrs: args.user_xattrs,
+            skip_devices: args.skip_devices,
+            use_epoch: args.use_epoch,
+            threads: args.threads.unwrap_or(0),
+        };
+        scan_directory(source, &scan_opts, batch.as_ref()).map_err(|e| e.to_string())?
+    };
+    let bytes = write_image(&tree, &opts).map_err(|e| e.to_string())?;
+    drop(tree);
+    if let Some(b) = batch {
+        b.commit().map_err(|e| format!("digest store: {e}"))?;
+    }
+    if let Some(img) = &image {
+        if img == "-" {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)
+                .and_then(|()| out.flush())
+                .map_err(|e| format!("writing stdout: {e}"))?;
+        } else {
+            write_atomic(Path::new(img), &bytes)?;
+        }
+    }
+    if args.print_digest || args.print_digest_only {
+        let d = sealroot::fsverity::digest_bytes(HashAlgorithm::Sha256, &bytes);
+        println!("{}", d.to_hex());
+    }
+    Ok(())
+}
+
+/// Write `data` to a fresh temporary file beside `path`, sync it and rename
+/// it over `path`. The temporary file is removed on failure.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{}: not a file path", path.display()))?;
+    let mut last_err = None;
+    for attempt in 0..100u32 {
+        let mut tmp_name = OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".tmp{}.{attempt}", std::process::id()));
+        let tmp = dir.join(&tmp_name);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp);
+        let mut file = match file {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                last_err = Some(e);
+                continue;
+            }
+            Err(e) => return Err(format!("{}: {e}", tmp.display())),
+        };
+        let res = file
+            .write_all(data)
+            .and_then(|()| file.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, path));
+        return match res {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(format!("{}: {e}", path.display()))
+            }
+        };
+    }
+    Err(format!(
+        "{}: cannot create a temporary file: {}",
+        path.display(),
+        last_err.map(|e| e.to_string()).unwrap_or_default()
+    ))
 }

@@ -1,0 +1,243 @@
+//! Keys round-trip with openssl both ways: openssl-made keys load and sign
+//! (checked by openssl), sealctl-made keys are read by `openssl pkey` and
+//! sign/verify with `openssl pkeyutl -rawin`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ed25519_dalek::{Signer, Verifier};
+use sealroot::keys;
+
+fn sealctl() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sealctl"))
+}
+
+fn openssl(args: &[&str]) -> std::process::Output {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl must be installed for these tests");
+    out
+}
+
+fn repo_keys() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("keys/test")
+}
+
+#[test]
+fn committed_test_keys_match_openssl() {
+    for name in ["sealroot-test", "other-test"] {
+        let priv_path = repo_keys().join(format!("{name}.pem"));
+        let pub_path = repo_keys().join(format!("{name}.pub.pem"));
+        let sk = keys::load_private_key(&priv_path).unwrap();
+        let pk = keys::load_public_key(&pub_path).unwrap();
+        assert_eq!(sk.verifying_key(), pk, "{name}: pair mismatch");
+        // openssl's own derivation of the public key is byte-identical to ours.
+        let out = openssl(&["pkey", "-in", priv_path.to_str().unwrap(), "-pubout"]);
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            keys::public_key_pem(&pk)
+        );
+        // And re-encoding the private key reproduces openssl's file exactly.
+        assert_eq!(
+            keys::private_key_pem(&sk).as_bytes(),
+            std::fs::read(&priv_path).unwrap()
+        );
+    }
+}
+
+#[test]
+fn openssl_keys_sign_and_verify_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("k.pem");
+    let pubk = d.join("k.pub.pem");
+    let msg = d.join("msg");
+    let sig_openssl = d.join("sig.openssl");
+    std::fs::write(&msg, b"a message signed by both tools\n").unwrap();
+    assert!(openssl(&[
+        "genpkey",
+        "-algorithm",
+        "ed25519",
+        "-out",
+        key.to_str().unwrap()
+    ])
+    .status
+    .success());
+    assert!(openssl(&[
+        "pkey",
+        "-in",
+        key.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        pubk.to_str().unwrap()
+    ])
+    .status
+    .success());
+    let sk = keys::load_private_key(&key).unwrap();
+    let pk = keys::load_public_key(&pubk).unwrap();
+    // openssl signs, we verify strictly.
+    assert!(openssl(&[
+        "pkeyutl",
+        "-sign",
+        "-inkey",
+        key.to_str().unwrap(),
+        "-rawin",
+        "-in",
+        msg.to_str().unwrap(),
+        "-out",
+        sig_openssl.to_str().unwrap(),
+    ])
+    .status
+    .success());
+    let sig_bytes: [u8; 64] = std::fs::read(&sig_openssl).unwrap().try_into().unwrap();
+    let sig = ed25519_dalek::Signature::from_bytes(&sig_bytes);
+    let data = std::fs::read(&msg).unwrap();
+    pk.verify_strict(&data, &sig).unwrap();
+    // Ed25519 is deterministic: our signature equals openssl's.
+    assert_eq!(sk.sign(&data).to_bytes(), sig_bytes);
+    assert!(pk.verify(b"other message", &sig).is_err());
+}
+
+#[test]
+fn sealctl_keygen_keys_work_with_openssl() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("vendor");
+    let out = Command::new(sealctl())
+        .args(["keygen", "--output"])
+        .arg(&prefix)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = dir.path().join("vendor.pem");
+    let pubk = dir.path().join("vendor.pub.pem");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let pk = keys::load_public_key(&pubk).unwrap();
+    assert!(stdout.contains(&keys::fingerprint(&pk)), "{stdout}");
+
+    // openssl parses both and derives the same public key file.
+    let derived = openssl(&["pkey", "-in", key.to_str().unwrap(), "-pubout"]);
+    assert!(
+        derived.status.success(),
+        "{}",
+        String::from_utf8_lossy(&derived.stderr)
+    );
+    assert_eq!(derived.stdout, std::fs::read(&pubk).unwrap());
+    let text = openssl(&[
+        "pkey",
+        "-pubin",
+        "-in",
+        pubk.to_str().unwrap(),
+        "-noout",
+        "-text",
+    ]);
+    assert!(text.status.success());
+    assert!(String::from_utf8_lossy(&text.stdout).contains("ED25519 Public-Key"));
+
+    // openssl signs with the sealctl key and verifies with the sealctl pub key.
+    let msg = dir.path().join("m");
+    let sig = dir.path().join("m.sig");
+    std::fs::write(&msg, b"hello").unwrap();
+    assert!(openssl(&[
+        "pkeyutl",
+        "-sign",
+        "-inkey",
+        key.to_str().unwrap(),
+        "-rawin",
+        "-in",
+        msg.to_str().unwrap(),
+        "-out",
+        sig.to_str().unwrap()
+    ])
+    .status
+    .success());
+    let v = openssl(&[
+        "pkeyutl",
+        "-verify",
+        "-pubin",
+        "-inkey",
+        pubk.to_str().unwrap(),
+        "-rawin",
+        "-in",
+        msg.to_str().unwrap(),
+        "-sigfile",
+        sig.to_str().unwrap(),
+    ]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+
+    // keygen never overwrites.
+    let again = Command::new(sealctl())
+        .args(["keygen", "--output"])
+        .arg(&prefix)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.starts_with("sealctl keygen: ") && err.contains("already exists"),
+        "{err}"
+    );
+}
+
+#[test]
+fn key_errors_from_openssl_made_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // An RSA key: named as another algorithm.
+    let rsa = d.join("rsa.pem");
+    assert!(openssl(&[
+        "genpkey",
+        "-algorithm",
+        "rsa",
+        "-pkeyopt",
+        "rsa_keygen_bits:1024",
+        "-out",
+        rsa.to_str().unwrap()
+    ])
+    .status
+    .success());
+    let e = keys::load_private_key(&rsa).unwrap_err();
+    assert!(
+        matches!(e, keys::KeyError::NotEd25519 { ref oid } if oid == "1.2.840.113549.1.1.1"),
+        "{e}"
+    );
+    // An encrypted ed25519 key.
+    let enc = d.join("enc.pem");
+    assert!(openssl(&[
+        "genpkey",
+        "-algorithm",
+        "ed25519",
+        "-aes-128-cbc",
+        "-pass",
+        "pass:x",
+        "-out",
+        enc.to_str().unwrap()
+    ])
+    .status
+    .success());
+    let e = keys::load_private_key(&enc).unwrap_err();
+    assert!(matches!(e, keys::KeyError::Encrypted), "{e}");
+    // A public key where a private one is needed, and a missing file.
+    let e = keys::load_private_key(&repo_keys().join("sealroot-test.pub.pem")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "PEM block is \"PUBLIC KEY\", expected \"PRIVATE KEY\""
+    );
+    let e = keys::load_public_key(&d.join("nope.pem")).unwrap_err();
+    assert!(e.to_string().contains("nope.pem: No such file"), "{e}");
+    // An oversized file is refused before reading it whole.
+    let big = d.join("big.pem");
+    std::fs::write(&big, vec![b'A'; keys::MAX_PEM_SIZE + 1]).unwrap();
+    let e = keys::load_public_key(&big).unwrap_err();
+    assert!(matches!(e, keys::KeyError::TooLarge { .. }), "{e}");
+}

@@ -1,0 +1,221 @@
+//! SIGKILL at random moments during install's copy phase (and, when the
+//! builder is present, during `sealctl build`): the target never holds a
+//! file under a digest name with other content, and a rerun completes.
+//!
+//! The install child is this test binary re-run with an environment
+//! variable naming the repositories; the parent kills it with SIGKILL after
+//! a random delay, checks the target, and repeats.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use sealroot::digest::{Digest, HashAlgorithm};
+use sealroot::fsverity;
+use sealroot::progress::Progress;
+use sealroot::repo::{self, InstallOptions, Repo};
+
+const CHILD_ENV: &str = "SEALROOT_CRASH_CHILD";
+
+/// xorshift seeded from the clock: enough to scatter kill times.
+struct Rng(u64);
+impl Rng {
+    fn new() -> Rng {
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Rng(t | 1)
+    }
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}
+
+fn make_source(dir: &Path) -> (Vec<Digest>, Digest) {
+    let r = Repo::new(dir);
+    let mut objects = Vec::new();
+    for i in 0..60usize {
+        let len = 100 + (i * 37_411) % 600_000;
+        let data: Vec<u8> = (0..len).map(|j| ((j ^ (i * 131)) % 251) as u8).collect();
+        let d = fsverity::digest_bytes(HashAlgorithm::Sha256, &data);
+        let p = r.object_path(&d);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+        objects.push(d);
+    }
+    let image = b"fake image bytes".repeat(1000);
+    let digest = fsverity::digest_bytes(HashAlgorithm::Sha256, &image);
+    fs::create_dir_all(r.images_dir()).unwrap();
+    fs::write(r.image_path(&digest), image).unwrap();
+    (objects, digest)
+}
+
+/// The objects of the source repository, found by listing it.
+fn list_objects(r: &Repo) -> Vec<Digest> {
+    let mut out = Vec::new();
+    for sub in fs::read_dir(r.objects_dir()).unwrap() {
+        let sub = sub.unwrap();
+        if !sub.file_type().unwrap().is_dir() {
+            continue;
+        }
+        let a = sub.file_name().into_string().unwrap();
+        for f in fs::read_dir(sub.path()).unwrap() {
+            let b = f.unwrap().file_name().into_string().unwrap();
+            out.push(Digest::parse_hex(HashAlgorithm::Sha256, &format!("{a}{b}")).unwrap());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// No file anywhere under `objects/` is visible under a digest name with
+/// other content; temp files (dot-prefixed) may exist only at the top.
+fn check_target(t: &Repo) -> usize {
+    let mut good = 0;
+    let Ok(top) = fs::read_dir(t.objects_dir()) else {
+        return 0;
+    };
+    for sub in top {
+        let sub = sub.unwrap();
+        let name = sub.file_name().into_string().unwrap();
+        if name.starts_with('.') {
+            continue;
+        }
+        assert!(sub.file_type().unwrap().is_dir(), "unexpected {name}");
+        for f in fs::read_dir(sub.path()).unwrap() {
+            let f = f.unwrap();
+            let fname = f.file_name().into_string().unwrap();
+            assert!(!fname.starts_with('.'), "temp inside {name}/: {fname}");
+            let d = fsverity::digest_bytes(HashAlgorithm::Sha256, &fs::read(f.path()).unwrap());
+            assert_eq!(
+                d.object_path(),
+                format!("{name}/{fname}"),
+                "wrong content under a digest name"
+            );
+            good += 1;
+        }
+    }
+    if let Ok(img_dir) = fs::read_dir(t.images_dir()) {
+        for f in img_dir {
+            let f = f.unwrap();
+            let fname = f.file_name().into_string().unwrap();
+            if fname.starts_with('.') {
+                continue;
+            }
+            let d = fsverity::digest_bytes(HashAlgorithm::Sha256, &fs::read(f.path()).unwrap());
+            assert_eq!(d.to_hex(), fname, "wrong image content under its name");
+        }
+    }
+    good
+}
+
+fn child_paths() -> Option<(PathBuf, PathBuf, String)> {
+    let v = std::env::var(CHILD_ENV).ok()?;
+    let mut it = v.split('\n');
+    Some((it.next()?.into(), it.next()?.into(), it.next()?.to_string()))
+}
+
+/// Run only as the child of `install_copy_phase_survives_sigkill`.
+#[test]
+#[ignore = "child process of install_copy_phase_survives_sigkill"]
+fn crash_child_install() {
+    let Some((src, dst, hex)) = child_paths() else {
+        return;
+    };
+    let s = Repo::new(src);
+    let digest = Digest::parse_hex(HashAlgorithm::Sha256, &hex).unwrap();
+    let image = fs::read(s.image_path(&digest)).unwrap();
+    let objects = list_objects(&s);
+    repo::install_with_objects(
+        &s,
+        &Repo::new(dst),
+        &digest,
+        &image,
+        &objects,
+        InstallOptions { copy_only: true },
+        &Progress::hidden(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn install_copy_phase_survives_sigkill() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let (objects, digest) = make_source(src.path());
+    let t = Repo::new(dst.path());
+    let mut rng = Rng::new();
+    let exe = std::env::current_exe().unwrap();
+    let mut killed_midway = 0;
+    let rounds = 40;
+    for _ in 0..rounds {
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "crash_child_install",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(
+                CHILD_ENV,
+                format!(
+                    "{}\n{}\n{}",
+                    src.path().display(),
+                    dst.path().display(),
+                    digest.to_hex()
+                ),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(rng.next(200_000)));
+        let finished = child.try_wait().unwrap().is_some();
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let present = check_target(&t);
+        if !finished && present < objects.len() {
+            killed_midway += 1;
+        }
+        // Start over now and then so kills land in early phases again.
+        if rng.next(4) == 0 {
+            fs::remove_dir_all(dst.path()).unwrap();
+            fs::create_dir_all(dst.path()).unwrap();
+        }
+    }
+    // The rerun completes and cleans up.
+    let s = Repo::new(src.path());
+    let image = fs::read(s.image_path(&digest)).unwrap();
+    repo::install_with_objects(
+        &s,
+        &t,
+        &digest,
+        &image,
+        &objects,
+        InstallOptions { copy_only: true },
+        &Progress::hidden(),
+    )
+    .unwrap();
+    assert_eq!(check_target(&t), objects.len());
+    // Temporaries live under objects/.tmp/ (the store's) while a run is
+    // going; after a completed run none is left.
+    let temps: Vec<_> = fs::read_dir(t.objects_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| !(e.path().is_dir() && fs::read_dir(e.path()).unwrap().next().is_none()))
+        .collect();
+    assert!(temps.is_empty(), "stale temps left: {temps:?}");
+    assert!(t.deploy_dir(&digest).join("etc/work").is_dir());
+    eprintln!("{killed_midway} of {rounds} kills landed mid-copy");
+    assert!(
+        killed_midway > 0,
+        "no kill landed during the copy; the test proved nothing"
+    );
+}
