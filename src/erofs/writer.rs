@@ -25,7 +25,11 @@
 //!    bits and size fits 32 bits; otherwise extended (64 bytes). Inline tails
 //!    (directory entries ≤ 2048 bytes, file data tails ≤ 2048 bytes, symlink
 //!    targets, chunk tables) must not cross a block: the inode is padded to
-//!    a later slot, or the tail is moved to a full block.
+//!    a later slot, or the tail is moved to a full block. A symlink whose
+//!    inode + xattrs + target reach 4096 bytes keeps its target in a data
+//!    block; a chunk table that cannot fit after slot padding is replaced by
+//!    a data block of 1024 null chunk entries (the chunk format then shares
+//!    the `i_u` field with the block address's high 16 bits).
 //! 5. External files are chunk-based with the smallest chunk size ≥ the file
 //!    size (capped at 2^43 bytes) and null block addresses: the kernel sees
 //!    a sparse file of the right size whose data overlayfs redirects.
@@ -223,11 +227,33 @@ pub fn write_image(tree: &Tree, opts: &WriteOptions) -> Result<Vec<u8>, WriteErr
 /// Steps 2 and 3: breadth-first node list with overlay rewrites applied.
 fn build_nodes(tree: &Tree, version: u32) -> Result<Vec<Node<'_>>, WriteError> {
     let n = tree.inodes.len();
-    let secondary: std::collections::HashSet<(InodeId, &[u8])> = tree
+    let mut secondary: std::collections::HashSet<(InodeId, &[u8])> = tree
         .secondary_links
         .iter()
         .map(|(d, name)| (*d, &**name))
         .collect();
+    if secondary.is_empty() {
+        // Without explicit marks, an inode is defined by its first entry in
+        // depth-first name order (the order dumpfiles list hard links in).
+        let refs = tree.reference_counts();
+        if refs.iter().any(|&r| r > 1) {
+            let mut seen = vec![false; n];
+            let mut stack = vec![(ROOT, 0usize)];
+            while let Some((dir, i)) = stack.pop() {
+                let entries = tree.entries(dir);
+                let Some(e) = entries.get(i) else { continue };
+                stack.push((dir, i + 1));
+                if tree.inodes[e.inode].kind.is_dir() {
+                    stack.push((e.inode, 0));
+                } else if refs[e.inode] > 1 {
+                    if seen[e.inode] {
+                        secondary.insert((dir, &*e.name));
+                    }
+                    seen[e.inode] = true;
+                }
+            }
+        }
+    }
 
     // Breadth-first assignment of node indices; stub whiteouts are inserted
     // into the root's entries by name.
@@ -624,12 +650,28 @@ fn layout(nodes: &mut [Node]) -> Result<Layout, WriteError> {
         // Keep the inline tail inside one block.
         let non_tail = inode_size + xattr_size;
         if matches!(n.body, Body::Symlink(_)) {
+            // Inode, xattrs and target must share one block (old kernels
+            // refuse fast symlinks that cross); pad the inode to a block
+            // start if they would cross. A symlink that cannot fit in a
+            // block at all has its target moved to a data block instead.
             let total = non_tail + tail;
             if pos / BLOCK_SIZE != (pos + total - 1) / BLOCK_SIZE {
                 let extra = round_up(pos, BLOCK_SIZE) - pos;
                 ipad += extra;
                 pos += extra;
             }
+            if total >= BLOCK_SIZE {
+                n_blocks = 1;
+                tail = 0;
+            }
+        } else if matches!(n.body, Body::External) && tail + xattr_size % SLOT_SIZE > BLOCK_SIZE {
+            // A chunk table that cannot fit in the inode's block even after
+            // slot padding goes to a data block of 1024 null entries.
+            let extra = round_up(pos, BLOCK_SIZE) - pos;
+            ipad += extra;
+            pos += extra;
+            n_blocks = 1;
+            tail = 0;
         } else {
             let remainder = BLOCK_SIZE - (pos + non_tail) % BLOCK_SIZE;
             if remainder < tail {
@@ -638,14 +680,11 @@ fn layout(nodes: &mut [Node]) -> Result<Layout, WriteError> {
                 if tail <= remainder2 {
                     ipad += extra;
                     pos += extra;
-                } else if !matches!(n.body, Body::External) {
+                } else {
                     // Did not fit even after padding: move the tail to a block.
                     n_blocks += 1;
                     tail = 0;
                 }
-                // A chunk table that cannot fit stays inline unpadded; the
-                // reference's output for this case is not reproduced yet
-                // (see tests/vectors.rs KNOWN_MISMATCH).
             }
         }
         n.n_blocks = n_blocks;
@@ -813,18 +852,26 @@ fn emit(nodes: &[Node], l: &Layout, version: u32) -> Vec<u8> {
         let mut u: u32 = 0;
         let size = match &n.body {
             Body::Dir => n.n_blocks * BLOCK_SIZE + n.tail,
-            Body::Symlink(_) => n.n_blocks * BLOCK_SIZE + n.tail,
+            Body::Symlink(t) => t.len() as u64,
             Body::Inline(_) | Body::External => n.size,
             _ => 0,
         };
         match &n.body {
-            Body::Dir | Body::Inline(_) if n.n_blocks > 0 => {
+            Body::Dir | Body::Inline(_) | Body::Symlink(_) if n.n_blocks > 0 => {
                 u = (current_end / BLOCK_SIZE) as u32;
                 current_end += n.n_blocks * BLOCK_SIZE;
             }
             Body::External => {
                 layout = LAYOUT_CHUNK_BASED;
-                u = chunk_bits(n.size) - BLOCK_BITS;
+                // The chunk format shares the 32-bit field with the block
+                // address: only its low 16 bits are overwritten.
+                let fmt = chunk_bits(n.size) - BLOCK_BITS;
+                if n.n_blocks > 0 {
+                    u = ((current_end / BLOCK_SIZE) as u32 & 0xffff_0000) | fmt;
+                    current_end += n.n_blocks * BLOCK_SIZE;
+                } else {
+                    u = fmt;
+                }
             }
             Body::Device(rdev) => u = *rdev,
             _ => {}
@@ -882,11 +929,11 @@ fn emit(nodes: &[Node], l: &Layout, version: u32) -> Vec<u8> {
                     put_dirents(&mut out, nodes, tail);
                 }
             }
-            Body::Symlink(t) => out.extend_from_slice(t),
+            Body::Symlink(t) if n.n_blocks == 0 => out.extend_from_slice(t),
             Body::Inline(c) if n.tail > 0 => {
                 out.extend_from_slice(&c[c.len().saturating_sub(n.tail as usize)..]);
             }
-            Body::External => {
+            Body::External if n.n_blocks == 0 => {
                 for _ in 0..chunk_count(n.size) {
                     out.extend_from_slice(&NULL_ADDR.to_le_bytes());
                 }
@@ -912,10 +959,15 @@ fn emit(nodes: &[Node], l: &Layout, version: u32) -> Vec<u8> {
                     pad_to(&mut out, BLOCK_SIZE);
                 }
             }
-            Body::Inline(c) if n.n_blocks > 0 => {
+            Body::Inline(c) | Body::Symlink(c) if n.n_blocks > 0 => {
                 let full = (n.n_blocks * BLOCK_SIZE).min(c.len() as u64) as usize;
                 out.extend_from_slice(&c[..full]);
                 pad_to(&mut out, BLOCK_SIZE);
+            }
+            Body::External if n.n_blocks > 0 => {
+                for _ in 0..BLOCK_SIZE / 4 {
+                    out.extend_from_slice(&NULL_ADDR.to_le_bytes());
+                }
             }
             _ => {}
         }
