@@ -2,7 +2,8 @@
 //!
 //! - [`format`]: constants and small helpers both sides share.
 //! - [`writer`]: tree → image bytes, bit-for-bit as `mkcomposefs` 1.0.x.
-//! - [`reader`]: image bytes → tree / referenced objects.
+//! - [`reader`]: image bytes → tree, for untrusted images (never panics,
+//!   bounded allocation).
 
 pub mod format;
 pub mod reader;

@@ -51,6 +51,10 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 use crate::digest::{Digest, HashAlgorithm};
+use crate::tree::{
+    self, DirEntry, InodeId, InodeKind, RegularFile, Timespec, Tree, Xattr, S_IFBLK, S_IFCHR,
+    S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
+};
 
 /// Offset of the EROFS superblock.
 const SUPERBLOCK_OFFSET: usize = 1024;
@@ -73,15 +77,6 @@ const XATTR_ENTRY_HEADER_SIZE: usize = 4;
 const LAYOUT_FLAT_PLAIN: u8 = 0;
 const LAYOUT_FLAT_INLINE: u8 = 2;
 const LAYOUT_CHUNK_BASED: u8 = 4;
-
-const S_IFMT: u32 = 0o170000;
-const S_IFSOCK: u32 = 0o140000;
-const S_IFLNK: u32 = 0o120000;
-const S_IFREG: u32 = 0o100000;
-const S_IFBLK: u32 = 0o060000;
-const S_IFDIR: u32 = 0o040000;
-const S_IFCHR: u32 = 0o020000;
-const S_IFIFO: u32 = 0o010000;
 
 /// Longest symlink target (PATH_MAX without its NUL).
 const MAX_SYMLINK: u64 = 4095;
@@ -838,51 +833,6 @@ fn valid_name(name: &[u8]) -> bool {
         && !name.contains(&0)
 }
 
-/// The content of a regular file as recorded in the image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FileContent {
-    /// Size 0.
-    Empty,
-    /// Stored in the image.
-    Inline(Vec<u8>),
-    /// Stored in the object store; the image holds only its digest (if the
-    /// writer knew it) and the redirect path.
-    External {
-        digest: Option<Digest>,
-        payload: Option<Vec<u8>>,
-    },
-}
-
-/// One inode of the decoded image, after the composefs transformations are
-/// reversed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Node {
-    pub nid: u64,
-    pub mode: u32,
-    pub nlink: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub rdev: u32,
-    pub size: u64,
-    pub mtime: u64,
-    pub mtime_nsec: u32,
-    /// Sorted by name, as the reference dump prints them.
-    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-    pub content: FileContent,
-    /// Symlink target.
-    pub target: Option<Vec<u8>>,
-    /// Directories: (name, index into [`Decoded::nodes`]), in image order
-    /// (EROFS keeps them sorted by name).
-    pub children: Vec<(Vec<u8>, usize)>,
-}
-
-/// The whole decoded image: `nodes[0]` is the root; a node referenced by
-/// several entries is a hardlink.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decoded {
-    pub nodes: Vec<Node>,
-}
-
 struct Budgets {
     entries: u64,
     entries_limit: u64,
@@ -998,8 +948,8 @@ fn parse_metacopy(nid: u64, value: &[u8]) -> Result<Option<Digest>, ReadError> {
     Digest::from_bytes(alg, &value[4..]).map(Some).ok_or(bad)
 }
 
-/// Decode the image into the neutral [`Decoded`] form.
-pub fn decode(image: &[u8]) -> Result<Decoded, ReadError> {
+/// Read a composefs image into the tree it was built from.
+pub fn read_image(image: &[u8]) -> Result<Tree, ReadError> {
     let img = Image::open(image)?;
     let mut budgets = Budgets::new(image.len());
     let root_nid = img.sb.root_nid;
@@ -1010,49 +960,56 @@ pub fn decode(image: &[u8]) -> Result<Decoded, ReadError> {
             mode: root.mode,
         });
     }
-    let mut nodes: Vec<Node> = Vec::new();
-    let mut by_nid: HashMap<u64, usize> = HashMap::new();
-    let root_idx = build_node(&img, &root, &mut budgets, &mut nodes)?;
-    by_nid.insert(root_nid, root_idx);
-    // Directories still to list: (node index, nid, parent nid, depth).
-    let mut work: Vec<(usize, u64, u64, usize)> = vec![(root_idx, root_nid, root_nid, 0)];
+    let mut tree = Tree {
+        inodes: Vec::new(),
+        secondary_links: Vec::new(),
+    };
+    // The root is built first, so it gets id 0 (tree::ROOT).
+    let mut nids: Vec<u64> = Vec::new();
+    let root_id = build_inode(&img, &root, &mut budgets, &mut tree)?;
+    nids.push(root_nid);
+    let mut by_nid: HashMap<u64, InodeId> = HashMap::new();
+    // Directories still to list: (inode id, nid, parent nid, depth).
+    let mut work: Vec<(InodeId, u64, u64, usize)> = vec![(root_id, root_nid, root_nid, 0)];
     let mut dirs_seen: HashSet<u64> = HashSet::new();
     dirs_seen.insert(root_nid);
-    while let Some((idx, nid, parent, depth)) = work.pop() {
+    while let Some((id, nid, parent, depth)) = work.pop() {
         let ino = img.inode(nid)?;
         let entries = img.dir_entries(&ino, &mut budgets.entries, budgets.entries_limit)?;
         let mut dot = None;
         let mut dotdot = None;
-        let mut children: Vec<(Vec<u8>, usize)> = Vec::new();
-        let mut names: BTreeSet<&[u8]> = BTreeSet::new();
+        let mut children: Vec<DirEntry> = Vec::new();
         let mut has_whiteout = false;
+        let mut prev: Option<&[u8]> = None;
         for e in entries {
-            if e.name == b"." {
-                if dot.replace(e.nid).is_some() {
-                    return Err(ReadError::DuplicateName {
+            // EROFS looks names up by binary search: entries (`.` and `..`
+            // included) must be strictly increasing, which also rules out
+            // duplicates.
+            if prev.is_some_and(|p| p >= e.name) {
+                return Err(if prev == Some(e.name) {
+                    ReadError::DuplicateName {
                         nid,
                         name: e.name.to_vec(),
-                    });
-                }
+                    }
+                } else {
+                    ReadError::BadDirectoryBlock {
+                        nid,
+                        offset: ino.offset as u64,
+                        reason: "entries are not sorted by name",
+                    }
+                });
+            }
+            prev = Some(e.name);
+            if e.name == b"." {
+                dot = Some(e.nid);
                 continue;
             }
             if e.name == b".." {
-                if dotdot.replace(e.nid).is_some() {
-                    return Err(ReadError::DuplicateName {
-                        nid,
-                        name: e.name.to_vec(),
-                    });
-                }
+                dotdot = Some(e.nid);
                 continue;
             }
             if !valid_name(e.name) {
                 return Err(ReadError::BadName {
-                    nid,
-                    name: e.name.to_vec(),
-                });
-            }
-            if !names.insert(e.name) {
-                return Err(ReadError::DuplicateName {
                     nid,
                     name: e.name.to_vec(),
                 });
@@ -1080,7 +1037,7 @@ pub fn decode(image: &[u8]) -> Result<Decoded, ReadError> {
                 }
                 continue;
             }
-            if child.is_dir() {
+            let child_id = if child.is_dir() {
                 if !dirs_seen.insert(e.nid) {
                     return Err(ReadError::DirectoryRevisited { nid: e.nid });
                 }
@@ -1090,24 +1047,32 @@ pub fn decode(image: &[u8]) -> Result<Decoded, ReadError> {
                         depth: depth + 1,
                     });
                 }
-                let ci = build_node(&img, &child, &mut budgets, &mut nodes)?;
-                by_nid.insert(e.nid, ci);
+                let ci = build_inode(&img, &child, &mut budgets, &mut tree)?;
+                nids.push(e.nid);
                 work.push((ci, e.nid, nid, depth + 1));
-                children.push((e.name.to_vec(), ci));
-                continue;
-            }
-            let ci = match by_nid.get(&e.nid) {
-                Some(&ci) => ci,
-                None => {
-                    let ci = build_node(&img, &child, &mut budgets, &mut nodes)?;
-                    by_nid.insert(e.nid, ci);
-                    ci
+                ci
+            } else if let Some(&ci) = by_nid.get(&e.nid) {
+                if tree.inodes.get(ci).is_some_and(|i| i.kind.is_whiteout()) {
+                    return Err(ReadError::HardlinkedWhiteout { nid: e.nid });
                 }
+                ci
+            } else {
+                let ci = build_inode(&img, &child, &mut budgets, &mut tree)?;
+                nids.push(e.nid);
+                by_nid.insert(e.nid, ci);
+                ci
             };
-            if nodes.get(ci).is_some_and(is_whiteout) {
+            if tree
+                .inodes
+                .get(child_id)
+                .is_some_and(|i| i.kind.is_whiteout())
+            {
                 has_whiteout = true;
             }
-            children.push((e.name.to_vec(), ci));
+            children.push(DirEntry {
+                name: e.name.into(),
+                inode: child_id,
+            });
         }
         if dot != Some(nid) {
             return Err(ReadError::BadDotEntry { nid, found: dot });
@@ -1119,39 +1084,78 @@ pub fn decode(image: &[u8]) -> Result<Decoded, ReadError> {
                 found: dotdot,
             });
         }
-        if let Some(node) = nodes.get_mut(idx) {
+        if let Some(node) = tree.inodes.get_mut(id) {
             if has_whiteout {
                 // Markers the writer adds to directories holding whiteouts.
-                node.xattrs.retain(|(n, v)| {
-                    let n = n.as_slice();
+                node.xattrs.retain(|x| {
+                    let n = &*x.name;
                     let marker = n == XATTR_USER_WHITEOUTS
                         || n == unescaped(XATTR_ESCAPED_WHITEOUTS).as_slice()
                         || ((n == XATTR_USER_OPAQUE
                             || n == unescaped(XATTR_ESCAPED_OPAQUE).as_slice())
-                            && v.as_slice() == b"x");
+                            && &*x.value == b"x");
                     !marker
                 });
             }
-            node.children = children;
+            node.kind = InodeKind::Directory(children);
         }
     }
-    // Whiteouts are hardlink-free; a shared one is an error.
-    let mut refs: HashMap<usize, u32> = HashMap::new();
-    for n in &nodes {
-        for (_, ci) in &n.children {
-            *refs.entry(*ci).or_default() += 1;
-        }
+    tree.validate().map_err(|e| ReadError::Tree {
+        nid: root_nid,
+        message: e.to_string(),
+    })?;
+    tree.secondary_links = infer_secondary_links(&tree, &nids);
+    Ok(tree)
+}
+
+/// Which entries of hard-linked inodes are links rather than definitions.
+///
+/// The writer numbers inodes in breadth-first order of their defining
+/// entries (directories queued as they are defined, entries in name order),
+/// so nids increase along that order. Walking the tree the same way, an
+/// inode is defined at the entry where it is the next nid due; its other
+/// entries are links. Recording that lets the writer place the inode where
+/// it was, so image -> tree -> image gives the same bytes. An image not laid
+/// out that way (another writer) gets no marks: plain breadth-first order.
+fn infer_secondary_links(tree: &Tree, nids: &[u64]) -> Vec<(InodeId, Box<[u8]>)> {
+    let counts = tree.reference_counts();
+    if counts.iter().all(|&c| c <= 1) || nids.len() != tree.inodes.len() {
+        return Vec::new();
     }
-    for (ci, count) in refs {
-        if count > 1 {
-            if let Some(n) = nodes.get(ci) {
-                if is_whiteout(n) {
-                    return Err(ReadError::HardlinkedWhiteout { nid: n.nid });
+    let mut order: Vec<InodeId> = (0..tree.inodes.len())
+        .filter(|&i| i != tree::ROOT)
+        .collect();
+    order.sort_by_key(|&i| nids.get(i).copied().unwrap_or(u64::MAX));
+    let mut next = 0;
+    let mut defined = vec![false; tree.inodes.len()];
+    if let Some(r) = defined.get_mut(tree::ROOT) {
+        *r = true;
+    }
+    let mut secondary = Vec::new();
+    let mut queue = std::collections::VecDeque::from([tree::ROOT]);
+    while let Some(dir) = queue.pop_front() {
+        for e in tree.entries(dir) {
+            let c = e.inode;
+            if defined.get(c).copied().unwrap_or(true) {
+                secondary.push((dir, e.name.clone()));
+            } else if order.get(next) == Some(&c) {
+                defined[c] = true;
+                next += 1;
+                if tree.inodes.get(c).is_some_and(|i| i.kind.is_dir()) {
+                    queue.push_back(c);
                 }
+            } else if counts.get(c).copied().unwrap_or(0) > 1 {
+                // Defined by a later entry.
+                secondary.push((dir, e.name.clone()));
+            } else {
+                return Vec::new();
             }
         }
     }
-    Ok(Decoded { nodes })
+    if next != order.len() {
+        return Vec::new();
+    }
+    secondary
 }
 
 /// `trusted.overlay.overlay.X` -> `trusted.overlay.X`.
@@ -1166,42 +1170,33 @@ fn unescaped(name: &[u8]) -> Vec<u8> {
     }
 }
 
-fn is_whiteout(n: &Node) -> bool {
-    n.mode & S_IFMT == S_IFCHR && n.rdev == 0
-}
-
-/// Decode one inode (not its directory entries).
-fn build_node(
+/// Decode one inode (directories get their entries from the caller).
+fn build_inode(
     img: &Image<'_>,
     ino: &Inode,
     budgets: &mut Budgets,
-    nodes: &mut Vec<Node>,
-) -> Result<usize, ReadError> {
+    tree: &mut Tree,
+) -> Result<InodeId, ReadError> {
     let nid = ino.nid;
     let (xattrs, metacopy, redirect, whiteout) = decode_xattrs(img, ino, budgets)?;
-    let mut mode = ino.mode;
-    let mut rdev = 0;
-    let mut size = ino.size;
-    let mut content = FileContent::Empty;
-    let mut target = None;
-    match ino.file_type() {
-        S_IFREG if whiteout => {
-            mode = (mode & !S_IFMT) | S_IFCHR;
-            size = 0;
-        }
+    let kind = match ino.file_type() {
+        S_IFREG if whiteout => InodeKind::CharDevice(0),
         S_IFREG => {
+            let mut file = RegularFile {
+                size: ino.size,
+                ..RegularFile::default()
+            };
             if ino.size == 0 {
-                content = FileContent::Empty;
+                // Empty: nothing stored anywhere.
             } else if ino.layout == LAYOUT_CHUNK_BASED {
-                let digest = match &metacopy {
+                file.digest = match &metacopy {
                     Some(v) => parse_metacopy(nid, v)?,
                     None => return Err(ReadError::MissingMetacopy { nid }),
                 };
-                let payload = redirect.map(|r| match r.strip_prefix(b"/") {
-                    Some(rest) if !rest.is_empty() => rest.to_vec(),
-                    _ => r,
+                file.payload = redirect.map(|r| match r.strip_prefix(b"/") {
+                    Some(rest) if !rest.is_empty() => rest.into(),
+                    _ => r.into(),
                 });
-                content = FileContent::External { digest, payload };
             } else {
                 if budgets.content < ino.size {
                     return Err(ReadError::ContentBudgetExceeded {
@@ -1214,8 +1209,9 @@ fn build_node(
                 let mut data = Vec::with_capacity(head.len() + tail.len());
                 data.extend_from_slice(head);
                 data.extend_from_slice(tail);
-                content = FileContent::Inline(data);
+                file.inline = Some(data.into());
             }
+            InodeKind::Regular(file)
         }
         S_IFLNK => {
             if ino.size == 0 {
@@ -1243,48 +1239,49 @@ fn build_node(
                     reason: "NUL byte in target",
                 });
             }
-            target = Some(t);
+            InodeKind::Symlink(t.into())
         }
-        S_IFCHR | S_IFBLK => {
-            rdev = ino.i_u;
-            size = 0;
-        }
+        S_IFCHR => InodeKind::CharDevice(u64::from(ino.i_u)),
+        S_IFBLK => InodeKind::BlockDevice(u64::from(ino.i_u)),
         S_IFDIR => {
-            // Listed by the caller; check the data is addressable now.
+            // Listed by the caller; check now that the data is addressable.
             img.flat_data(ino)?;
+            InodeKind::Directory(Vec::new())
         }
-        _ => {
-            size = 0;
-        }
-    }
-    nodes.push(Node {
-        nid,
-        mode,
-        nlink: ino.nlink,
+        S_IFIFO => InodeKind::Fifo,
+        _ => InodeKind::Socket,
+    };
+    let inode = tree::Inode {
+        perm: ino.mode & 0o7777,
         uid: ino.uid,
         gid: ino.gid,
-        rdev,
-        size,
-        mtime: ino.mtime,
-        mtime_nsec: ino.mtime_nsec,
-        xattrs,
-        content,
-        target,
-        children: Vec::new(),
-    });
-    Ok(nodes.len() - 1)
+        // Times past i64::MAX keep their bits; the writer stores them back
+        // as the same u64.
+        mtime: Timespec {
+            sec: ino.mtime as i64,
+            nsec: ino.mtime_nsec,
+        },
+        nlink: ino.nlink,
+        xattrs: xattrs
+            .into_iter()
+            .map(|(name, value)| Xattr {
+                name: name.into(),
+                value: value.into(),
+            })
+            .collect(),
+        kind,
+    };
+    Ok(tree.push(inode))
 }
 
 /// The distinct digests of every external file in the image, sorted.
 pub fn referenced_objects(image: &[u8]) -> Result<Vec<Digest>, ReadError> {
-    let decoded = decode(image)?;
-    let set: BTreeSet<Digest> = decoded
-        .nodes
+    let tree = read_image(image)?;
+    let set: BTreeSet<Digest> = tree
+        .inodes
         .iter()
-        .filter_map(|n| match &n.content {
-            FileContent::External {
-                digest: Some(d), ..
-            } => Some(*d),
+        .filter_map(|i| match &i.kind {
+            InodeKind::Regular(f) if !f.is_inline() => f.digest,
             _ => None,
         })
         .collect();
