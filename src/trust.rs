@@ -34,7 +34,6 @@
 use std::fmt;
 
 use ed25519_dalek::VerifyingKey;
-use sha2::{Digest as _, Sha256};
 
 use crate::digest::{hex_decode_lower, hex_encode};
 
@@ -149,7 +148,10 @@ impl fmt::Display for TrustError {
                 f,
                 "trust area is {len} bytes, expected {AREA_SIZE}"
             ),
-            TrustError::BadMagic => write!(f, "trust area does not start with the magic SEALROOT-TRUST01"),
+            // Never spell the magic out in a message: that would put a
+            // second copy into the binary and defeat the embed tool's
+            // exactly-once search.
+            TrustError::BadMagic => write!(f, "trust area does not start with its magic bytes"),
             TrustError::PayloadTooLarge { len, max } => write!(
                 f,
                 "embedded trust payload length {len} exceeds the area's {max} bytes"
@@ -395,12 +397,6 @@ pub fn encode_area(payload: &[u8]) -> Result<Vec<u8>, TrustError> {
     Ok(area)
 }
 
-/// `sha256:<hex>` of the 32 raw key bytes (the same fingerprint the seal
-/// code and `sealctl` print).
-pub fn fingerprint(key: &VerifyingKey) -> String {
-    format!("sha256:{}", hex_encode(&Sha256::digest(key.as_bytes())))
-}
-
 /// Human- and test-readable lines: `policy:`, `serial-floor:`, one `key:`
 /// line per key fingerprint.
 pub fn describe(policy: &TrustPolicy) -> String {
@@ -412,7 +408,7 @@ pub fn describe(policy: &TrustPolicy) -> String {
     if let TrustPolicy::Signed { keys, .. } = policy {
         for key in keys {
             out.push_str("key: ");
-            out.push_str(&fingerprint(key));
+            out.push_str(&crate::keys::fingerprint(key));
             out.push('\n');
         }
     }
@@ -426,9 +422,108 @@ pub fn show() -> Result<String, TrustError> {
     Ok(format!("{}source: {source}\n", describe(&policy)))
 }
 
+/// Why `sealroot check-seal` refused.
+#[derive(Debug)]
+pub enum CheckSealError {
+    /// No usable trust policy in this binary.
+    Trust(TrustError),
+    /// Wrong arguments.
+    Usage(String),
+    /// The image is missing or its content does not have the digest.
+    Image(crate::repo::RepoError),
+    /// The seal is missing or does not verify under this binary's keys.
+    Seal(crate::seal::SealError),
+}
+
+impl fmt::Display for CheckSealError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CheckSealError::Trust(e) => write!(f, "{e}"),
+            CheckSealError::Usage(e) => write!(f, "{e}"),
+            CheckSealError::Image(e) => write!(f, "image: {e}"),
+            CheckSealError::Seal(e) => write!(f, "seal: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CheckSealError {}
+
+/// The seal check of the boot path, against this binary's own trust anchor,
+/// for a repository on a host whose kernel cannot measure verity: the image
+/// digest is computed in userspace ([`crate::repo::read_checked_image`])
+/// instead of `FS_IOC_MEASURE_VERITY`. Proves which keys a (patched) binary
+/// trusts; the boot itself is proven in QEMU.
+pub fn check_seal(
+    root: &std::path::Path,
+    digest: &crate::digest::Digest,
+) -> Result<String, CheckSealError> {
+    let policy = load().map_err(CheckSealError::Trust)?;
+    let repo = crate::repo::Repo::new(root);
+    crate::repo::read_checked_image(&repo, digest).map_err(CheckSealError::Image)?;
+    match &policy {
+        TrustPolicy::SealedDigest { .. } => Ok(format!(
+            "image {} present; policy sealed-digest: no seal needed\n",
+            digest.to_composefs()
+        )),
+        TrustPolicy::Signed { keys, serial_floor } => {
+            let (manifest, sig) = crate::seal::read_seal_files(&repo.seals_dir(), digest)
+                .map_err(CheckSealError::Seal)?;
+            let v = crate::seal::verify_seal(&manifest, &sig, keys, digest, *serial_floor)
+                .map_err(CheckSealError::Seal)?;
+            Ok(format!(
+                "seal ok: {} serial {} key {}\n",
+                digest.to_composefs(),
+                v.manifest.serial,
+                v.key_fingerprint
+            ))
+        }
+    }
+}
+
+/// `sealroot --show-trust` and `sealroot check-seal --repo DIR DIGEST`:
+/// inspection entry points that never mount anything. `None` when the
+/// arguments are not one of these, or when running as PID 1 (argv of init
+/// comes from the kernel command line and must never steer the boot).
+pub fn tool_main() -> Option<std::process::ExitCode> {
+    use std::process::ExitCode;
+    if rustix::process::getpid() == rustix::process::Pid::INIT {
+        return None;
+    }
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let result = match args.first().map(String::as_str) {
+        Some("--show-trust") if args.len() == 1 => show().map_err(CheckSealError::Trust),
+        Some("check-seal") => match args.get(1..) {
+            Some([flag, dir, digest]) if flag == "--repo" => {
+                match crate::repo::parse_digest_arg(digest) {
+                    Ok(d) => check_seal(std::path::Path::new(dir), &d),
+                    Err(e) => Err(CheckSealError::Usage(e.to_string())),
+                }
+            }
+            _ => Err(CheckSealError::Usage(
+                "usage: sealroot check-seal --repo DIR DIGEST".into(),
+            )),
+        },
+        _ => return None,
+    };
+    Some(match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sealroot: {e}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest as _, Sha256};
 
     // RFC 8032 section 7.1, TEST 1 and TEST 2 public keys.
     const KEY1: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
@@ -481,7 +576,8 @@ mod tests {
 
     #[test]
     fn malformed_payloads_fail_closed() {
-        let cases: &[(&str, fn(&TrustError) -> bool)] = &[
+        type Check = fn(&TrustError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("not json", |e| matches!(e, TrustError::Malformed { .. })),
             ("{\"policy\":\"signed\"}", |e| matches!(e, TrustError::Malformed { .. })),
             (

@@ -1,0 +1,429 @@
+"""QEMU boot harness plumbing for sealroot.
+
+Everything the boot scenarios share: the test kernel (fetched by
+scripts/setup.d/20-kernel), kernel-module dependency closure, initramfs
+(cpio "newc") writing without root privileges, the demo root tree, ext4
+disk images made with `mkfs.ext4 -d` (no host mount), host-side disk edits
+with `debugfs -w`, and a QEMU runner that captures the serial console to a
+log file and stops early once the guest has clearly finished.
+
+Facts relied on:
+- The Debian 6.12 cloud kernel builds virtio_pci, ext4 and fs-verity in;
+  erofs, overlay, loop, virtio_blk (and libcrc32c) are `.ko.xz` modules and
+  the kernel has CONFIG_MODULE_DECOMPRESS, so `finit_module` takes `.ko.xz`.
+  The extracted package has no modules.dep (depmod runs at install time), so
+  dependencies are read from each module's `.modinfo` `depends=` string.
+- The kernel unpacks an uncompressed newc cpio as initramfs; device nodes in
+  the archive are created by the kernel, so no host privileges are needed.
+- ext4 fs-verity needs the `verity` feature and 4096-byte blocks; enabling
+  verity only works inside the guest (the host kernel lacks fs-verity).
+"""
+
+import lzma
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+BUILD = ROOT / "build"
+KDIR = BUILD / "kernel"
+QDIR = BUILD / "qemu"
+TARGET = "x86_64-unknown-linux-musl"
+
+# Modules a sealroot PID-1 initramfs needs (closure computed from .modinfo).
+SEALROOT_MODULES = ["virtio_blk", "loop", "erofs", "overlay"]
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def run(cmd, **kw):
+    """Run a command, raising with its stderr on failure."""
+    kw.setdefault("check", True)
+    try:
+        return subprocess.run([str(c) for c in cmd], **kw)
+    except subprocess.CalledProcessError as e:
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({e.returncode}): {err.strip()[-2000:]}") from None
+
+
+def ensure_kernel():
+    if not (KDIR / "vmlinuz").exists():
+        run([ROOT / "scripts/setup.d/20-kernel"])
+    return KDIR / "vmlinuz"
+
+
+# ---------------------------------------------------------------- binaries
+
+def cargo_build(sealroot_features=("test-keys",), target_dir=None):
+    """Build the static sealroot (boot profile) and sealctl (release), musl."""
+    env = dict(os.environ)
+    td = Path(target_dir) if target_dir else ROOT / "target"
+    env["CARGO_TARGET_DIR"] = str(td)
+    feats = ",".join(sealroot_features)
+    cmd = ["cargo", "build", "-q", "--profile", "boot", "--no-default-features",
+           "--target", TARGET, "--bin", "sealroot"]
+    if feats:
+        cmd += ["--features", feats]
+    run(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE)
+    run(["cargo", "build", "-q", "--release", "--target", TARGET, "--bin", "sealctl"],
+        cwd=ROOT, env=env, stderr=subprocess.PIPE)
+    return td / TARGET / "boot" / "sealroot", td / TARGET / "release" / "sealctl"
+
+
+# ---------------------------------------------------------------- modules
+
+def _module_files():
+    idx = {}
+    for p in (KDIR / "modules" / "kernel").rglob("*.ko*"):
+        name = p.name.split(".ko")[0].replace("-", "_")
+        idx[name] = p
+    return idx
+
+
+def _module_depends(path):
+    data = path.read_bytes()
+    if path.name.endswith(".xz"):
+        data = lzma.decompress(data)
+    m = re.search(rb"(?:^|\0)depends=([^\0]*)\0", data)
+    if not m or not m.group(1):
+        return []
+    return [d.decode().replace("-", "_") for d in m.group(1).split(b",") if d]
+
+
+def module_closure(names):
+    """Modules (name, path) in load order: every dependency before its user.
+    Names that are built into the kernel are skipped."""
+    idx = _module_files()
+    builtin = set()
+    bf = KDIR / "modules" / "modules.builtin"
+    if bf.exists():
+        for line in bf.read_text().split():
+            builtin.add(Path(line).name.split(".ko")[0].replace("-", "_"))
+    order, seen = [], set()
+
+    def visit(n, stack):
+        if n in seen or n in builtin:
+            return
+        if n in stack:
+            raise RuntimeError(f"module dependency cycle at {n}")
+        if n not in idx:
+            raise RuntimeError(f"module {n} not found in {KDIR / 'modules'}")
+        for d in _module_depends(idx[n]):
+            visit(d, stack | {n})
+        seen.add(n)
+        order.append((n, idx[n]))
+
+    for n in names:
+        visit(n, frozenset())
+    return order
+
+
+# ---------------------------------------------------------------- cpio
+
+class Cpio:
+    """An in-memory newc archive description: path -> entry."""
+
+    def __init__(self):
+        self.entries = {}
+
+    def dir(self, path, mode=0o755):
+        parts = Path(path.strip("/")).parts
+        for i in range(1, len(parts) + 1):
+            p = "/".join(parts[:i])
+            if p not in self.entries:
+                self.entries[p] = ("dir", mode)
+
+    def file(self, path, data, mode=0o644):
+        path = path.strip("/")
+        if "/" in path:
+            self.dir(path.rsplit("/", 1)[0])
+        if isinstance(data, Path):
+            data = data.read_bytes()
+        self.entries[path] = ("file", mode, data)
+
+    def symlink(self, path, target):
+        path = path.strip("/")
+        if "/" in path:
+            self.dir(path.rsplit("/", 1)[0])
+        self.entries[path] = ("link", target)
+
+    def chr(self, path, major, minor, mode=0o600):
+        path = path.strip("/")
+        if "/" in path:
+            self.dir(path.rsplit("/", 1)[0])
+        self.entries[path] = ("chr", mode, major, minor)
+
+    def write(self, out):
+        def hdr(ino, mode, nlink, size, rmaj, rmin, name):
+            nb = name.encode() + b"\0"
+            fields = [ino, mode, 0, 0, nlink, 0, size, 0, 0, rmaj, rmin, len(nb), 0]
+            h = b"070701" + b"".join(b"%08x" % f for f in fields) + nb
+            return h + b"\0" * ((-len(h)) % 4)
+
+        with open(out, "wb") as f:
+            for ino, name in enumerate(sorted(self.entries), start=1):
+                e = self.entries[name]
+                kind = e[0]
+                if kind == "dir":
+                    f.write(hdr(ino, stat.S_IFDIR | e[1], 2, 0, 0, 0, name))
+                    continue
+                if kind == "file":
+                    data, mode = e[2], stat.S_IFREG | e[1]
+                    rmaj = rmin = 0
+                elif kind == "link":
+                    data, mode, rmaj, rmin = e[1].encode(), stat.S_IFLNK | 0o777, 0, 0
+                else:
+                    data, mode, rmaj, rmin = b"", stat.S_IFCHR | e[1], e[2], e[3]
+                f.write(hdr(ino, mode, 1, len(data), rmaj, rmin, name))
+                f.write(data + b"\0" * ((-len(data)) % 4))
+            f.write(hdr(0, 0, 1, 0, 0, 0, "TRAILER!!!"))
+        return out
+
+
+def base_cpio():
+    c = Cpio()
+    for d in ("dev", "proc", "sys", "run", "tmp", "sysroot", "etc", "mnt"):
+        c.dir(d)
+    c.chr("dev/console", 5, 1)
+    c.chr("dev/kmsg", 1, 11, 0o644)
+    c.chr("dev/null", 1, 3, 0o666)
+    return c
+
+
+def sealroot_initramfs(out, sealroot_bin, config=None, modules=SEALROOT_MODULES,
+                       modules_list_format="path"):
+    """Minimal PID-1 initramfs: ONLY sealroot as /init, the .ko.xz modules,
+    /etc/sealroot/modules (load order, dependencies first) and optionally
+    /etc/sealroot/config.json. No shell, no busybox."""
+    c = base_cpio()
+    c.file("init", Path(sealroot_bin), 0o755)
+    lines = []
+    for name, path in module_closure(modules):
+        dest = f"lib/modules/{path.name}"
+        c.file(dest, path)
+        lines.append("/" + dest if modules_list_format == "path" else name)
+    c.file("etc/sealroot/modules", ("\n".join(lines) + "\n").encode())
+    if config is not None:
+        c.file("etc/sealroot/config.json", config.encode() if isinstance(config, str) else config)
+    return c.write(out)
+
+
+def busybox_cpio(modules=SEALROOT_MODULES):
+    """An initramfs skeleton with busybox-static and decompressed modules
+    (busybox insmod takes plain .ko), for the install and bench guests."""
+    c = base_cpio()
+    c.file("bin/busybox", Path("/bin/busybox"), 0o755)
+    for applet in ("sh", "mount", "umount", "insmod", "echo", "cat", "ls", "sync",
+                   "poweroff", "mkdir", "dd", "cp", "rm", "mv", "sleep", "date",
+                   "awk", "sed", "grep", "find", "head", "tail", "printf", "ln",
+                   "stat", "wc", "sha256sum", "losetup", "chmod", "tr"):
+        c.symlink(f"bin/{applet}", "busybox")
+    lines = []
+    for name, path in module_closure(modules):
+        data = path.read_bytes()
+        if path.name.endswith(".xz"):
+            data = lzma.decompress(data)
+        dest = f"lib/modules/{name}.ko"
+        c.file(dest, data)
+        lines.append("/" + dest)
+    c.file("etc/modules.order", ("\n".join(lines) + "\n").encode())
+    return c
+
+
+# ---------------------------------------------------------------- demo root
+
+DEMO_INIT = r"""#!/bin/sh
+# The sealed root's init: prove we are in the verified root, exercise it,
+# print markers for the harness, power off.
+export PATH=/bin:/sbin
+[ -r /proc/mounts ] || mount -t proc proc /proc
+echo "SEALTEST: init reached"
+root=$(awk '$2=="/" {t=$3} END {print t}' /proc/mounts)
+echo "SEALTEST: rootfs $root"
+for f in /data/*; do
+  if out=$(sha256sum "$f" 2>&1); then
+    echo "SEALTEST: read-ok $f ${out%% *}"
+  else
+    echo "SEALTEST: read-fail $f: $out"
+  fi
+done
+if [ -f /etc/persist-marker ]; then echo "SEALTEST: etc-marker $(cat /etc/persist-marker)"; else echo "SEALTEST: etc-marker none"; fi
+if [ -f /var/persist-marker ]; then echo "SEALTEST: var-marker $(cat /var/persist-marker)"; else echo "SEALTEST: var-marker none"; fi
+case " $(cat /proc/cmdline) " in
+  *" sealtest.write=1 "*)
+    if echo "$(date +%s)-written" > /etc/persist-marker && echo written > /var/persist-marker; then
+      echo "SEALTEST: wrote markers"
+    else
+      echo "SEALTEST: marker write failed"
+    fi
+    sync ;;
+esac
+echo "SEALTEST: sysroot $(awk '$2=="/sysroot" {print $3, $4}' /proc/mounts)"
+echo "SEALTEST: status-begin"
+cat /run/sealroot/status.json 2>&1
+echo
+echo "SEALTEST: status-end"
+echo "SEALTEST: init done"
+sync
+poweroff -f
+"""
+
+
+def _det_bytes(seed, n):
+    """Deterministic pseudo-random bytes (reproducible demo roots)."""
+    out, x = bytearray(), seed & 0xFFFFFFFF or 1
+    while len(out) < n:
+        x ^= (x << 13) & 0xFFFFFFFF
+        x ^= x >> 17
+        x ^= (x << 5) & 0xFFFFFFFF
+        out += x.to_bytes(4, "little")
+    return bytes(out[:n])
+
+
+def build_demo_root(dest, tag="demo", busybox=True):
+    """A tiny root tree: busybox (static), /sbin/init printing markers, test
+    files under /data (two external objects, one inline), empty /sysroot,
+    /etc and /var."""
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    for d in ("bin", "sbin", "etc", "var", "sysroot", "proc", "sys", "dev", "run", "tmp", "data", "mnt"):
+        (dest / d).mkdir(parents=True)
+    if busybox:
+        shutil.copy("/bin/busybox", dest / "bin/busybox")
+        for applet in ("sh", "mount", "cat", "echo", "awk", "sha256sum", "poweroff", "sync",
+                       "ls", "date", "sleep", "dmesg"):
+            os.symlink("busybox", dest / "bin" / applet)
+    (dest / "sbin/init").write_text(DEMO_INIT)
+    (dest / "sbin/init").chmod(0o755)
+    (dest / "etc/hostname").write_text(f"sealroot-{tag}\n")
+    (dest / "etc/os-release").write_text(f'NAME="sealroot {tag}"\nID=sealroot-{tag}\n')
+    (dest / "data/alpha.bin").write_bytes(_det_bytes(1, 150_000))
+    (dest / "data/beta.txt").write_bytes(("beta line for " + tag + "\n").encode() * 400)
+    (dest / "data/gamma.bin").write_bytes(_det_bytes(3, 70_000))
+    (dest / "data/small.txt").write_text(f"inline {tag}\n")
+    for p in dest.rglob("*"):
+        if not p.is_symlink():
+            os.utime(p, (1_700_000_000, 1_700_000_000))
+    return dest
+
+
+def file_sha256(path):
+    import hashlib
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def fsverity_digest(path, alg="sha256"):
+    """The fs-verity digest of a host file in userspace (fsverity-utils)."""
+    out = run(["fsverity", "digest", f"--hash-alg={alg}", path], capture_output=True, text=True).stdout
+    return out.split()[0].split(":", 1)[1]
+
+
+# ---------------------------------------------------------------- disks
+
+def mkfs_ext4(src_dir, img, size="96M"):
+    img = Path(img)
+    if img.exists():
+        img.unlink()
+    run(["mkfs.ext4", "-q", "-F", "-O", "verity", "-b", "4096", "-L", "sealroot",
+         "-E", "root_owner=0:0", "-d", src_dir, img, size], capture_output=True)
+    return img
+
+
+def copy_disk(src, dst):
+    run(["cp", "--sparse=always", src, dst])
+    return Path(dst)
+
+
+def debugfs(img, *cmds, write=True):
+    """Run debugfs requests on an unmounted image; returns its output."""
+    args = ["debugfs"] + (["-w"] if write else [])
+    script = "\n".join(cmds) + "\n"
+    r = run(args + ["-f", "-", img], input=script, capture_output=True, text=True)
+    return r.stdout + r.stderr
+
+
+def debugfs_read(img, path):
+    r = subprocess.run(["debugfs", "-R", f"cat {path}", str(img)], capture_output=True)
+    return r.stdout
+
+
+def debugfs_exists(img, path):
+    r = subprocess.run(["debugfs", "-R", f"stat {path}", str(img)], capture_output=True, text=True)
+    return "Inode:" in r.stdout
+
+
+def debugfs_replace(img, path, data, tmpdir):
+    """Replace PATH in the image by a new inode holding DATA (no fs-verity)."""
+    tmp = Path(tmpdir) / ("replace-" + path.replace("/", "_"))
+    tmp.write_bytes(data)
+    out = debugfs(img, f"rm {path}", f"write {tmp} {path}", f"sif {path} uid 0", f"sif {path} gid 0")
+    tmp.unlink()
+    return out
+
+
+# ---------------------------------------------------------------- QEMU
+
+class BootResult:
+    def __init__(self, text, seconds, timed_out, log_path):
+        self.text, self.seconds, self.timed_out, self.log = text, seconds, timed_out, log_path
+
+    def has(self, pattern):
+        return re.search(pattern, self.text, re.M) is not None
+
+
+# Lines after which the guest has finished: the kernel says it is halting,
+# powering off or panicking (a panic with panic=-1 reboots, which
+# -no-reboot turns into QEMU exiting anyway).
+FINISHED = re.compile(r"reboot: (System halted|Power down|Restarting system)|Kernel panic - not syncing|System halted")
+
+
+def boot(kernel, initrd, append, disks, log_path, timeout=180, stop_after=None, memory=1024, smp=2):
+    """Boot under TCG; console to log_path. Stop early (QEMU killed) when the
+    guest finished (FINISHED) or STOP_AFTER (a regex) matched plus a grace."""
+    cmd = ["qemu-system-x86_64", "-accel", "tcg", "-m", str(memory), "-smp", str(smp),
+           "-nodefaults", "-display", "none", "-serial", "stdio", "-monitor", "none",
+           "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd), "-append", append]
+    for d in disks:
+        cmd += ["-drive", f"file={d},if=virtio,format=raw,cache=unsafe"]
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    chunks, done = [], threading.Event()
+    stop_re = re.compile(stop_after, re.M) if stop_after else None
+    deadline = [start + timeout]
+    timed_out = [False]
+
+    def reader():
+        buf = b""
+        for line in iter(proc.stdout.readline, b""):
+            chunks.append(line)
+            t = line.decode(errors="replace")
+            if FINISHED.search(t):
+                deadline[0] = min(deadline[0], time.monotonic() + 3)
+            elif stop_re and stop_re.search(t):
+                deadline[0] = min(deadline[0], time.monotonic() + 8)
+        done.set()
+
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    while proc.poll() is None:
+        if time.monotonic() > deadline[0]:
+            if time.monotonic() > start + timeout:
+                timed_out[0] = True
+            proc.kill()
+            break
+        time.sleep(0.2)
+    proc.wait()
+    done.wait(5)
+    secs = time.monotonic() - start
+    text = b"".join(chunks).decode(errors="replace").replace("\r", "")
+    Path(log_path).write_text(" ".join(cmd) + "\n\n" + text)
+    return BootResult(text, secs, timed_out[0], log_path)
