@@ -13,11 +13,14 @@
 //! - Regular files of 1..=64 bytes are stored inline. Larger files get their
 //!   fs-verity digest (SHA-256) and the payload `XX/<rest of hex>`; with a
 //!   store batch, their content is added to it under that digest.
-//! - The walk is single-threaded (it is syscall-bound); hashing runs on
-//!   `threads` workers (default: all cores) pulling from one work list, and
-//!   files of 64 MiB or more are hashed afterwards one at a time with the
-//!   multi-core Merkle hasher. Memory is the tree plus one path per file
-//!   to hash; no file data is held beyond 64 bytes.
+//! - The walk (readdir + `fstatat` relative to each directory) is
+//!   single-threaded; everything else about a non-directory (content of
+//!   small files, fs-verity digest and store copy of large ones, symlink
+//!   target, xattrs read through the already-open fd where there is one)
+//!   runs on `threads` workers (default: all cores) pulling from one work
+//!   list. Files of 64 MiB or more are hashed afterwards one at a time with
+//!   the multi-core Merkle hasher. Memory is the tree plus one path per
+//!   file; no file data is held beyond 64 bytes.
 //! - Any error (unreadable file, file changed size while reading, store
 //!   failure) stops the scan and names the path.
 

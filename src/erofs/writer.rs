@@ -74,8 +74,9 @@ pub enum WriteError {
     FileTooLarge { inode: InodeId, size: u64 },
     /// Inline content is longer than the file size says, or vice versa.
     InlineSizeMismatch { inode: InodeId },
-    /// One inode's xattrs exceed what EROFS can store.
-    XattrsTooLarge { inode: InodeId },
+    /// One inode's xattrs exceed what EROFS can store (`node` is its
+    /// breadth-first inode number in the image).
+    XattrsTooLarge { node: usize },
     /// The image would need more than 2^32 blocks or inodes.
     ImageTooLarge,
 }
@@ -95,8 +96,8 @@ impl std::fmt::Display for WriteError {
             WriteError::InlineSizeMismatch { inode } => {
                 write!(f, "inline content of inode {inode} does not match its size")
             }
-            WriteError::XattrsTooLarge { inode } => {
-                write!(f, "xattrs of inode {inode} do not fit in an EROFS inode")
+            WriteError::XattrsTooLarge { node } => {
+                write!(f, "xattrs of image inode {node} do not fit in an EROFS inode")
             }
             WriteError::ImageTooLarge => write!(f, "image too large for EROFS"),
         }
@@ -609,7 +610,7 @@ fn layout(nodes: &mut [Node]) -> Result<Layout, WriteError> {
     let mut pos = SUPER_OFFSET + SUPERBLOCK_SIZE;
     let meta_start = pos - pos % BLOCK_SIZE;
     let mut n_data_blocks = 0u64;
-    for (n, shared) in nodes.iter_mut().zip(shared_of) {
+    for (node_index, (n, shared)) in nodes.iter_mut().zip(shared_of).enumerate() {
         n.shared = shared;
         // Inode data size.
         let (mut n_blocks, mut tail) = match &n.body {
@@ -642,7 +643,7 @@ fn layout(nodes: &mut [Node]) -> Result<Layout, WriteError> {
         };
         let xattr_size = xattr_ibody_size(n);
         if xattr_size > XATTR_IBODY_HEADER_SIZE + 4 * u64::from(u16::MAX - 1) {
-            return Err(WriteError::XattrsTooLarge { inode: 0 });
+            return Err(WriteError::XattrsTooLarge { node: node_index });
         }
         let ppos = pos;
         pos = round_up(pos, SLOT_SIZE);
