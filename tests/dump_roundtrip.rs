@@ -388,3 +388,23 @@ fn scanned_directories_round_trip() {
     );
     assert_eq!(referenced_objects(&image).unwrap().len(), 2);
 }
+
+/// `SEALROOT_WRITE_SEEDS=DIR cargo test --test dump_roundtrip write_fuzz_seeds`
+/// writes the built tree's images (format 0 and 1) as erofs_read fuzz seeds.
+#[test]
+fn write_fuzz_seeds() {
+    let Some(dir) = std::env::var_os("SEALROOT_WRITE_SEEDS") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (tree, _) = built_tree();
+    for v in [0, 1] {
+        let opts = WriteOptions {
+            min_version: v,
+            max_version: v,
+        };
+        let image = write_image(&tree, &opts).unwrap();
+        std::fs::write(dir.join(format!("built-v{v}.img")), image).unwrap();
+    }
+}
