@@ -172,7 +172,7 @@ pub fn prepare(req: &PrepareRequest<'_>) -> Result<Prepared, BootError> {
         source.name()
     ));
 
-    if !req.sysroot.is_dir() {
+    if !mount::is_dir(req.sysroot) {
         return Err(BootError::Sysroot {
             path: req.sysroot.display().to_string(),
         });
@@ -361,14 +361,25 @@ pub fn status_json(p: &Prepared, mode: &str) -> String {
 /// Write `status.json` (temp file + rename: never half-written).
 pub fn write_status(dir: &Path, text: &str) -> Result<PathBuf, BootError> {
     let path = dir.join("status.json");
-    let err = |error| BootError::Status {
+    let err = |errno: rustix::io::Errno| BootError::Status {
         path: path.display().to_string(),
-        error,
+        error: std::io::Error::from_raw_os_error(errno.raw_os_error()),
     };
-    std::fs::create_dir_all(dir).map_err(err)?;
+    mount::mkdir_all(dir, 0o755).map_err(err)?;
     let tmp = dir.join(".status.json.tmp");
-    std::fs::write(&tmp, text.as_bytes()).map_err(err)?;
-    std::fs::rename(&tmp, &path).map_err(err)?;
+    let fd = rustix::fs::open(
+        &tmp,
+        rustix::fs::OFlags::WRONLY
+            | rustix::fs::OFlags::CREATE
+            | rustix::fs::OFlags::TRUNC
+            | rustix::fs::OFlags::CLOEXEC
+            | rustix::fs::OFlags::NOFOLLOW,
+        rustix::fs::Mode::from_raw_mode(0o644),
+    )
+    .map_err(err)?;
+    mount::write_all(&fd, text.as_bytes()).map_err(err)?;
+    drop(fd);
+    rustix::fs::rename(&tmp, &path).map_err(err)?;
     Ok(path)
 }
 
@@ -417,14 +428,16 @@ pub fn parse_prepare_args(args: &[String]) -> Result<PrepareArgs, String> {
 }
 
 fn proc_cmdline() -> Result<String, BootError> {
-    let mut bytes = Vec::new();
-    use std::io::Read;
-    std::fs::File::open("/proc/cmdline")
-        .and_then(|f| {
-            f.take(cmdline::MAX_CMDLINE as u64 + 1)
-                .read_to_end(&mut bytes)
-        })
-        .map_err(|error| BootError::ReadCmdline { error })?;
+    // Over-long input is cut here and refused by the parser's own check.
+    let bytes = match mount::read_file_limited(Path::new("/proc/cmdline"), cmdline::MAX_CMDLINE) {
+        Ok(b) => b,
+        Err(None) => vec![b' '; cmdline::MAX_CMDLINE + 1],
+        Err(Some(errno)) => {
+            return Err(BootError::ReadCmdline {
+                error: std::io::Error::from_raw_os_error(errno.raw_os_error()),
+            })
+        }
+    };
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
@@ -470,7 +483,9 @@ fn pid1_fail(policy: FailurePolicy, reason: &str) -> ! {
     }
     rustix::fs::sync();
     match policy {
-        FailurePolicy::Shell if Path::new("/bin/sh").exists() => {
+        FailurePolicy::Shell
+            if rustix::fs::access("/bin/sh", rustix::fs::Access::EXEC_OK).is_ok() =>
+        {
             log::err("failure policy shell: starting /bin/sh");
             let sh = c"/bin/sh";
             let e = crate::sys::execv(sh, &[sh.to_owned()]);

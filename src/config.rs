@@ -20,7 +20,6 @@
 //!   ([`select_digest`]), otherwise the boot is refused.
 
 use std::fmt;
-use std::io::Read;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -201,18 +200,22 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<Config, ConfigError> {
 /// Load the config at `path`: `Ok(None)` if there is no such file.
 pub fn load(path: &Path) -> Result<Option<Config>, ConfigError> {
     let name = path.display().to_string();
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(ConfigError::Read { path: name, error }),
+    let bytes = match crate::mount::read_file_limited(path, MAX_CONFIG as usize) {
+        Ok(b) => b,
+        Err(Some(rustix::io::Errno::NOENT)) => return Ok(None),
+        Err(Some(errno)) => {
+            return Err(ConfigError::Read {
+                path: name,
+                error: std::io::Error::from_raw_os_error(errno.raw_os_error()),
+            })
+        }
+        Err(None) => {
+            return Err(ConfigError::TooLarge {
+                path: name,
+                max: MAX_CONFIG,
+            })
+        }
     };
-    let mut bytes = Vec::new();
-    file.take(MAX_CONFIG + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|error| ConfigError::Read {
-            path: name.clone(),
-            error,
-        })?;
     parse(&bytes, &name).map(Some)
 }
 

@@ -20,8 +20,10 @@
 //!   a second, so the file is reopened every [`RECORDS_PER_OPEN`] records;
 //!   otherwise the most important line, the last one, would be dropped.
 
-use std::fs::File;
 use std::io::Write;
+use std::os::fd::OwnedFd;
+
+use rustix::fs::{Mode, OFlags};
 use std::sync::Mutex;
 
 /// Syslog priority of a record.
@@ -40,7 +42,7 @@ const RECORDS_PER_OPEN: u32 = 8;
 const MAX_MESSAGE: usize = 900;
 
 struct Sink {
-    kmsg: Option<File>,
+    kmsg: Option<OwnedFd>,
     records: u32,
     tried: bool,
 }
@@ -51,16 +53,22 @@ static SINK: Mutex<Sink> = Mutex::new(Sink {
     tried: false,
 });
 
-fn open_kmsg() -> Option<File> {
+fn open_wronly(path: &str) -> Option<OwnedFd> {
+    rustix::fs::open(
+        path,
+        OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .ok()
+}
+
+fn open_kmsg() -> Option<OwnedFd> {
     // Tests run as root on a development host: keep their refusals out of
     // the host's kernel log.
     if std::env::var_os("SEALROOT_LOG").is_some_and(|v| v == "stderr") {
         return None;
     }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/kmsg")
-        .ok()
+    open_wronly("/dev/kmsg")
 }
 
 /// Replace control characters and cap the length: one message, one line.
@@ -96,7 +104,8 @@ pub fn log(level: Level, message: &str) {
     }
     let record = format!("<{}>{}\n", level as u8, text);
     let kmsg_ok = match sink.kmsg.as_mut() {
-        Some(f) => f.write_all(record.as_bytes()).is_ok(),
+        // One write, one record: never split it.
+        Some(f) => rustix::io::write(f, record.as_bytes()).is_ok(),
         None => false,
     };
     sink.records = sink.records.saturating_add(1);
@@ -126,8 +135,8 @@ pub fn info(message: &str) {
 /// hides everything below warning), so a refusal is also written here.
 pub fn console(message: &str) {
     let text = format!("{}\n", line(message));
-    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/dev/console") {
-        let _ = f.write_all(text.as_bytes());
+    if let Some(f) = open_wronly("/dev/console") {
+        let _ = crate::mount::write_all(&f, text.as_bytes());
     } else {
         let _ = std::io::stderr().lock().write_all(text.as_bytes());
     }

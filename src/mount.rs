@@ -316,30 +316,89 @@ pub fn read_beneath(
     max: usize,
 ) -> Result<Vec<u8>, ImageError> {
     let fd = open_beneath(repo, rel, shown)?;
+    read_fd_limited(&fd, max).map_err(|e| match e {
+        Some(errno) => ImageError::Read {
+            path: shown.to_string(),
+            errno,
+        },
+        None => ImageError::TooLarge {
+            path: shown.to_string(),
+            max,
+        },
+    })
+}
+
+// Small file helpers on rustix. The boot binary avoids `std::fs` to stay
+// within its size budget; these are all it needs.
+
+/// Read all of `fd`; `Err(None)` if it holds more than `max` bytes.
+pub(crate) fn read_fd_limited(fd: impl AsFd, max: usize) -> Result<Vec<u8>, Option<Errno>> {
     let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
+    let mut buf = [0u8; 4096];
     loop {
-        let n = match rustix::io::read(&fd, &mut buf) {
+        let n = match rustix::io::read(fd.as_fd(), &mut buf) {
             Ok(n) => n,
             Err(Errno::INTR) => continue,
-            Err(errno) => {
-                return Err(ImageError::Read {
-                    path: shown.to_string(),
-                    errno,
-                })
-            }
+            Err(errno) => return Err(Some(errno)),
         };
         if n == 0 {
             return Ok(out);
         }
         if out.len() + n > max {
-            return Err(ImageError::TooLarge {
-                path: shown.to_string(),
-                max,
-            });
+            return Err(None);
         }
         out.extend_from_slice(&buf[..n]);
     }
+}
+
+/// Read the file at `path`; `Err(None)` if it is larger than `max`.
+pub(crate) fn read_file_limited(path: &Path, max: usize) -> Result<Vec<u8>, Option<Errno>> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(Some)?;
+    read_fd_limited(&fd, max)
+}
+
+/// Write all of `bytes` to `fd`.
+pub(crate) fn write_all(fd: impl AsFd, mut bytes: &[u8]) -> Result<(), Errno> {
+    while !bytes.is_empty() {
+        match rustix::io::write(fd.as_fd(), bytes) {
+            Ok(0) => return Err(Errno::IO),
+            Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `mkdir -p` with `mode` for the directories it creates.
+pub(crate) fn mkdir_all(path: &Path, mode: u32) -> Result<(), Errno> {
+    if is_dir(path) {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        if !parent.as_os_str().is_empty() {
+            mkdir_all(parent, mode)?;
+        }
+    }
+    match rustix::fs::mkdir(path, Mode::from_raw_mode(mode)) {
+        Ok(()) => Ok(()),
+        Err(Errno::EXIST) if is_dir(path) => Ok(()),
+        // Something that is not a directory is in the way.
+        Err(Errno::EXIST) => Err(Errno::NOTDIR),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `path` (symlinks followed) is a directory.
+pub(crate) fn is_dir(path: &Path) -> bool {
+    rustix::fs::stat(path)
+        .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+        .unwrap_or(false)
 }
 
 /// `composefs/images/<hex>` for `digest`, relative to the repository.
@@ -440,20 +499,11 @@ fn cstr_path(p: &Path) -> Result<CString, MountError> {
 }
 
 fn mkdir_p(path: &Path, what: &'static str) -> Result<(), MountError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(path)
-        .map_err(|e| MountError::State {
-            what,
-            path: path.display().to_string(),
-            errno: Errno::from_io_error(&e).unwrap_or(Errno::IO),
-        })
-}
-
-fn is_dir(path: &Path) -> bool {
-    std::fs::metadata(path).map(|m| m.is_dir()).unwrap_or(false)
+    mkdir_all(path, 0o755).map_err(|errno| MountError::State {
+        what,
+        path: path.display().to_string(),
+        errno,
+    })
 }
 
 fn attach(fd: impl AsFd, target: &Path) -> Result<(), Errno> {
@@ -655,8 +705,7 @@ impl Scratch {
             path: path.display().to_string(),
             errno,
         };
-        std::fs::create_dir_all(path)
-            .map_err(|e| err(Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
+        mkdir_all(path, 0o755).map_err(err)?;
         rustix::mount::mount(
             "sealroot",
             path,
@@ -685,7 +734,7 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         if self.armed {
             let _ = rustix::mount::unmount(&self.path, UnmountFlags::DETACH);
-            let _ = std::fs::remove_dir(&self.path);
+            let _ = rustix::fs::rmdir(&self.path);
         }
     }
 }
@@ -830,4 +879,47 @@ pub fn compose(req: ComposeRequest<'_>) -> Result<Composed, MountError> {
         mount_overlay_us,
         state_us,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mkdir_all_nested_and_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x/y/z");
+        mkdir_all(&p, 0o755).unwrap();
+        assert!(is_dir(&p));
+        mkdir_all(&p, 0o755).unwrap();
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        assert_eq!(
+            mkdir_all(&dir.path().join("file/sub"), 0o755),
+            Err(Errno::NOTDIR)
+        );
+    }
+
+    #[test]
+    fn read_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![7u8; 10000]).unwrap();
+        assert_eq!(read_file_limited(&p, 10000).unwrap().len(), 10000);
+        assert_eq!(read_file_limited(&p, 9999), Err(None));
+        assert_eq!(
+            read_file_limited(&dir.path().join("nope"), 1),
+            Err(Some(Errno::NOENT))
+        );
+    }
+
+    #[test]
+    fn measure_maps_unsupported_filesystems() {
+        // The host kernel (and tmpfs everywhere) cannot measure: fail closed.
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let d = Digest::parse_hex_any(&"00".repeat(32)).unwrap();
+        match measure(f.as_file(), &d, "x") {
+            Err(ImageError::VerityUnsupported { .. }) | Err(ImageError::VerityMissing { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
 }

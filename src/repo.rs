@@ -36,6 +36,7 @@ use ed25519_dalek::SigningKey;
 
 use crate::digest::{Digest, DigestParseError, HashAlgorithm};
 use crate::fsverity;
+use crate::progress::Progress;
 use crate::seal::{self, Manifest, SealError};
 use crate::store::{ObjectStore, StoreError};
 
@@ -596,7 +597,7 @@ pub fn verify(
     digest: &Digest,
     keys: &[ed25519_dalek::VerifyingKey],
     serial_floor: u64,
-    progress: ProgressFn<'_>,
+    progress: &Progress,
 ) -> VerifyReport {
     let mut report = VerifyReport::default();
     let image_path = repo.image_path(digest);
@@ -645,11 +646,13 @@ pub fn verify_objects(
     repo: &Repo,
     objects: &[Digest],
     report: &mut VerifyReport,
-    progress: ProgressFn<'_>,
+    progress: &Progress,
 ) {
+    progress.set_total(objects.len() as u64, 0);
     for object in objects {
         let path = repo.object_path(object);
         report.objects += 1;
+        let mut size = 0;
         let kind = match File::open(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Some(ProblemKind::ObjectMissing {
@@ -658,7 +661,8 @@ pub fn verify_objects(
             }
             Err(e) => Some(ProblemKind::ObjectUnreadable(e.to_string())),
             Ok(file) => {
-                report.bytes += file.metadata().map(|m| m.len()).unwrap_or(0);
+                size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                report.bytes += size;
                 match fsverity::digest_file(object.algorithm(), &file) {
                     Ok(found) if found == *object => None,
                     Ok(found) => Some(ProblemKind::ObjectDigestMismatch {
@@ -672,7 +676,7 @@ pub fn verify_objects(
         if let Some(kind) = kind {
             report.problems.push(Problem { path, kind });
         }
-        progress(report.objects, report.bytes);
+        progress.add(1, size);
     }
 }
 
@@ -748,9 +752,6 @@ fn verify_seal_files(
 // ---------------------------------------------------------------------------
 // Install
 
-/// Counts for progress callbacks: (files done, bytes done).
-pub type ProgressFn<'a> = &'a (dyn Fn(u64, u64) + Sync);
-
 /// What `install` did.
 #[derive(Debug, Default, Clone)]
 pub struct InstallReport {
@@ -784,7 +785,7 @@ pub fn install(
     target: &Repo,
     digest: &Digest,
     opts: InstallOptions,
-    progress: ProgressFn<'_>,
+    progress: &Progress,
 ) -> Result<InstallReport, RepoError> {
     let image = read_checked_image(source, digest)?;
     let objects = image_objects(&source.image_path(digest), &image)?;
@@ -800,7 +801,7 @@ pub fn install_with_objects(
     image: &[u8],
     objects: &[Digest],
     opts: InstallOptions,
-    progress: ProgressFn<'_>,
+    progress: &Progress,
 ) -> Result<InstallReport, RepoError> {
     let mut report = InstallReport {
         objects: objects.len() as u64,
@@ -811,7 +812,8 @@ pub fn install_with_objects(
     let store =
         ObjectStore::open(&target.objects_dir()).map_err(|e| RepoError::Store(Box::new(e)))?;
     let batch = store.batch();
-    for (done, object) in objects.iter().enumerate() {
+    progress.set_total(objects.len() as u64, 0);
+    for object in objects {
         let src = source.object_path(object);
         match src.symlink_metadata() {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -834,7 +836,7 @@ pub fn install_with_objects(
             },
             other => RepoError::Store(Box::new(other)),
         })?;
-        progress(done as u64 + 1, 0);
+        progress.add(1, src.metadata().map(|m| m.len()).unwrap_or(0));
     }
     let stats = batch.commit().map_err(|e| RepoError::Store(Box::new(e)))?;
     report.objects_copied = stats.added;
@@ -984,7 +986,9 @@ pub(crate) fn write_file_atomic(final_path: &Path, data: &[u8]) -> Result<(), Re
 
 /// Remove temp files left by a killed run in `dir` (non-recursive). Only
 /// files of processes that no longer exist are removed, so two sealctl
-/// runs on one repository do not delete each other's work.
+/// runs on one repository do not delete each other's work. Liveness is
+/// read from `/proc/<pid>`; without a mounted /proc every owner looks dead,
+/// which is only wrong if two runs share a repository there.
 pub(crate) fn remove_stale_temps(dir: &Path) -> Result<(), RepoError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,

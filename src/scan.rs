@@ -13,11 +13,14 @@
 //! - Regular files of 1..=64 bytes are stored inline. Larger files get their
 //!   fs-verity digest (SHA-256) and the payload `XX/<rest of hex>`; with a
 //!   store batch, their content is added to it under that digest.
-//! - The walk is single-threaded (it is syscall-bound); hashing runs on
-//!   `threads` workers (default: all cores) pulling from one work list, and
-//!   files of 64 MiB or more are hashed afterwards one at a time with the
-//!   multi-core Merkle hasher. Memory is the tree plus one path per file
-//!   to hash; no file data is held beyond 64 bytes.
+//! - The walk (readdir + `fstatat` relative to each directory) is
+//!   single-threaded; everything else about a non-directory (content of
+//!   small files, fs-verity digest and store copy of large ones, symlink
+//!   target, xattrs read through the already-open fd where there is one)
+//!   runs on `threads` workers (default: all cores) pulling from one work
+//!   list. Files of 64 MiB or more are hashed afterwards one at a time with
+//!   the multi-core Merkle hasher. Memory is the tree plus one path per
+//!   file; no file data is held beyond 64 bytes.
 //! - Any error (unreadable file, file changed size while reading, store
 //!   failure) stops the scan and names the path.
 
@@ -135,33 +138,41 @@ pub fn scan_directory(
             path: root.to_path_buf(),
         });
     }
-    let mut tree = Tree::with_root(load_inode(root, &meta, opts)?.0);
+    let mut root_inode = make_inode(&meta, opts);
+    if !opts.skip_xattrs {
+        root_inode.xattrs = read_xattrs(root, XattrSource::Path(root), opts.user_xattrs)?;
+    }
+    let mut tree = Tree::with_root(root_inode);
+    // Everything but directories is finished by the workers: content,
+    // digest, symlink target, xattrs.
     let mut work: Vec<(InodeId, PathBuf)> = Vec::new();
-    // Depth-first walk with an explicit stack of (dir inode, dir path).
     let mut stack: Vec<(InodeId, PathBuf)> = vec![(ROOT, root.to_path_buf())];
-    let mut names: Vec<(Vec<u8>, fs::FileType)> = Vec::new();
+    let mut names: Vec<(Vec<u8>, fs::Metadata)> = Vec::new();
     while let Some((dir_id, dir_path)) = stack.pop() {
         names.clear();
         for entry in fs::read_dir(&dir_path).map_err(io_err(&dir_path))? {
             let entry = entry.map_err(io_err(&dir_path))?;
             let ft = entry.file_type().map_err(io_err(&entry.path()))?;
-            names.push((entry.file_name().as_bytes().to_vec(), ft));
+            if opts.skip_devices && (ft.is_block_device() || ft.is_char_device()) {
+                continue;
+            }
+            // fstatat relative to the directory: no path walk.
+            let meta = entry.metadata().map_err(io_err(&entry.path()))?;
+            names.push((entry.file_name().as_bytes().to_vec(), meta));
         }
         // Sorted insertion keeps Tree::link O(1) per entry.
         names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (name, ft) in names.drain(..) {
+        for (name, meta) in names.drain(..) {
+            let ft = meta.file_type();
             if opts.skip_devices && (ft.is_block_device() || ft.is_char_device()) {
                 continue;
             }
             let path = dir_path.join(std::ffi::OsStr::from_bytes(&name));
-            let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
-            if opts.skip_devices
-                && (meta.file_type().is_block_device() || meta.file_type().is_char_device())
-            {
-                continue;
-            }
-            let (inode, hash) = load_inode(&path, &meta, opts)?;
+            let mut inode = make_inode(&meta, opts);
             let is_dir = inode.kind.is_dir();
+            if is_dir && !opts.skip_xattrs {
+                inode.xattrs = read_xattrs(&path, XattrSource::Path(&path), opts.user_xattrs)?;
+            }
             let id = tree
                 .add(dir_id, &name, inode)
                 .map_err(|source| ScanError::Tree {
@@ -170,42 +181,29 @@ pub fn scan_directory(
                 })?;
             if is_dir {
                 stack.push((id, path));
-            } else if hash {
+            } else {
                 work.push((id, path));
             }
         }
     }
-    hash_files(&mut tree, work, opts, store)?;
+    finish_files(&mut tree, work, opts, store)?;
     Ok(tree)
 }
 
-/// Build the inode for `path`; the bool says whether it still needs hashing.
-fn load_inode(
-    path: &Path,
-    meta: &fs::Metadata,
-    opts: &ScanOptions,
-) -> Result<(Inode, bool), ScanError> {
+/// The inode for `meta`, without xattrs, content or symlink target.
+fn make_inode(meta: &fs::Metadata, opts: &ScanOptions) -> Inode {
     let ft = meta.file_type();
-    let mut needs_hash = false;
     let kind = if ft.is_dir() {
         InodeKind::Directory(Vec::new())
     } else if ft.is_file() {
-        let size = meta.len();
-        let inline = if size > 0 && size <= INLINE_THRESHOLD {
-            Some(read_small(path, size)?)
-        } else {
-            needs_hash = size > INLINE_THRESHOLD;
-            None
-        };
         InodeKind::Regular(RegularFile {
-            size,
-            inline,
+            size: meta.len(),
+            inline: None,
             payload: None,
             digest: None,
         })
     } else if ft.is_symlink() {
-        let target = fs::read_link(path).map_err(io_err(path))?;
-        InodeKind::Symlink(target.as_os_str().as_bytes().into())
+        InodeKind::Symlink(Box::new([]))
     } else if ft.is_char_device() {
         InodeKind::CharDevice(meta.rdev())
     } else if ft.is_block_device() {
@@ -224,23 +222,46 @@ fn load_inode(
             nsec: meta.mtime_nsec() as u32,
         };
     }
-    if !opts.skip_xattrs {
-        inode.xattrs = read_xattrs(path, opts.user_xattrs)?;
-    }
-    Ok((inode, needs_hash))
+    inode
 }
 
-fn read_small(path: &Path, size: u64) -> Result<Box<[u8]>, ScanError> {
-    let mut f = File::open(path).map_err(io_err(path))?;
+/// What a worker found out about one non-directory entry.
+#[derive(Default)]
+struct Finished {
+    xattrs: Vec<Xattr>,
+    inline: Option<Box<[u8]>>,
+    digest: Option<Digest>,
+    target: Option<Box<[u8]>>,
+}
+
+enum Job {
+    Empty,
+    Small(u64),
+    Hash(u64),
+    Symlink,
+    Other,
+}
+
+fn job_of(kind: &InodeKind) -> Job {
+    match kind {
+        InodeKind::Regular(r) if r.size == 0 => Job::Empty,
+        InodeKind::Regular(r) if r.size <= INLINE_THRESHOLD => Job::Small(r.size),
+        InodeKind::Regular(r) => Job::Hash(r.size),
+        InodeKind::Symlink(_) => Job::Symlink,
+        _ => Job::Other,
+    }
+}
+
+/// Read exactly `size` bytes (fails if the file is now shorter or longer).
+fn read_exact_size(f: &mut File, path: &Path, size: u64) -> Result<Box<[u8]>, ScanError> {
     let mut buf = vec![0u8; size as usize + 1];
     let mut got = 0;
-    loop {
+    while got < buf.len() {
         let n = f.read(&mut buf[got..]).map_err(io_err(path))?;
-        if n == 0 {
-            break;
-        }
         got += n;
-        if got == buf.len() {
+        // A short read of a regular file means end of file; the extra byte
+        // of room catches a file that grew.
+        if n == 0 || got as u64 == size {
             break;
         }
     }
@@ -253,52 +274,252 @@ fn read_small(path: &Path, size: u64) -> Result<Box<[u8]>, ScanError> {
     Ok(buf.into_boxed_slice())
 }
 
-fn read_xattrs(path: &Path, user_only: bool) -> Result<Vec<Xattr>, ScanError> {
+/// fs-verity digest of an open file read with `pread` into `buf`.
+fn hash_open(f: &File, path: &Path, size: u64, buf: &mut [u8]) -> Result<Digest, ScanError> {
+    use std::os::unix::fs::FileExt;
+    let mut h = crate::fsverity::MerkleHasher::new(HashAlgorithm::Sha256);
+    let mut off = 0u64;
+    loop {
+        let n = f.read_at(buf, off).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        off += n as u64;
+        // A short read of a regular file is its end: skip the extra call.
+        if n < buf.len() && off == size {
+            break;
+        }
+    }
+    if off != size {
+        return Err(ScanError::Changed {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(h.finish())
+}
+
+fn finish_one(
+    path: &Path,
+    job: &Job,
+    opts: &ScanOptions,
+    store: Option<&Batch>,
+    buf: &mut [u8],
+) -> Result<Finished, ScanError> {
+    let mut out = Finished::default();
+    let want_x = !opts.skip_xattrs;
+    match job {
+        Job::Small(size) | Job::Hash(size) => {
+            let mut f = File::open(path).map_err(io_err(path))?;
+            if let Job::Small(_) = job {
+                out.inline = Some(read_exact_size(&mut f, path, *size)?);
+            } else {
+                let d = if *size >= LARGE_FILE {
+                    let len = f.metadata().map_err(io_err(path))?.len();
+                    if len != *size {
+                        return Err(ScanError::Changed {
+                            path: path.to_path_buf(),
+                        });
+                    }
+                    crate::fsverity::digest_file(HashAlgorithm::Sha256, &f).map_err(io_err(path))?
+                } else {
+                    hash_open(&f, path, *size, buf)?
+                };
+                if let Some(b) = store {
+                    b.add_file(path, &d).map_err(|source| ScanError::Store {
+                        path: path.to_path_buf(),
+                        source: Box::new(source),
+                    })?;
+                }
+                out.digest = Some(d);
+            }
+            if want_x {
+                out.xattrs = read_xattrs(path, XattrSource::Fd(&f), opts.user_xattrs)?;
+            }
+        }
+        Job::Symlink => {
+            let t = fs::read_link(path).map_err(io_err(path))?;
+            out.target = Some(t.as_os_str().as_bytes().into());
+            if want_x {
+                out.xattrs = read_xattrs(path, XattrSource::Path(path), opts.user_xattrs)?;
+            }
+        }
+        Job::Empty | Job::Other => {
+            if want_x {
+                out.xattrs = read_xattrs(path, XattrSource::Path(path), opts.user_xattrs)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn finish_files(
+    tree: &mut Tree,
+    work: Vec<(InodeId, PathBuf)>,
+    opts: &ScanOptions,
+    store: Option<&Batch>,
+) -> Result<(), ScanError> {
+    let jobs: Vec<Job> = work
+        .iter()
+        .map(|(id, _)| job_of(&tree.inodes[*id].kind))
+        .collect();
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        opts.threads
+    }
+    .clamp(1, 256);
+    // Files of LARGE_FILE or more run last, one at a time, each on all cores.
+    let is_large = |j: &Job| matches!(j, Job::Hash(s) if *s >= LARGE_FILE);
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<ScanError>> = Mutex::new(None);
+    let fail = |e: ScanError| {
+        failed.store(true, Ordering::Relaxed);
+        if let Ok(mut fe) = first_error.lock() {
+            fe.get_or_insert(e);
+        }
+    };
+    let mut results: Vec<Vec<(usize, Finished)>> = Vec::new();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.min(work.len().max(1)))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    let mut buf = vec![0u8; 128 << 10];
+                    loop {
+                        if failed.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let (Some((_, path)), Some(job)) = (work.get(i), jobs.get(i)) else {
+                            break;
+                        };
+                        if is_large(job) {
+                            continue;
+                        }
+                        match finish_one(path, job, opts, store, &mut buf) {
+                            Ok(f) => mine.push((i, f)),
+                            Err(e) => {
+                                fail(e);
+                                break;
+                            }
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        for h in handles {
+            match h.join() {
+                Ok(v) => results.push(v),
+                Err(_) => fail(ScanError::Changed {
+                    path: PathBuf::from("<worker panicked>"),
+                }),
+            }
+        }
+    });
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    let mut buf = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        if is_large(job) {
+            let f = finish_one(&work[i].1, job, opts, store, &mut buf)?;
+            results.push(vec![(i, f)]);
+        }
+    }
+    for (i, f) in results.into_iter().flatten() {
+        let inode = &mut tree.inodes[work[i].0];
+        inode.xattrs = f.xattrs;
+        match &mut inode.kind {
+            InodeKind::Regular(r) => {
+                r.inline = f.inline;
+                if let Some(d) = f.digest {
+                    r.payload = Some(d.object_path().into_bytes().into_boxed_slice());
+                    r.digest = Some(d);
+                }
+            }
+            InodeKind::Symlink(t) => {
+                if let Some(target) = f.target {
+                    *t = target;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Where to read xattrs from: an open file (no path walk) or a path
+/// (symlinks, devices: `l*xattr`, never following).
+#[derive(Clone, Copy)]
+enum XattrSource<'a> {
+    Fd(&'a File),
+    Path(&'a Path),
+}
+
+impl XattrSource<'_> {
+    fn list(&self, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Fd(f) => rustix::fs::flistxattr(f, buf),
+            XattrSource::Path(p) => rustix::fs::llistxattr(*p, buf),
+        }
+    }
+
+    fn get(&self, name: &std::ffi::CStr, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Fd(f) => rustix::fs::fgetxattr(f, name, buf),
+            XattrSource::Path(p) => rustix::fs::lgetxattr(*p, name, buf),
+        }
+    }
+}
+
+fn read_xattrs(path: &Path, src: XattrSource, user_only: bool) -> Result<Vec<Xattr>, ScanError> {
     let err = |e: rustix::io::Errno| ScanError::Io {
         path: path.to_path_buf(),
         source: io::Error::from(e),
     };
-    let mut list = vec![0u8; 1024];
-    let len = loop {
-        match rustix::fs::llistxattr(path, &mut list[..]) {
-            Ok(n) => break n,
-            Err(rustix::io::Errno::RANGE) => {
-                let need = rustix::fs::llistxattr(path, &mut [0u8; 0][..]).map_err(err)?;
-                list.resize(need.max(list.len() * 2), 0);
+    let mut list = [0u8; 512];
+    let mut big = Vec::new();
+    let names: &[u8] = match src.list(&mut list[..]) {
+        Ok(0) => return Ok(Vec::new()),
+        Ok(n) => &list[..n],
+        Err(rustix::io::Errno::RANGE) => loop {
+            let need = src.list(&mut [0u8; 0][..]).map_err(err)?;
+            big.resize(need.max(1024), 0);
+            match src.list(&mut big[..]) {
+                Ok(n) => break &big[..n],
+                Err(rustix::io::Errno::RANGE) => continue,
+                Err(e) => return Err(err(e)),
             }
-            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
-            Err(e) => return Err(err(e)),
-        }
+        },
+        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(err(e)),
     };
     let mut out = Vec::new();
     let mut value = vec![0u8; 256];
-    for name in list[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         if user_only && !name.starts_with(b"user.") {
             continue;
         }
-        if name.len() > MAX_XATTR_NAME_LEN {
-            return Err(ScanError::XattrTooLong {
-                path: path.to_path_buf(),
-                name: name.to_vec(),
-            });
-        }
-        let cname = std::ffi::CString::new(name).map_err(|_| ScanError::XattrTooLong {
+        let too_long = || ScanError::XattrTooLong {
             path: path.to_path_buf(),
             name: name.to_vec(),
-        })?;
+        };
+        if name.len() > MAX_XATTR_NAME_LEN {
+            return Err(too_long());
+        }
+        let cname = std::ffi::CString::new(name).map_err(|_| too_long())?;
         let n = loop {
-            match rustix::fs::lgetxattr(path, cname.as_c_str(), &mut value[..]) {
+            match src.get(cname.as_c_str(), &mut value[..]) {
                 Ok(n) => break n,
                 Err(rustix::io::Errno::RANGE) => {
-                    let need = rustix::fs::lgetxattr(path, cname.as_c_str(), &mut [0u8; 0][..])
-                        .map_err(err)?;
+                    let need = src.get(cname.as_c_str(), &mut [0u8; 0][..]).map_err(err)?;
                     if need > MAX_XATTR_VALUE_LEN {
-                        return Err(ScanError::XattrTooLong {
-                            path: path.to_path_buf(),
-                            name: name.to_vec(),
-                        });
+                        return Err(too_long());
                     }
-                    value.resize(need.max(value.len() * 2).min(MAX_XATTR_VALUE_LEN), 0);
+                    value.resize(need.max(value.len()), 0);
                 }
                 Err(e) => return Err(err(e)),
             }
@@ -309,109 +530,6 @@ fn read_xattrs(path: &Path, user_only: bool) -> Result<Vec<Xattr>, ScanError> {
         });
     }
     Ok(out)
-}
-
-fn hash_one(path: &Path, expected_size: u64, large: bool) -> Result<Digest, ScanError> {
-    let f = File::open(path).map_err(io_err(path))?;
-    let len = f.metadata().map_err(io_err(path))?.len();
-    if len != expected_size {
-        return Err(ScanError::Changed {
-            path: path.to_path_buf(),
-        });
-    }
-    let d = if large {
-        crate::fsverity::digest_file(HashAlgorithm::Sha256, &f)
-    } else {
-        crate::fsverity::digest_file_serial(HashAlgorithm::Sha256, &f)
-    };
-    d.map_err(io_err(path))
-}
-
-fn hash_files(
-    tree: &mut Tree,
-    work: Vec<(InodeId, PathBuf)>,
-    opts: &ScanOptions,
-    store: Option<&Batch>,
-) -> Result<(), ScanError> {
-    let size_of = |tree: &Tree, id: InodeId| match &tree.inodes[id].kind {
-        InodeKind::Regular(r) => r.size,
-        _ => 0,
-    };
-    let (large, small): (Vec<_>, Vec<_>) = work
-        .into_iter()
-        .map(|(id, p)| (id, size_of(tree, id), p))
-        .partition(|(_, size, _)| *size >= LARGE_FILE);
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        opts.threads
-    }
-    .clamp(1, 256);
-
-    let results: Vec<Mutex<Option<Digest>>> = (0..small.len()).map(|_| Mutex::new(None)).collect();
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let first_error: Mutex<Option<ScanError>> = Mutex::new(None);
-    let add = |path: &Path, d: &Digest| -> Result<(), ScanError> {
-        if let Some(b) = store {
-            b.add_file(path, d).map_err(|source| ScanError::Store {
-                path: path.to_path_buf(),
-                source: Box::new(source),
-            })?;
-        }
-        Ok(())
-    };
-    std::thread::scope(|s| {
-        for _ in 0..threads.min(small.len().max(1)) {
-            s.spawn(|| loop {
-                if failed.load(Ordering::Relaxed) {
-                    return;
-                }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((_, size, path)) = small.get(i) else {
-                    return;
-                };
-                let r = hash_one(path, *size, false).and_then(|d| add(path, &d).map(|()| d));
-                match r {
-                    Ok(d) => {
-                        if let Ok(mut slot) = results[i].lock() {
-                            *slot = Some(d);
-                        }
-                    }
-                    Err(e) => {
-                        failed.store(true, Ordering::Relaxed);
-                        if let Ok(mut fe) = first_error.lock() {
-                            fe.get_or_insert(e);
-                        }
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = first_error.into_inner().ok().flatten() {
-        return Err(e);
-    }
-    let set = |tree: &mut Tree, id: InodeId, d: Digest| {
-        if let InodeKind::Regular(r) = &mut tree.inodes[id].kind {
-            r.payload = Some(d.object_path().into_bytes().into_boxed_slice());
-            r.digest = Some(d);
-        }
-    };
-    for ((id, _, path), slot) in small.iter().zip(results) {
-        let d = slot
-            .into_inner()
-            .ok()
-            .flatten()
-            .ok_or_else(|| ScanError::Changed { path: path.clone() })?;
-        set(tree, *id, d);
-    }
-    for (id, size, path) in &large {
-        let d = hash_one(path, *size, true)?;
-        add(path, &d)?;
-        set(tree, *id, d);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -10,6 +10,9 @@
 //!   it writes them, and compares it with the caller's digest: the caller's
 //!   digest is a claim that is checked, never trusted. A mismatch fails closed
 //!   with [`StoreError::DigestMismatch`] and nothing is published.
+//! - [`Batch::add_bytes_hashed`] is the exception that proves the rule: it
+//!   takes no digest from the caller, it computes it from the bytes it writes
+//!   and returns it (one hashing pass for scanners that read files anyway).
 //! - A [`Batch`] collects objects under temporary names inside the store
 //!   (`objects/.tmp/<pid>-<n>/`, the same filesystem, so renames are atomic).
 //!   [`Batch::commit`] makes them durable in one pass (`syncfs` on the store's
@@ -437,6 +440,58 @@ impl Batch<'_> {
         self.add_from(data, &label, digest)
     }
 
+    /// Add `data` and return its fs-verity digest, computed here from these
+    /// very bytes (one hashing pass, no claim to check). Skips the write if
+    /// the object already exists. This is the fast path for a scanner that
+    /// reads a file into memory anyway: read once, hash once, write only
+    /// when new.
+    pub fn add_bytes_hashed(
+        &self,
+        alg: crate::digest::HashAlgorithm,
+        data: &[u8],
+    ) -> Result<Digest, StoreError> {
+        let digest = crate::fsverity::digest_bytes(alg, data);
+        if let Claim::AlreadyThere = self.claim(&digest) {
+            return Ok(digest);
+        }
+        let written = self.write_temp_plain(data);
+        match written {
+            Ok(name) => {
+                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                pending.push(Pending {
+                    temp_name: name,
+                    digest,
+                    size: data.len() as u64,
+                });
+                Ok(digest)
+            }
+            Err(e) => {
+                self.unclaim(&digest);
+                Err(e)
+            }
+        }
+    }
+
+    /// Write already-hashed bytes to a new temporary.
+    fn write_temp_plain(&self, data: &[u8]) -> Result<OsString, StoreError> {
+        self.ensure_temp_dir()?;
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let name = OsString::from(n.to_string());
+        let path = self.temp_dir().join(&name);
+        let result = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(data));
+        match result {
+            Ok(()) => Ok(name),
+            Err(source) => {
+                let _ = std::fs::remove_file(&path);
+                Err(StoreError::WriteTemp { path, source })
+            }
+        }
+    }
+
     /// Make every added object durable in one pass, then publish each under
     /// its digest name and make the names durable. On error, objects not yet
     /// published stay unpublished (their temporaries are removed).
@@ -612,6 +667,30 @@ mod tests {
         let tmp = objects.join(TEMP_DIR);
         assert_eq!(std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0), 0);
         assert_eq!(list_objects(&objects).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn add_bytes_hashed_computes_and_dedups() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::open(dir.path()).unwrap();
+        let data = b"scanner-read content".repeat(50);
+        let batch = store.batch();
+        let d = batch
+            .add_bytes_hashed(HashAlgorithm::Sha256, &data)
+            .unwrap();
+        assert_eq!(d, digest_bytes(HashAlgorithm::Sha256, &data));
+        let d2 = batch
+            .add_bytes_hashed(HashAlgorithm::Sha256, &data)
+            .unwrap();
+        assert_eq!(d, d2);
+        let stats = batch.commit().unwrap();
+        assert_eq!((stats.added, stats.existing), (1, 1));
+        assert_eq!(std::fs::read(store.path_of(&d)).unwrap(), data);
+        let batch = store.batch();
+        batch
+            .add_bytes_hashed(HashAlgorithm::Sha256, &data)
+            .unwrap();
+        assert_eq!(batch.commit().unwrap().existing, 1);
     }
 
     #[test]

@@ -22,8 +22,8 @@
 //! - [`switch_root`] moves /dev, /proc, /sys, /run into the new root, deletes
 //!   the initramfs's files (only when `/` is a ramfs/tmpfs, never crossing
 //!   into another filesystem), moves the new root onto `/`, chroots, checks
-//!   that init is a regular executable file on the sealed root filesystem
-//!   itself (not on the writable `/etc`, `/var` or `/sysroot` mounts, so
+//!   that init is a regular executable file on the sealed root mount
+//!   itself (same mount ID as `/`) (not on the writable `/etc`, `/var` or `/sysroot` mounts, so
 //!   `init=` cannot run unverified code), and execs it with PID 1's
 //!   arguments.
 //!
@@ -34,11 +34,11 @@
 //! not work on the rootfs).
 
 use std::fmt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::mount::MountFlags;
 
@@ -159,7 +159,7 @@ fn mount_one(
     flags: MountFlags,
     data: Option<&std::ffi::CStr>,
 ) -> Result<(), SwitchError> {
-    let _ = std::fs::create_dir_all(path);
+    let _ = crate::mount::mkdir_all(Path::new(path), 0o755);
     match rustix::mount::mount(source, path, fstype, flags, data) {
         Ok(()) | Err(Errno::BUSY) => Ok(()),
         Err(errno) => Err(SwitchError::ApiMount { path, errno }),
@@ -197,9 +197,9 @@ fn is_compressed(path: &str) -> bool {
 /// Load the modules named in `list` (see the module docs). Returns the
 /// number loaded and already present.
 pub fn load_modules(list: &Path) -> (usize, usize) {
-    let text = match std::fs::read(list) {
-        Ok(b) if b.len() <= MAX_MODULE_LIST => String::from_utf8_lossy(&b).into_owned(),
-        Ok(_) => {
+    let text = match crate::mount::read_file_limited(list, MAX_MODULE_LIST) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(None) => {
             log::warning(&format!(
                 "module list {} is larger than {MAX_MODULE_LIST} bytes; loading none",
                 list.display()
@@ -284,9 +284,9 @@ pub fn mount_physical_root(
     let start = Instant::now();
     let limit = Duration::from_secs(wait_seconds.into());
     let mut announced = false;
-    let meta = loop {
-        if let Ok(m) = std::fs::metadata(&device) {
-            break m;
+    let st = loop {
+        if let Ok(st) = rustix::fs::stat(device.as_str()) {
+            break st;
         }
         if start.elapsed() >= limit {
             return Err(SwitchError::RootDeviceTimeout {
@@ -302,11 +302,10 @@ pub fn mount_physical_root(
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    use std::os::unix::fs::FileTypeExt;
-    if !meta.file_type().is_block_device() {
+    if FileType::from_raw_mode(st.st_mode) != FileType::BlockDevice {
         return Err(SwitchError::RootNotBlockDevice { device });
     }
-    let _ = std::fs::create_dir_all(target);
+    let _ = crate::mount::mkdir_all(target, 0o755);
     let types: Vec<&str> = match rootfstype {
         Some(t) => t.split(',').filter(|s| !s.is_empty()).collect(),
         None => vec!["ext4", "btrfs", "f2fs"],
@@ -345,22 +344,37 @@ pub fn mount_physical_root(
 /// crossing into other filesystems. Errors are ignored: this only frees
 /// memory.
 fn delete_tree_same_fs(dir: &Path, dev: u64) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let Ok(fd) = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
         return;
     };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+    let Ok(mut entries) = rustix::fs::Dir::read_from(&fd) else {
+        return;
+    };
+    let mut names = Vec::new();
+    while let Some(Ok(entry)) = entries.read() {
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(std::ffi::OsStr::from_bytes(name).to_os_string());
+        }
+    }
+    for name in names {
+        let path = dir.join(&name);
+        let Ok(st) = rustix::fs::lstat(&path) else {
             continue;
         };
-        if meta.dev() != dev {
+        #[allow(clippy::unnecessary_cast)]
+        if st.st_dev as u64 != dev {
             continue;
         }
-        if meta.is_dir() {
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
             delete_tree_same_fs(&path, dev);
-            let _ = std::fs::remove_dir(&path);
+            let _ = rustix::fs::rmdir(&path);
         } else {
-            let _ = std::fs::remove_file(&path);
+            let _ = rustix::fs::unlink(&path);
         }
     }
 }
@@ -375,31 +389,50 @@ fn free_initramfs() {
     if magic != RAMFS_MAGIC && magic != TMPFS_MAGIC {
         return;
     }
-    let Ok(root) = std::fs::symlink_metadata("/") else {
+    let Ok(root) = rustix::fs::lstat("/") else {
         return;
     };
-    delete_tree_same_fs(Path::new("/"), root.dev());
+    #[allow(clippy::unnecessary_cast)]
+    delete_tree_same_fs(Path::new("/"), root.st_dev as u64);
+}
+
+/// The mount ID of the file `path` resolves to (symlinks followed).
+/// Mount IDs, unlike `st_dev`, are reliable here: overlayfs reports the
+/// underlying layer's (pseudo) device for non-directories.
+fn mount_id(path: &str) -> Option<u64> {
+    let st = rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::AtFlags::empty(),
+        rustix::fs::StatxFlags::MNT_ID | rustix::fs::StatxFlags::TYPE,
+    )
+    .ok()?;
+    if st.stx_mask & rustix::fs::StatxFlags::MNT_ID.bits() == 0 {
+        return None;
+    }
+    Some(st.stx_mnt_id)
 }
 
 /// Check `init` inside the (already chrooted) new root.
 fn check_init(init: &str) -> Result<(), SwitchError> {
+    let err_missing = || SwitchError::InitMissing {
+        init: init.to_string(),
+    };
     if !init.starts_with('/') {
         return Err(SwitchError::InitNotAbsolute {
             init: init.to_string(),
         });
     }
-    let meta = std::fs::metadata(init).map_err(|_| SwitchError::InitMissing {
-        init: init.to_string(),
-    })?;
-    let root = std::fs::metadata("/").map_err(|_| SwitchError::InitMissing {
-        init: init.to_string(),
-    })?;
-    if meta.dev() != root.dev() {
+    let st = rustix::fs::stat(init).map_err(|_| err_missing())?;
+    let (Some(init_mnt), Some(root_mnt)) = (mount_id(init), mount_id("/")) else {
+        return Err(err_missing());
+    };
+    if init_mnt != root_mnt {
         return Err(SwitchError::InitNotOnSealedRoot {
             init: init.to_string(),
         });
     }
-    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_mode & 0o111 == 0 {
         return Err(SwitchError::InitNotExecutable {
             init: init.to_string(),
         });
@@ -421,7 +454,7 @@ enum Never {}
 fn switch_root_inner(new_root: &Path, init: &str, args: &[String]) -> Result<Never, SwitchError> {
     for api in ["/dev", "/proc", "/sys", "/run"] {
         let target = new_root.join(&api[1..]);
-        if !target.is_dir() {
+        if !crate::mount::is_dir(&target) {
             return Err(SwitchError::MissingMountPoint {
                 path: api.to_string(),
             });
@@ -460,6 +493,33 @@ fn switch_root_inner(new_root: &Path, init: &str, args: &[String]) -> Result<Nev
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_ids_tell_mounts_apart() {
+        // /proc is always a different mount from /.
+        let root = mount_id("/").unwrap();
+        assert_eq!(mount_id("/"), Some(root));
+        assert_ne!(mount_id("/proc/self/status"), Some(root));
+        assert_eq!(mount_id("/no/such/file"), None);
+    }
+
+    #[test]
+    fn delete_tree_stays_on_its_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("a/b/c")).unwrap();
+        std::fs::write(d.join("a/b/c/f"), b"x").unwrap();
+        std::fs::write(d.join("top"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc", d.join("link")).unwrap();
+        let dev = rustix::fs::lstat(d).unwrap().st_dev as u64;
+        // A device number that matches nothing: nothing may be deleted.
+        delete_tree_same_fs(d, dev.wrapping_add(1));
+        assert!(d.join("a/b/c/f").exists() && d.join("top").exists());
+        delete_tree_same_fs(d, dev);
+        assert_eq!(std::fs::read_dir(d).unwrap().count(), 0);
+        // The symlink itself went, not what it points to.
+        assert!(Path::new("/etc").is_dir());
+    }
 
     #[test]
     fn root_forms() {

@@ -13,11 +13,10 @@ use std::time::{Duration, SystemTime};
 
 use sealroot::digest::{Digest, HashAlgorithm};
 use sealroot::fsverity;
+use sealroot::progress::Progress;
 use sealroot::repo::{self, InstallOptions, Repo};
 
 const CHILD_ENV: &str = "SEALROOT_CRASH_CHILD";
-
-fn no_progress(_: u64, _: u64) {}
 
 /// xorshift seeded from the clock: enough to scatter kill times.
 struct Rng(u64);
@@ -139,7 +138,7 @@ fn crash_child_install() {
         &image,
         &objects,
         InstallOptions { copy_only: true },
-        &no_progress,
+        &Progress::hidden(),
     )
     .unwrap();
 }
@@ -152,10 +151,8 @@ fn install_copy_phase_survives_sigkill() {
     let t = Repo::new(dst.path());
     let mut rng = Rng::new();
     let exe = std::env::current_exe().unwrap();
-    let mut killed_midway = 0;
-    let rounds = 40;
-    for _ in 0..rounds {
-        let mut child = Command::new(&exe)
+    let spawn_child = |dst: &Path| {
+        Command::new(&exe)
             .args([
                 "--exact",
                 "crash_child_install",
@@ -168,15 +165,25 @@ fn install_copy_phase_survives_sigkill() {
                 format!(
                     "{}\n{}\n{}",
                     src.path().display(),
-                    dst.path().display(),
+                    dst.display(),
                     digest.to_hex()
                 ),
             )
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_micros(rng.next(200_000)));
+            .unwrap()
+    };
+    // Time one complete child run so the kills spread over a whole run.
+    let timing = tempfile::tempdir().unwrap();
+    let t0 = std::time::Instant::now();
+    assert!(spawn_child(timing.path()).wait().unwrap().success());
+    let span = (t0.elapsed().as_micros() as u64).max(1000);
+    let mut killed_midway = 0;
+    let rounds = 25;
+    for _ in 0..rounds {
+        let mut child = spawn_child(dst.path());
+        std::thread::sleep(Duration::from_micros(rng.next(span)));
         let finished = child.try_wait().unwrap().is_some();
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
@@ -185,7 +192,7 @@ fn install_copy_phase_survives_sigkill() {
             killed_midway += 1;
         }
         // Start over now and then so kills land in early phases again.
-        if rng.next(4) == 0 {
+        if rng.next(2) == 0 {
             fs::remove_dir_all(dst.path()).unwrap();
             fs::create_dir_all(dst.path()).unwrap();
         }
@@ -200,7 +207,7 @@ fn install_copy_phase_survives_sigkill() {
         &image,
         &objects,
         InstallOptions { copy_only: true },
-        &no_progress,
+        &Progress::hidden(),
     )
     .unwrap();
     assert_eq!(check_target(&t), objects.len());

@@ -7,9 +7,8 @@ use std::path::Path;
 
 use sealroot::digest::{Digest, HashAlgorithm};
 use sealroot::fsverity;
+use sealroot::progress::Progress;
 use sealroot::repo::{self, InstallOptions, ProblemKind, Repo, RepoError, VerifyReport};
-
-fn no_progress(_: u64, _: u64) {}
 
 /// A source repository with `n` objects of assorted sizes and a fake image.
 fn source(dir: &Path, n: usize) -> (Repo, Vec<Digest>, Vec<u8>, Digest) {
@@ -74,7 +73,8 @@ fn copy_phase_is_complete_and_idempotent() {
     let t = Repo::new(dst.path());
     let opts = InstallOptions { copy_only: true };
     let r =
-        repo::install_with_objects(&s, &t, &digest, &image, &objects, opts, &no_progress).unwrap();
+        repo::install_with_objects(&s, &t, &digest, &image, &objects, opts, &Progress::hidden())
+            .unwrap();
     assert_eq!((r.objects, r.objects_copied), (12, 12));
     assert!(r.seal_installed && !r.verity_enabled);
     for d in &objects {
@@ -93,7 +93,8 @@ fn copy_phase_is_complete_and_idempotent() {
     }
     assert_objects_named_by_content(&t);
     let again =
-        repo::install_with_objects(&s, &t, &digest, &image, &objects, opts, &no_progress).unwrap();
+        repo::install_with_objects(&s, &t, &digest, &image, &objects, opts, &Progress::hidden())
+            .unwrap();
     assert_eq!(again.objects_copied, 0);
 }
 
@@ -110,7 +111,7 @@ fn host_without_verity_refuses_after_copy() {
         &image,
         &objects,
         InstallOptions::default(),
-        &no_progress,
+        &Progress::hidden(),
     )
     .unwrap_err();
     match &err {
@@ -147,8 +148,9 @@ fn bad_source_objects_never_land_under_their_name() {
     fs::write(&p, &data).unwrap();
     let t = Repo::new(dst.path());
     let opts = InstallOptions { copy_only: true };
-    let err = repo::install_with_objects(&s, &t, &digest, &image, &objects, opts, &no_progress)
-        .unwrap_err();
+    let err =
+        repo::install_with_objects(&s, &t, &digest, &image, &objects, opts, &Progress::hidden())
+            .unwrap_err();
     assert!(
         matches!(&err, RepoError::ObjectDigestMismatch { path, expected, .. } if *path == p && **expected == victim),
         "{err}"
@@ -166,8 +168,9 @@ fn bad_source_objects_never_land_under_their_name() {
 
     // A missing source object is named.
     fs::remove_file(&p).unwrap();
-    let err = repo::install_with_objects(&s, &t, &digest, &image, &objects, opts, &no_progress)
-        .unwrap_err();
+    let err =
+        repo::install_with_objects(&s, &t, &digest, &image, &objects, opts, &Progress::hidden())
+            .unwrap_err();
     assert!(
         matches!(&err, RepoError::ObjectMissing { path, .. } if *path == p),
         "{err}"
@@ -184,7 +187,7 @@ fn verify_objects_names_each_problem() {
     let src = tempfile::tempdir().unwrap();
     let (s, objects, _, _) = source(src.path(), 5);
     let mut report = VerifyReport::default();
-    repo::verify_objects(&s, &objects, &mut report, &no_progress);
+    repo::verify_objects(&s, &objects, &mut report, &Progress::hidden());
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(report.objects, 5);
 
@@ -197,7 +200,7 @@ fn verify_objects_names_each_problem() {
     let missing = objects[3];
     fs::remove_file(s.object_path(&missing)).unwrap();
     let mut report = VerifyReport::default();
-    repo::verify_objects(&s, &objects, &mut report, &no_progress);
+    repo::verify_objects(&s, &objects, &mut report, &Progress::hidden());
     assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
     assert_eq!(report.problems[0].path, p);
     assert!(matches!(

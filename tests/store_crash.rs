@@ -190,3 +190,71 @@ fn sigkill_at_random_moments_never_leaves_a_wrong_object() {
         .unwrap_or(0);
     assert_eq!(leftover, 0, "stale temporaries not cleaned");
 }
+
+/// Timing of the store alone on a real tree (not a pass/fail test):
+/// `cargo test --release --test store_crash -- --ignored --nocapture ingest`
+/// with env SEALROOT_BENCH_TREE (default /usr/share) and
+/// SEALROOT_BENCH_STORE (default build/bench/store-api, emptied first).
+#[test]
+#[ignore]
+fn ingest_tree_timing() {
+    let tree =
+        PathBuf::from(std::env::var_os("SEALROOT_BENCH_TREE").unwrap_or("/usr/share".into()));
+    let store_dir = PathBuf::from(
+        std::env::var_os("SEALROOT_BENCH_STORE").unwrap_or("build/bench/store-api".into()),
+    );
+    let _ = std::fs::remove_dir_all(&store_dir);
+    let t0 = Instant::now();
+    let mut files = Vec::new();
+    let mut stack = vec![tree];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                files.push(e.path());
+            }
+        }
+    }
+    let t_walk = t0.elapsed();
+    let store = ObjectStore::open(&store_dir).unwrap();
+    let batch = store.batch();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let total = std::sync::atomic::AtomicU64::new(0);
+    let t1 = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+        {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(p) = files.get(i) else { return };
+                let Ok(data) = std::fs::read(p) else { continue };
+                if data.len() <= 64 {
+                    continue;
+                }
+                total.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                batch
+                    .add_bytes_hashed(HashAlgorithm::Sha256, &data)
+                    .unwrap();
+            });
+        }
+    });
+    let t_add = t1.elapsed();
+    let t2 = Instant::now();
+    let stats = batch.commit().unwrap();
+    let t_commit = t2.elapsed();
+    eprintln!(
+        "{} files, {} MB: walk {:.2?}, read+hash+write temps {:.2?}, commit (syncfs+publish+fsync dirs) {:.2?}; {stats:?}",
+        files.len(),
+        total.into_inner() / 1_000_000,
+        t_walk,
+        t_add,
+        t_commit
+    );
+}

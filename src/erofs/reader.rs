@@ -965,7 +965,9 @@ pub fn read_image(image: &[u8]) -> Result<Tree, ReadError> {
         secondary_links: Vec::new(),
     };
     // The root is built first, so it gets id 0 (tree::ROOT).
+    let mut nids: Vec<u64> = Vec::new();
     let root_id = build_inode(&img, &root, &mut budgets, &mut tree)?;
+    nids.push(root_nid);
     let mut by_nid: HashMap<u64, InodeId> = HashMap::new();
     // Directories still to list: (inode id, nid, parent nid, depth).
     let mut work: Vec<(InodeId, u64, u64, usize)> = vec![(root_id, root_nid, root_nid, 0)];
@@ -1046,6 +1048,7 @@ pub fn read_image(image: &[u8]) -> Result<Tree, ReadError> {
                     });
                 }
                 let ci = build_inode(&img, &child, &mut budgets, &mut tree)?;
+                nids.push(e.nid);
                 work.push((ci, e.nid, nid, depth + 1));
                 ci
             } else if let Some(&ci) = by_nid.get(&e.nid) {
@@ -1055,6 +1058,7 @@ pub fn read_image(image: &[u8]) -> Result<Tree, ReadError> {
                 ci
             } else {
                 let ci = build_inode(&img, &child, &mut budgets, &mut tree)?;
+                nids.push(e.nid);
                 by_nid.insert(e.nid, ci);
                 ci
             };
@@ -1100,7 +1104,58 @@ pub fn read_image(image: &[u8]) -> Result<Tree, ReadError> {
         nid: root_nid,
         message: e.to_string(),
     })?;
+    tree.secondary_links = infer_secondary_links(&tree, &nids);
     Ok(tree)
+}
+
+/// Which entries of hard-linked inodes are links rather than definitions.
+///
+/// The writer numbers inodes in breadth-first order of their defining
+/// entries (directories queued as they are defined, entries in name order),
+/// so nids increase along that order. Walking the tree the same way, an
+/// inode is defined at the entry where it is the next nid due; its other
+/// entries are links. Recording that lets the writer place the inode where
+/// it was, so image -> tree -> image gives the same bytes. An image not laid
+/// out that way (another writer) gets no marks: plain breadth-first order.
+fn infer_secondary_links(tree: &Tree, nids: &[u64]) -> Vec<(InodeId, Box<[u8]>)> {
+    let counts = tree.reference_counts();
+    if counts.iter().all(|&c| c <= 1) || nids.len() != tree.inodes.len() {
+        return Vec::new();
+    }
+    let mut order: Vec<InodeId> = (0..tree.inodes.len())
+        .filter(|&i| i != tree::ROOT)
+        .collect();
+    order.sort_by_key(|&i| nids.get(i).copied().unwrap_or(u64::MAX));
+    let mut next = 0;
+    let mut defined = vec![false; tree.inodes.len()];
+    if let Some(r) = defined.get_mut(tree::ROOT) {
+        *r = true;
+    }
+    let mut secondary = Vec::new();
+    let mut queue = std::collections::VecDeque::from([tree::ROOT]);
+    while let Some(dir) = queue.pop_front() {
+        for e in tree.entries(dir) {
+            let c = e.inode;
+            if defined.get(c).copied().unwrap_or(true) {
+                secondary.push((dir, e.name.clone()));
+            } else if order.get(next) == Some(&c) {
+                defined[c] = true;
+                next += 1;
+                if tree.inodes.get(c).is_some_and(|i| i.kind.is_dir()) {
+                    queue.push_back(c);
+                }
+            } else if counts.get(c).copied().unwrap_or(0) > 1 {
+                // Defined by a later entry.
+                secondary.push((dir, e.name.clone()));
+            } else {
+                return Vec::new();
+            }
+        }
+    }
+    if next != order.len() {
+        return Vec::new();
+    }
+    secondary
 }
 
 /// `trusted.overlay.overlay.X` -> `trusted.overlay.X`.

@@ -25,7 +25,11 @@
 //!    bits and size fits 32 bits; otherwise extended (64 bytes). Inline tails
 //!    (directory entries ≤ 2048 bytes, file data tails ≤ 2048 bytes, symlink
 //!    targets, chunk tables) must not cross a block: the inode is padded to
-//!    a later slot, or the tail is moved to a full block.
+//!    a later slot, or the tail is moved to a full block. A symlink whose
+//!    inode + xattrs + target reach 4096 bytes keeps its target in a data
+//!    block; a chunk table that cannot fit after slot padding is replaced by
+//!    a data block of 1024 null chunk entries (the chunk format then shares
+//!    the `i_u` field with the block address's high 16 bits).
 //! 5. External files are chunk-based with the smallest chunk size ≥ the file
 //!    size (capped at 2^43 bytes) and null block addresses: the kernel sees
 //!    a sparse file of the right size whose data overlayfs redirects.
@@ -70,8 +74,9 @@ pub enum WriteError {
     FileTooLarge { inode: InodeId, size: u64 },
     /// Inline content is longer than the file size says, or vice versa.
     InlineSizeMismatch { inode: InodeId },
-    /// One inode's xattrs exceed what EROFS can store.
-    XattrsTooLarge { inode: InodeId },
+    /// One inode's xattrs exceed what EROFS can store (`node` is its
+    /// breadth-first inode number in the image).
+    XattrsTooLarge { node: usize },
     /// The image would need more than 2^32 blocks or inodes.
     ImageTooLarge,
 }
@@ -91,8 +96,8 @@ impl std::fmt::Display for WriteError {
             WriteError::InlineSizeMismatch { inode } => {
                 write!(f, "inline content of inode {inode} does not match its size")
             }
-            WriteError::XattrsTooLarge { inode } => {
-                write!(f, "xattrs of inode {inode} do not fit in an EROFS inode")
+            WriteError::XattrsTooLarge { node } => {
+                write!(f, "xattrs of image inode {node} do not fit in an EROFS inode")
             }
             WriteError::ImageTooLarge => write!(f, "image too large for EROFS"),
         }
@@ -223,11 +228,33 @@ pub fn write_image(tree: &Tree, opts: &WriteOptions) -> Result<Vec<u8>, WriteErr
 /// Steps 2 and 3: breadth-first node list with overlay rewrites applied.
 fn build_nodes(tree: &Tree, version: u32) -> Result<Vec<Node<'_>>, WriteError> {
     let n = tree.inodes.len();
-    let secondary: std::collections::HashSet<(InodeId, &[u8])> = tree
+    let mut secondary: std::collections::HashSet<(InodeId, &[u8])> = tree
         .secondary_links
         .iter()
         .map(|(d, name)| (*d, &**name))
         .collect();
+    if secondary.is_empty() {
+        // Without explicit marks, an inode is defined by its first entry in
+        // depth-first name order (the order dumpfiles list hard links in).
+        let refs = tree.reference_counts();
+        if refs.iter().any(|&r| r > 1) {
+            let mut seen = vec![false; n];
+            let mut stack = vec![(ROOT, 0usize)];
+            while let Some((dir, i)) = stack.pop() {
+                let entries = tree.entries(dir);
+                let Some(e) = entries.get(i) else { continue };
+                stack.push((dir, i + 1));
+                if tree.inodes[e.inode].kind.is_dir() {
+                    stack.push((e.inode, 0));
+                } else if refs[e.inode] > 1 {
+                    if seen[e.inode] {
+                        secondary.insert((dir, &*e.name));
+                    }
+                    seen[e.inode] = true;
+                }
+            }
+        }
+    }
 
     // Breadth-first assignment of node indices; stub whiteouts are inserted
     // into the root's entries by name.
@@ -583,7 +610,7 @@ fn layout(nodes: &mut [Node]) -> Result<Layout, WriteError> {
     let mut pos = SUPER_OFFSET + SUPERBLOCK_SIZE;
     let meta_start = pos - pos % BLOCK_SIZE;
     let mut n_data_blocks = 0u64;
-    for (n, shared) in nodes.iter_mut().zip(shared_of) {
+    for (node_index, (n, shared)) in nodes.iter_mut().zip(shared_of).enumerate() {
         n.shared = shared;
         // Inode data size.
         let (mut n_blocks, mut tail) = match &n.body {
@@ -616,7 +643,7 @@ fn layout(nodes: &mut [Node]) -> Result<Layout, WriteError> {
         };
         let xattr_size = xattr_ibody_size(n);
         if xattr_size > XATTR_IBODY_HEADER_SIZE + 4 * u64::from(u16::MAX - 1) {
-            return Err(WriteError::XattrsTooLarge { inode: 0 });
+            return Err(WriteError::XattrsTooLarge { node: node_index });
         }
         let ppos = pos;
         pos = round_up(pos, SLOT_SIZE);
@@ -624,12 +651,28 @@ fn layout(nodes: &mut [Node]) -> Result<Layout, WriteError> {
         // Keep the inline tail inside one block.
         let non_tail = inode_size + xattr_size;
         if matches!(n.body, Body::Symlink(_)) {
+            // Inode, xattrs and target must share one block (old kernels
+            // refuse fast symlinks that cross); pad the inode to a block
+            // start if they would cross. A symlink that cannot fit in a
+            // block at all has its target moved to a data block instead.
             let total = non_tail + tail;
             if pos / BLOCK_SIZE != (pos + total - 1) / BLOCK_SIZE {
                 let extra = round_up(pos, BLOCK_SIZE) - pos;
                 ipad += extra;
                 pos += extra;
             }
+            if total >= BLOCK_SIZE {
+                n_blocks = 1;
+                tail = 0;
+            }
+        } else if matches!(n.body, Body::External) && tail + xattr_size % SLOT_SIZE > BLOCK_SIZE {
+            // A chunk table that cannot fit in the inode's block even after
+            // slot padding goes to a data block of 1024 null entries.
+            let extra = round_up(pos, BLOCK_SIZE) - pos;
+            ipad += extra;
+            pos += extra;
+            n_blocks = 1;
+            tail = 0;
         } else {
             let remainder = BLOCK_SIZE - (pos + non_tail) % BLOCK_SIZE;
             if remainder < tail {
@@ -638,14 +681,11 @@ fn layout(nodes: &mut [Node]) -> Result<Layout, WriteError> {
                 if tail <= remainder2 {
                     ipad += extra;
                     pos += extra;
-                } else if !matches!(n.body, Body::External) {
+                } else {
                     // Did not fit even after padding: move the tail to a block.
                     n_blocks += 1;
                     tail = 0;
                 }
-                // A chunk table that cannot fit stays inline unpadded; the
-                // reference's output for this case is not reproduced yet
-                // (see tests/vectors.rs KNOWN_MISMATCH).
             }
         }
         n.n_blocks = n_blocks;
@@ -813,18 +853,26 @@ fn emit(nodes: &[Node], l: &Layout, version: u32) -> Vec<u8> {
         let mut u: u32 = 0;
         let size = match &n.body {
             Body::Dir => n.n_blocks * BLOCK_SIZE + n.tail,
-            Body::Symlink(_) => n.n_blocks * BLOCK_SIZE + n.tail,
+            Body::Symlink(t) => t.len() as u64,
             Body::Inline(_) | Body::External => n.size,
             _ => 0,
         };
         match &n.body {
-            Body::Dir | Body::Inline(_) if n.n_blocks > 0 => {
+            Body::Dir | Body::Inline(_) | Body::Symlink(_) if n.n_blocks > 0 => {
                 u = (current_end / BLOCK_SIZE) as u32;
                 current_end += n.n_blocks * BLOCK_SIZE;
             }
             Body::External => {
                 layout = LAYOUT_CHUNK_BASED;
-                u = chunk_bits(n.size) - BLOCK_BITS;
+                // The chunk format shares the 32-bit field with the block
+                // address: only its low 16 bits are overwritten.
+                let fmt = chunk_bits(n.size) - BLOCK_BITS;
+                if n.n_blocks > 0 {
+                    u = ((current_end / BLOCK_SIZE) as u32 & 0xffff_0000) | fmt;
+                    current_end += n.n_blocks * BLOCK_SIZE;
+                } else {
+                    u = fmt;
+                }
             }
             Body::Device(rdev) => u = *rdev,
             _ => {}
@@ -882,11 +930,11 @@ fn emit(nodes: &[Node], l: &Layout, version: u32) -> Vec<u8> {
                     put_dirents(&mut out, nodes, tail);
                 }
             }
-            Body::Symlink(t) => out.extend_from_slice(t),
+            Body::Symlink(t) if n.n_blocks == 0 => out.extend_from_slice(t),
             Body::Inline(c) if n.tail > 0 => {
                 out.extend_from_slice(&c[c.len().saturating_sub(n.tail as usize)..]);
             }
-            Body::External => {
+            Body::External if n.n_blocks == 0 => {
                 for _ in 0..chunk_count(n.size) {
                     out.extend_from_slice(&NULL_ADDR.to_le_bytes());
                 }
@@ -912,13 +960,99 @@ fn emit(nodes: &[Node], l: &Layout, version: u32) -> Vec<u8> {
                     pad_to(&mut out, BLOCK_SIZE);
                 }
             }
-            Body::Inline(c) if n.n_blocks > 0 => {
+            Body::Inline(c) | Body::Symlink(c) if n.n_blocks > 0 => {
                 let full = (n.n_blocks * BLOCK_SIZE).min(c.len() as u64) as usize;
                 out.extend_from_slice(&c[..full]);
                 pad_to(&mut out, BLOCK_SIZE);
+            }
+            Body::External if n.n_blocks > 0 => {
+                for _ in 0..BLOCK_SIZE / 4 {
+                    out.extend_from_slice(&NULL_ADDR.to_le_bytes());
+                }
             }
             _ => {}
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dumpfile;
+    use crate::tree::S_IFMT;
+
+    fn build(dump: &[u8], opts: WriteOptions) -> Vec<u8> {
+        write_image(&dumpfile::parse(dump, true).unwrap(), &opts).unwrap()
+    }
+
+    #[test]
+    fn header_superblock_and_root_facts() {
+        let img = build(b"/ 0 40755 2 0 0 0 7.0 - - -\n", WriteOptions::default());
+        assert_eq!(img.len() % 4096, 0);
+        assert_eq!(&img[0..4], &COMPOSEFS_MAGIC.to_le_bytes());
+        assert_eq!(&img[12..16], &0u32.to_le_bytes(), "no whiteout: version 0");
+        assert_eq!(&img[1024..1028], &EROFS_MAGIC.to_le_bytes());
+        assert_eq!(img[1024 + 12], 12, "blkszbits");
+        // root nid: first slot after the superblock (1152 / 32).
+        assert_eq!(u16::from_le_bytes([img[1038], img[1039]]), 36);
+        // inodes: root + 256 whiteout stubs.
+        assert_eq!(u64::from_le_bytes(img[1040..1048].try_into().unwrap()), 257);
+        // build time = minimum mtime.
+        assert_eq!(u64::from_le_bytes(img[1048..1056].try_into().unwrap()), 7);
+    }
+
+    #[test]
+    fn whiteout_raises_version_within_max() {
+        let d = b"/ 0 40755 2 0 0 0 0.0 - - -\n/w 0 20644 1 0 0 0 0.0 - - -\n";
+        let v1 = build(d, WriteOptions::default());
+        assert_eq!(&v1[12..16], &1u32.to_le_bytes());
+        let v0 = build(
+            d,
+            WriteOptions {
+                min_version: 0,
+                max_version: 0,
+            },
+        );
+        assert_eq!(&v0[12..16], &0u32.to_le_bytes());
+        assert_ne!(v0, v1);
+        let t = dumpfile::parse(d, true).unwrap();
+        assert!(matches!(
+            write_image(
+                &t,
+                &WriteOptions {
+                    min_version: 2,
+                    max_version: 2
+                }
+            ),
+            Err(WriteError::UnsupportedVersion { version: 2 })
+        ));
+    }
+
+    #[test]
+    fn image_reads_back_with_hardlinks_overlay_xattrs_and_nlink() {
+        let d = b"/ 0 40755 2 0 0 0 0.0 - - -\n\
+/a 0 40755 2 0 0 0 0.0 - - -\n\
+/a/f 100 100644 3 5 6 0 9.1 ab/cdef - 00000000000000000000000000000000000000000000000000000000000000ff user.x=1\n\
+/b 100 @100644 3 5 6 0 9.1 /a/f - -\n\
+/c 4 100600 1 0 0 0 0.0 - abcd - trusted.overlay.k=v\n";
+        let img = build(d, WriteOptions::default());
+        let t = crate::erofs::reader::read_image(&img).unwrap();
+        let a = t.lookup(ROOT, b"a").unwrap();
+        let f = t.lookup(a, b"f").unwrap();
+        assert_eq!(t.lookup(ROOT, b"b"), Some(f), "hard link shares the inode");
+        let inode = &t.inodes[f];
+        assert_eq!(inode.nlink, 3, "non-directory nlink kept from the source");
+        assert_eq!(inode.mode() & S_IFMT, 0o100000);
+        match &inode.kind {
+            InodeKind::Regular(r) => {
+                assert_eq!(r.size, 100);
+                assert_eq!(r.payload.as_deref(), Some(&b"ab/cdef"[..]));
+                assert_eq!(r.digest.map(|d| d.as_bytes()[31]), Some(0xff));
+            }
+            k => panic!("{k:?}"),
+        }
+        let c = t.lookup(ROOT, b"c").unwrap();
+        assert_eq!(t.inodes[c].xattr(b"trusted.overlay.k"), Some(&b"v"[..]));
+    }
 }

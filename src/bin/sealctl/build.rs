@@ -2,14 +2,12 @@
 //! the repository, digest (64 hex) on stdout, optionally sealed in the same
 //! step. Reproducibility: entries are sorted by the writer; mtimes are
 //! recorded as found, clamped to `SOURCE_DATE_EPOCH` when it is set, or all
-//! zero with `--use-epoch` (see docs/sealing.md). Also holds the progress
-//! line used by `verify` and `install`.
+//! zero with `--use-epoch` (see docs/sealing.md). On a terminal it
+//! reports the phases and what was added.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use sealroot::{keys, repo};
 
@@ -71,7 +69,9 @@ pub fn run(args: Args) -> ExitCode {
         eprint!("build: scanning {} ...", args.rootfs.display());
     }
     let report = repo::build(&args.rootfs, &r, &opts);
-    progress_done();
+    if tty {
+        eprint!("\r\x1b[K");
+    }
     let report = match report {
         Ok(rep) => rep,
         Err(e) => return crate::fail("build", e),
@@ -102,36 +102,4 @@ pub fn run(args: Args) -> ExitCode {
     }
     println!("{}", report.digest.to_hex());
     ExitCode::SUCCESS
-}
-
-/// A progress callback `(files, bytes)` that redraws one stderr line at most
-/// ten times a second, and does nothing when stderr is not a terminal.
-pub fn progress_line(command: &'static str) -> impl Fn(u64, u64) + Sync {
-    let tty = std::io::stderr().is_terminal();
-    let start = Instant::now();
-    let last = Mutex::new(None::<Instant>);
-    move |files, bytes| {
-        if !tty {
-            return;
-        }
-        let now = Instant::now();
-        let Ok(mut last) = last.lock() else { return };
-        if last.is_some_and(|t| now.duration_since(t) < Duration::from_millis(100)) {
-            return;
-        }
-        *last = Some(now);
-        let secs = now.duration_since(start).as_secs_f64().max(0.001);
-        let mib = bytes as f64 / (1024.0 * 1024.0);
-        eprint!(
-            "\r\x1b[K{command}: {files} files, {mib:.1} MiB, {:.1} MiB/s",
-            mib / secs
-        );
-    }
-}
-
-/// End the progress line (if one was drawn).
-pub fn progress_done() {
-    if std::io::stderr().is_terminal() {
-        eprint!("\r\x1b[K");
-    }
 }

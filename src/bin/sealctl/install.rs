@@ -36,9 +36,9 @@ pub fn run(args: Args) -> ExitCode {
     let opts = repo::InstallOptions {
         copy_only: args.copy_only,
     };
-    let progress = crate::build::progress_line("install");
+    let progress = sealroot::progress::Progress::new("install");
     let result = repo::install(&source, &target, &digest, opts, &progress);
-    crate::build::progress_done();
+    progress.finish();
     match result {
         Ok(r) => {
             println!(

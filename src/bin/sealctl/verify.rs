@@ -42,9 +42,9 @@ pub fn run(args: Args) -> ExitCode {
         }
     }
     let r = repo::Repo::new(&args.repo);
-    let progress = crate::build::progress_line("verify");
+    let progress = sealroot::progress::Progress::new("verify");
     let report = repo::verify(&r, &digest, &trusted, args.serial_floor, &progress);
-    crate::build::progress_done();
+    progress.finish();
     if args.json {
         let problems: Vec<_> = report
             .problems

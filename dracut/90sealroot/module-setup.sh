@@ -1,0 +1,114 @@
+#!/bin/bash
+# dracut module "sealroot": put the sealroot boot binary, the kernel modules it
+# needs and its configuration into the initramfs, and run it after the physical
+# root is mounted so it replaces /sysroot ($NEWROOT) with the verified root.
+#
+# Works with dracut 059 (Debian bookworm) and dracut-ng 106+ (both still read
+# two-digit module prefixes from /usr/lib/dracut/modules.d).
+#
+# Inputs (all optional):
+#   sealroot_binary=PATH   in a dracut.conf.d file, or env SEALROOT_BINARY:
+#                          the sealroot binary to install (default: the first
+#                          sealroot found in PATH, /usr/lib/sealroot/sealroot).
+#   sealroot_config=PATH   in a dracut.conf.d file, or env SEALROOT_CONFIG: a
+#                          config.json to install as /etc/sealroot/config.json
+#                          (default: the build root's /etc/sealroot/config.json
+#                          if it exists).
+
+sealroot_find_binary() {
+    local b
+    for b in "${sealroot_binary:-}" "${SEALROOT_BINARY:-}"; do
+        if [[ -n $b ]]; then
+            [[ -x $b ]] && { echo "$b"; return 0; }
+            derror "sealroot: binary '$b' is not an executable file"
+            return 1
+        fi
+    done
+    for b in "$dracutsysrootdir"/usr/lib/sealroot/sealroot \
+        "$dracutsysrootdir"/usr/bin/sealroot \
+        "$dracutsysrootdir"/usr/sbin/sealroot \
+        "$dracutsysrootdir"/usr/local/bin/sealroot \
+        "$dracutsysrootdir"/usr/local/sbin/sealroot; do
+        [[ -x $b ]] && { echo "$b"; return 0; }
+    done
+    return 1
+}
+
+sealroot_find_config() {
+    local c
+    for c in "${sealroot_config:-}" "${SEALROOT_CONFIG:-}"; do
+        if [[ -n $c ]]; then
+            [[ -f $c ]] && { echo "$c"; return 0; }
+            derror "sealroot: config '$c' does not exist"
+            return 1
+        fi
+    done
+    c="$dracutsysrootdir"/etc/sealroot/config.json
+    [[ -f $c ]] && echo "$c"
+    return 0
+}
+
+# Only included when asked for (-m/--add sealroot or add_dracutmodules+=):
+# a distribution opts in; without the binary the module cannot work.
+check() {
+    sealroot_find_binary > /dev/null || {
+        dinfo "sealroot: no sealroot binary (set sealroot_binary= or SEALROOT_BINARY)"
+        return 1
+    }
+    return 255
+}
+
+depends() {
+    # base: the init scripts and hook machinery; fs-lib: root fs helpers.
+    echo base fs-lib
+    return 0
+}
+
+installkernel() {
+    # sealroot mounts EROFS (file-backed, or on a loop device on kernels
+    # before 6.12) under an overlayfs with verity=require. These are modules
+    # on distribution kernels and never "used by the host" at build time, so
+    # host-only mode would leave them out: clear hostonly for this call.
+    hostonly='' instmods erofs overlay loop
+    # erofs and overlay are not optional; a missing one means a kernel that
+    # cannot compose the root at all. loop may be built in.
+    local m
+    for m in erofs overlay; do
+        if ! modinfo -k "$kernel" "$m" > /dev/null 2>&1 \
+            && ! grep -qs "/$m.ko" "$srcmods/modules.builtin"; then
+            derror "sealroot: kernel $kernel has no '$m' module"
+            return 1
+        fi
+    done
+    return 0
+}
+
+install() {
+    local bin cfg
+    bin=$(sealroot_find_binary) || return 1
+    inst_simple "$bin" /usr/bin/sealroot || {
+        derror "sealroot: cannot install $bin"
+        return 1
+    }
+    cfg=$(sealroot_find_config) || return 1
+    if [[ -n $cfg ]]; then
+        inst_simple "$cfg" /etc/sealroot/config.json
+    fi
+
+    if dracut_module_included "systemd"; then
+        inst_simple "$moddir/sealroot.service" "$systemdsystemunitdir/sealroot.service"
+        # A Requires= link from initrd-root-fs.target (not only a wants link):
+        # the unit is then always in the boot transaction, and if it fails
+        # initrd-root-fs.target fails too, which also ends in emergency.target.
+        mkdir -p "${initdir}${systemdsystemunitdir}/initrd-root-fs.target.requires"
+        ln_r "$systemdsystemunitdir/sealroot.service" \
+            "$systemdsystemunitdir/initrd-root-fs.target.requires/sealroot.service"
+    else
+        # Without systemd: init.sh runs "mount" hooks until $NEWROOT looks like a
+        # root and removes hooks that mount something else, so sealroot cannot
+        # live there; pre-pivot runs once, after the root is mounted and before
+        # switch_root.
+        inst_hook pre-pivot 10 "$moddir/sealroot-pre-pivot.sh"
+    fi
+    return 0
+}
