@@ -10,7 +10,9 @@
 //!   digest and payload, escaped whiteouts become character devices 0:0 again,
 //!   and the writer's own additions (the root's `00`..`ff` whiteout stubs,
 //!   `trusted.overlay.opaque` on the root, the whiteout markers on directories)
-//!   are dropped.
+//!   are dropped. Which entry of a hard-linked inode defined it is inferred
+//!   from where the writer placed the inode (`Tree::secondary_links`), so
+//!   image -> tree -> image reproduces the same bytes.
 //! - [`referenced_objects`] lists the distinct object digests the image's
 //!   regular files point at, sorted.
 //! - Neither ever panics on any input. Every offset and length read from the
