@@ -429,8 +429,16 @@ pub enum CheckSealError {
     Trust(TrustError),
     /// Wrong arguments.
     Usage(String),
-    /// The image is missing or its content does not have the digest.
-    Image(crate::repo::RepoError),
+    /// The image could not be read.
+    Image {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    /// The image content does not have the digest it is named by.
+    ImageMismatch {
+        expected: Box<crate::digest::Digest>,
+        found: Box<crate::digest::Digest>,
+    },
     /// The seal is missing or does not verify under this binary's keys.
     Seal(crate::seal::SealError),
 }
@@ -440,7 +448,15 @@ impl fmt::Display for CheckSealError {
         match self {
             CheckSealError::Trust(e) => write!(f, "{e}"),
             CheckSealError::Usage(e) => write!(f, "{e}"),
-            CheckSealError::Image(e) => write!(f, "image: {e}"),
+            CheckSealError::Image { path, error } => {
+                write!(f, "image {}: {error}", path.display())
+            }
+            CheckSealError::ImageMismatch { expected, found } => write!(
+                f,
+                "image content has digest {}, expected {}",
+                found.to_composefs(),
+                expected.to_composefs()
+            ),
             CheckSealError::Seal(e) => write!(f, "seal: {e}"),
         }
     }
@@ -450,23 +466,33 @@ impl std::error::Error for CheckSealError {}
 
 /// The seal check of the boot path, against this binary's own trust anchor,
 /// for a repository on a host whose kernel cannot measure verity: the image
-/// digest is computed in userspace ([`crate::repo::read_checked_image`])
+/// digest is computed in userspace ([`crate::fsverity::digest_reader`])
 /// instead of `FS_IOC_MEASURE_VERITY`. Proves which keys a (patched) binary
-/// trusts; the boot itself is proven in QEMU.
+/// trusts; the boot itself is proven in QEMU. Kept small (it ships in the
+/// boot binary): no `repo` module, streaming digest.
 pub fn check_seal(
     root: &std::path::Path,
     digest: &crate::digest::Digest,
 ) -> Result<String, CheckSealError> {
     let policy = load().map_err(CheckSealError::Trust)?;
-    let repo = crate::repo::Repo::new(root);
-    crate::repo::read_checked_image(&repo, digest).map_err(CheckSealError::Image)?;
+    let composefs = root.join("composefs");
+    let path = composefs.join("images").join(digest.to_hex());
+    let found = std::fs::File::open(&path)
+        .and_then(|f| crate::fsverity::digest_reader(digest.algorithm(), f))
+        .map_err(|error| CheckSealError::Image { path, error })?;
+    if found != *digest {
+        return Err(CheckSealError::ImageMismatch {
+            expected: Box::new(*digest),
+            found: Box::new(found),
+        });
+    }
     match &policy {
         TrustPolicy::SealedDigest { .. } => Ok(format!(
             "image {} present; policy sealed-digest: no seal needed\n",
             digest.to_composefs()
         )),
         TrustPolicy::Signed { keys, serial_floor } => {
-            let (manifest, sig) = crate::seal::read_seal_files(&repo.seals_dir(), digest)
+            let (manifest, sig) = crate::seal::read_seal_files(&composefs.join("seals"), digest)
                 .map_err(CheckSealError::Seal)?;
             let v = crate::seal::verify_seal(&manifest, &sig, keys, digest, *serial_floor)
                 .map_err(CheckSealError::Seal)?;
@@ -497,13 +523,18 @@ pub fn tool_main() -> Option<std::process::ExitCode> {
         Some("--show-trust") if args.len() == 1 => show().map_err(CheckSealError::Trust),
         Some("check-seal") => match args.get(1..) {
             Some([flag, dir, digest]) if flag == "--repo" => {
-                match crate::repo::parse_digest_arg(digest) {
+                let parsed = if digest.starts_with('v') {
+                    crate::digest::Digest::parse_composefs(digest)
+                } else {
+                    crate::digest::Digest::parse_hex_any(digest)
+                };
+                match parsed {
                     Ok(d) => check_seal(std::path::Path::new(dir), &d),
-                    Err(e) => Err(CheckSealError::Usage(e.to_string())),
+                    Err(e) => Err(CheckSealError::Usage(format!("digest {digest:?}: {e}"))),
                 }
             }
             _ => Err(CheckSealError::Usage(
-                "usage: sealroot check-seal --repo DIR DIGEST".into(),
+                "usage: sealroot check-seal --repo DIR <hex | v1-sha256-12:hex>".into(),
             )),
         },
         _ => return None,
