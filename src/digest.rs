@@ -15,8 +15,10 @@
 use std::fmt;
 
 /// fs-verity hash algorithm, numbered as in `<linux/fsverity.h>`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// SHA-256 is the default: it is what composefs, mkcomposefs and bootc use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HashAlgorithm {
+    #[default]
     Sha256 = 1,
     Sha512 = 2,
 }

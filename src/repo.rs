@@ -404,6 +404,8 @@ pub struct BuildOptions {
     pub mtimes: MtimePolicy,
     /// Hashing threads; 0 = all cores.
     pub threads: usize,
+    /// fs-verity algorithm of the image and its objects.
+    pub hash: HashAlgorithm,
 }
 
 /// What [`build`] made.
@@ -427,6 +429,7 @@ pub fn build(rootfs: &Path, repo: &Repo, opts: &BuildOptions) -> Result<BuildRep
     let scan_opts = crate::scan::ScanOptions {
         use_epoch: opts.mtimes == MtimePolicy::Zero,
         threads: opts.threads,
+        hash: opts.hash,
         ..Default::default()
     };
     let mut tree = crate::scan::scan_directory(rootfs, &scan_opts, Some(&batch))
@@ -438,7 +441,7 @@ pub fn build(rootfs: &Path, repo: &Repo, opts: &BuildOptions) -> Result<BuildRep
     drop(tree);
     // Objects become visible before the image that names them.
     let stats = batch.commit().map_err(|e| RepoError::Store(Box::new(e)))?;
-    let digest = publish_image(repo, &image)?;
+    let digest = publish_image(repo, &image, opts.hash)?;
     Ok(BuildReport {
         digest,
         image_size: image.len() as u64,
@@ -452,8 +455,12 @@ pub fn build(rootfs: &Path, repo: &Repo, opts: &BuildOptions) -> Result<BuildRep
 /// a temp file and rename. Callers publish objects first. An existing file
 /// with the same bytes is left alone; one with other bytes (damaged) is
 /// replaced whole. Returns the digest.
-pub fn publish_image(repo: &Repo, image: &[u8]) -> Result<Digest, RepoError> {
-    let digest = fsverity::digest_bytes(HashAlgorithm::Sha256, image);
+pub fn publish_image(
+    repo: &Repo,
+    image: &[u8],
+    algorithm: HashAlgorithm,
+) -> Result<Digest, RepoError> {
+    let digest = fsverity::digest_bytes(algorithm, image);
     let dir = repo.images_dir();
     create_dir_all(&dir)?;
     remove_stale_temps(&dir)?;
@@ -842,12 +849,7 @@ pub fn install_with_objects(
     report.objects_copied = stats.added;
     report.bytes_copied = stats.bytes_added;
     let image_path = target.image_path(digest);
-    if digest.algorithm() == HashAlgorithm::Sha256 {
-        publish_image(target, image)?;
-    } else {
-        create_dir_all(&target.images_dir())?;
-        write_file_atomic(&image_path, image)?;
-    }
+    publish_image(target, image, digest.algorithm())?;
     report.seal_installed = install_seal(source, target, digest)?;
     let deploy = target.deploy_dir(digest);
     for sub in ["etc/upper", "etc/work", "var"] {

@@ -48,6 +48,9 @@ pub struct ScanOptions {
     pub use_epoch: bool,
     /// Hashing threads; 0 = all cores.
     pub threads: usize,
+    /// fs-verity algorithm for external files (their object names and
+    /// `trusted.overlay.metacopy`). SHA-256 unless asked otherwise.
+    pub hash: HashAlgorithm,
 }
 
 /// Why a scan failed.
@@ -275,9 +278,15 @@ fn read_exact_size(f: &mut File, path: &Path, size: u64) -> Result<Box<[u8]>, Sc
 }
 
 /// fs-verity digest of an open file read with `pread` into `buf`.
-fn hash_open(f: &File, path: &Path, size: u64, buf: &mut [u8]) -> Result<Digest, ScanError> {
+fn hash_open(
+    alg: HashAlgorithm,
+    f: &File,
+    path: &Path,
+    size: u64,
+    buf: &mut [u8],
+) -> Result<Digest, ScanError> {
     use std::os::unix::fs::FileExt;
-    let mut h = crate::fsverity::MerkleHasher::new(HashAlgorithm::Sha256);
+    let mut h = crate::fsverity::MerkleHasher::new(alg);
     let mut off = 0u64;
     loop {
         let n = f.read_at(buf, off).map_err(io_err(path))?;
@@ -321,9 +330,9 @@ fn finish_one(
                             path: path.to_path_buf(),
                         });
                     }
-                    crate::fsverity::digest_file(HashAlgorithm::Sha256, &f).map_err(io_err(path))?
+                    crate::fsverity::digest_file(opts.hash, &f).map_err(io_err(path))?
                 } else {
-                    hash_open(&f, path, *size, buf)?
+                    hash_open(opts.hash, &f, path, *size, buf)?
                 };
                 if let Some(b) = store {
                     b.add_file(path, &d).map_err(|source| ScanError::Store {

@@ -66,10 +66,14 @@ fn build(root: &Path, repo: &Path, extra: &[&str], sde: Option<&str>) -> Digest 
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    Digest::parse_hex(HashAlgorithm::Sha256, text.trim()).unwrap()
+    Digest::parse_hex_any(text.trim()).unwrap()
 }
 
 fn objects_named_by_content(r: &Repo) -> usize {
+    objects_named_by_content_alg(r, HashAlgorithm::Sha256)
+}
+
+fn objects_named_by_content_alg(r: &Repo, alg: HashAlgorithm) -> usize {
     let mut n = 0;
     for sub in fs::read_dir(r.objects_dir()).unwrap() {
         let sub = sub.unwrap();
@@ -80,7 +84,7 @@ fn objects_named_by_content(r: &Repo) -> usize {
         for f in fs::read_dir(sub.path()).unwrap() {
             let f = f.unwrap();
             let fname = f.file_name().into_string().unwrap();
-            let d = fsverity::digest_bytes(HashAlgorithm::Sha256, &fs::read(f.path()).unwrap());
+            let d = fsverity::digest_bytes(alg, &fs::read(f.path()).unwrap());
             assert_eq!(
                 d.object_path(),
                 format!("{name}/{fname}"),
@@ -231,6 +235,65 @@ fn build_is_reproducible_and_verifies() {
     // the store never rewrites an existing object; verify keeps reporting it).
     build(&root, &r1, &[], None);
     assert!(gone.exists());
+}
+
+#[test]
+fn sha512_build_names_everything_by_sha512_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    make_tree(&root, 5);
+    let repo = dir.path().join("repo");
+    let sk = key("sealroot-test.pem");
+    let d = build(&root, &repo, &["--hash-alg", "sha512", "--sign", &sk], None);
+    assert_eq!(d.algorithm(), HashAlgorithm::Sha512);
+    let r = Repo::new(&repo);
+    let image = fs::read(r.image_path(&d)).unwrap();
+    assert_eq!(fsverity::digest_bytes(HashAlgorithm::Sha512, &image), d);
+    assert!(objects_named_by_content_alg(&r, HashAlgorithm::Sha512) > 0);
+    // The image's overlay metacopy xattrs carry SHA-512 digests, and every one
+    // of them is an object in the store.
+    let referenced = sealroot::erofs::reader::referenced_objects(&image).unwrap();
+    assert!(!referenced.is_empty());
+    for obj in &referenced {
+        assert_eq!(obj.algorithm(), HashAlgorithm::Sha512);
+        assert!(r.objects_dir().join(obj.object_path()).is_file());
+    }
+    let hex = d.to_hex();
+    let pk = key("sealroot-test.pub.pem");
+    let out = sealctl(
+        &[
+            "verify",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--key",
+            &pk,
+            &hex,
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = sealctl(&["cmdline", "--repo", repo.to_str().unwrap(), &hex], None);
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!("composefs.digest=v1-sha512-12:{hex}")
+    );
+    let out = sealctl(
+        &[
+            "build",
+            root.to_str().unwrap(),
+            "--repo",
+            repo.to_str().unwrap(),
+            "--hash-alg",
+            "sha1",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown hash algorithm \"sha1\""));
 }
 
 #[test]

@@ -52,7 +52,8 @@ fn real_repo(dir: &Path, n: usize) -> (Repo, Digest, Vec<Digest>) {
     dump.push_str("/small 5 100644 1 0 0 0 0.0 - hello -\n");
     let tree = sealroot::dumpfile::parse(dump.as_bytes(), true).unwrap();
     let image = sealroot::erofs::writer::write_image(&tree, &Default::default()).unwrap();
-    let digest = sealroot::repo::publish_image(&r, &image).unwrap();
+    let digest =
+        sealroot::repo::publish_image(&r, &image, sealroot::digest::HashAlgorithm::Sha256).unwrap();
     let out = sealctl(&[
         "sign",
         "--key",

@@ -404,7 +404,10 @@ fn build_nodes(tree: &Tree, version: u32) -> Result<Vec<Node<'_>>, WriteError> {
                                 }
                                 let metacopy: Cow<[u8]> = match &r.digest {
                                     Some(d) => {
-                                        let mut v = vec![0u8, 36, 0, 1];
+                                        // version 0, total length, flags 0,
+                                        // fs-verity algorithm, digest bytes.
+                                        let len = 4 + d.as_bytes().len() as u8;
+                                        let mut v = vec![0u8, len, 0, d.algorithm().number()];
                                         v.extend_from_slice(d.as_bytes());
                                         Cow::Owned(v)
                                     }

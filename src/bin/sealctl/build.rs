@@ -9,6 +9,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use sealroot::digest::HashAlgorithm;
 use sealroot::{keys, repo};
 
 #[derive(clap::Args)]
@@ -29,6 +30,15 @@ pub struct Args {
     /// Hashing threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// fs-verity hash algorithm of the image and objects: sha256 (composefs's
+    /// default) or sha512.
+    #[arg(long = "hash-alg", default_value = "sha256", value_parser = parse_hash_alg)]
+    hash_alg: HashAlgorithm,
+}
+
+fn parse_hash_alg(name: &str) -> Result<HashAlgorithm, String> {
+    HashAlgorithm::from_name(name)
+        .ok_or_else(|| format!("unknown hash algorithm {name:?}: expected sha256 or sha512"))
 }
 
 fn mtime_policy(use_epoch: bool) -> Result<repo::MtimePolicy, String> {
@@ -63,6 +73,7 @@ pub fn run(args: Args) -> ExitCode {
     let opts = repo::BuildOptions {
         mtimes,
         threads: args.threads,
+        hash: args.hash_alg,
     };
     let tty = std::io::stderr().is_terminal();
     if tty {

@@ -120,6 +120,7 @@ fn run_inner(args: Args) -> Result<(), String> {
             skip_devices: args.skip_devices,
             use_epoch: args.use_epoch,
             threads: args.threads.unwrap_or(0),
+            hash: HashAlgorithm::Sha256,
         };
         scan_directory(source, &scan_opts, batch.as_ref()).map_err(|e| e.to_string())?
     };
