@@ -282,7 +282,7 @@ fn matrix(f: &Fixture, base: &str) {
     assert!(text(&o).contains("policy: sealed-digest"), "{}", text(&o));
     assert!(!text(&o).contains("key:"), "{}", text(&o));
 
-    // A tampered image is refused even with the right key.
+    // A tampered manifest is refused even with the right key.
     let tampered = f.root.join("repo-tampered");
     std::fs::create_dir_all(tampered.join("composefs")).unwrap();
     let o = Command::new("cp")
@@ -293,10 +293,13 @@ fn matrix(f: &Fixture, base: &str) {
         .output()
         .unwrap();
     assert!(o.status.success());
-    let img = tampered.join("composefs/images").join(&f.hex);
-    let mut data = std::fs::read(&img).unwrap();
-    data[100] ^= 1;
-    std::fs::write(&img, data).unwrap();
+    let manifest = tampered
+        .join("composefs/seals")
+        .join(format!("{}.json", f.hex));
+    let mut data = std::fs::read(&manifest).unwrap();
+    let last = data.len() - 3;
+    data[last] ^= 1;
+    std::fs::write(&manifest, data).unwrap();
     let o = check(&bin_a, &tampered, &f.hex);
     assert!(!o.status.success(), "{}", text(&o));
 }
