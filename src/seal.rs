@@ -41,6 +41,21 @@ pub const SIGNATURE_SIZE: usize = 64;
 /// Longest `os` / `version` value.
 pub const MAX_TEXT_FIELD: usize = 256;
 
+/// First parsing pass of a manifest: only the format id (unknown fields
+/// are allowed here; the second pass is strict).
+#[derive(serde::Deserialize)]
+struct FormatProbe {
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// The signer fingerprint an unverified manifest claims (for the message).
+#[derive(serde::Deserialize)]
+struct KeyProbe {
+    #[serde(default)]
+    key: Option<String>,
+}
+
 /// Why a seal was refused.
 #[derive(Debug)]
 pub enum SealError {
@@ -256,26 +271,19 @@ impl Manifest {
     /// Parse and check a manifest strictly (see the module contract).
     pub fn parse(bytes: &[u8]) -> Result<Manifest, SealError> {
         check_manifest_size(bytes.len() as u64)?;
-        let value: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| SealError::ManifestMalformed(e.to_string()))?;
-        let object = value
-            .as_object()
-            .ok_or_else(|| SealError::ManifestMalformed("not a JSON object".to_string()))?;
         // The format id decides how to read everything else, so it is
-        // checked before the field set.
-        match object.get("format") {
+        // checked before the field set: a first pass reads only "format"
+        // (other fields ignored), the second pass the whole v1 manifest.
+        // Typed passes rather than `serde_json::Value` keep the boot binary
+        // small.
+        let probe: FormatProbe = serde_json::from_slice(bytes)
+            .map_err(|e| SealError::ManifestMalformed(e.to_string()))?;
+        match probe.format {
             None => return Err(SealError::MissingFormat),
-            Some(serde_json::Value::String(s)) if s == FORMAT_V1 => {}
-            Some(serde_json::Value::String(s)) => {
-                return Err(SealError::UnknownFormat(s.chars().take(80).collect()))
-            }
-            Some(_) => {
-                return Err(SealError::ManifestMalformed(
-                    "\"format\" is not a string".to_string(),
-                ))
-            }
+            Some(s) if s == FORMAT_V1 => {}
+            Some(s) => return Err(SealError::UnknownFormat(s.chars().take(80).collect())),
         }
-        let wire: WireManifest = serde_json::from_value(value)
+        let wire: WireManifest = serde_json::from_slice(bytes)
             .map_err(|e| SealError::ManifestMalformed(e.to_string()))?;
         let algorithm = HashAlgorithm::from_name(&wire.digest.algorithm).ok_or_else(|| {
             SealError::UnknownAlgorithm(wire.digest.algorithm.chars().take(80).collect())
@@ -491,9 +499,9 @@ pub fn verify_seal(
 /// manifest or signature was altered. This only picks the message; the seal
 /// is refused either way.
 fn unverified_reason(manifest_bytes: &[u8], keys: &[VerifyingKey]) -> SealError {
-    let named = serde_json::from_slice::<serde_json::Value>(manifest_bytes)
+    let named = serde_json::from_slice::<KeyProbe>(manifest_bytes)
         .ok()
-        .and_then(|v| v.get("key").and_then(|k| k.as_str()).map(str::to_string));
+        .and_then(|p| p.key);
     match named {
         Some(fp) if validate_fingerprint(&fp).is_ok() => {
             if keys.iter().any(|k| keys::fingerprint(k) == fp) {
