@@ -11,42 +11,15 @@
 //! testdata/composefs`, else `/work/shared/testdata/composefs`; absent => skip
 //! with a message.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+mod common;
 
 use sealroot::digest::{Digest, HashAlgorithm};
 use sealroot::dumpfile;
 use sealroot::erofs::reader::{read_image, referenced_objects};
 use sealroot::erofs::{write_image, WriteOptions};
 use sealroot::tree::{Inode, InodeKind, RegularFile, Tree, ROOT};
-
-fn testdata() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("SEALROOT_TESTDATA").map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/composefs")),
-        Some(PathBuf::from("/work/shared/testdata/composefs")),
-    ];
-    candidates.into_iter().flatten().find(|p| p.is_dir())
-}
-
-fn read_vector(path: &Path) -> Vec<u8> {
-    if path.extension().is_some_and(|e| e == "gz") {
-        let out = std::process::Command::new("gzip")
-            .arg("-dc")
-            .arg(path)
-            .output()
-            .expect("run gzip");
-        assert!(out.status.success(), "gzip -dc {}", path.display());
-        out.stdout
-    } else {
-        std::fs::read(path).unwrap()
-    }
-}
-
-const LENIENT: &[&str] = &[
-    "no-newline.dump",
-    "longlink.dump",
-    "honggfuzz-longlink-unterminated.dump",
-];
 
 /// Vectors whose image the writer does not yet lay out like the reference
 /// (tests/vectors.rs KNOWN_MISMATCH): a long symlink's inline target crosses a
@@ -84,8 +57,7 @@ fn round_trip(name: &str, image: &[u8], opts: &WriteOptions) -> Result<Vec<u8>, 
 
 #[test]
 fn vectors_round_trip_through_the_reader() {
-    let Some(dir) = testdata() else {
-        eprintln!("SKIP: composefs test vectors not found (set SEALROOT_TESTDATA)");
+    let Some(dir) = common::testdata_or_skip() else {
         return;
     };
     let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
@@ -97,31 +69,11 @@ fn vectors_round_trip_through_the_reader() {
         let Some(base) = name.strip_suffix(".sha256") else {
             continue;
         };
-        let input = read_vector(&dir.join(base));
-        let strict = !LENIENT.contains(&base.trim_end_matches(".gz"));
-        let opts = match std::fs::read_to_string(dir.join(format!("{base}.version"))) {
-            Ok(v) => {
-                let v: u32 = v.trim().parse().unwrap();
-                WriteOptions {
-                    min_version: v,
-                    max_version: v,
-                }
-            }
-            Err(_) => WriteOptions::default(),
-        };
-        let tree = match dumpfile::parse(&input, strict) {
-            Ok(t) => t,
-            Err(err) => {
-                failures.push(format!("{base}: parse failed: {err}"));
-                continue;
-            }
-        };
-        let image = match write_image(&tree, &opts) {
-            Ok(i) => i,
-            Err(err) => {
-                failures.push(format!("{base}: write failed: {err}"));
-                continue;
-            }
+        let input = common::read_vector(&dir.join(base));
+        let strict = !common::LENIENT.contains(&base.trim_end_matches(".gz"));
+        let opts = common::vector_options(&dir, base);
+        let Some(image) = common::vector_image(base, &input, strict, &opts, &mut failures) else {
+            continue;
         };
         match round_trip(base, &image, &opts) {
             Ok(_) => checked += 1,

@@ -8,39 +8,15 @@
 
 use std::path::PathBuf;
 
+mod common;
+
 use sealroot::dumpfile;
 use sealroot::erofs::{write_image, WriteOptions};
 use sha2::{Digest as _, Sha256};
 
-fn testdata() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("SEALROOT_TESTDATA").map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/composefs")),
-        Some(PathBuf::from("/work/shared/testdata/composefs")),
-    ];
-    candidates.into_iter().flatten().find(|p| p.is_dir())
-}
-
-fn gunzip(path: &std::path::Path) -> Vec<u8> {
-    let out = std::process::Command::new("gzip")
-        .arg("-dc")
-        .arg(path)
-        .output()
-        .expect("run gzip");
-    assert!(out.status.success(), "gzip -dc {}", path.display());
-    out.stdout
-}
-
-const LENIENT: &[&str] = &[
-    "no-newline.dump",
-    "longlink.dump",
-    "honggfuzz-longlink-unterminated.dump",
-];
-
 #[test]
 fn vectors_reproduce_reference_images() {
-    let Some(dir) = testdata() else {
-        eprintln!("SKIP: composefs test vectors not found (set SEALROOT_TESTDATA)");
+    let Some(dir) = common::testdata_or_skip() else {
         return;
     };
     let mut checked = 0;
@@ -55,36 +31,12 @@ fn vectors_reproduce_reference_images() {
         let expected = std::fs::read_to_string(e.path()).unwrap();
         let expected = expected.split_whitespace().next().unwrap().to_string();
         let src = dir.join(base);
-        let input = if base.ends_with(".gz") {
-            gunzip(&src)
-        } else {
-            std::fs::read(&src).unwrap()
-        };
+        let input = common::read_vector(&src);
         let dump_name = base.trim_end_matches(".gz");
-        let strict = !LENIENT.contains(&dump_name);
-        let opts = match std::fs::read_to_string(dir.join(format!("{base}.version"))) {
-            Ok(v) => {
-                let v: u32 = v.trim().parse().unwrap();
-                WriteOptions {
-                    min_version: v,
-                    max_version: v,
-                }
-            }
-            Err(_) => WriteOptions::default(),
-        };
-        let tree = match dumpfile::parse(&input, strict) {
-            Ok(t) => t,
-            Err(err) => {
-                failures.push(format!("{base}: parse failed: {err}"));
-                continue;
-            }
-        };
-        let image = match write_image(&tree, &opts) {
-            Ok(i) => i,
-            Err(err) => {
-                failures.push(format!("{base}: write failed: {err}"));
-                continue;
-            }
+        let strict = !common::LENIENT.contains(&dump_name);
+        let opts = common::vector_options(&dir, base);
+        let Some(image) = common::vector_image(base, &input, strict, &opts, &mut failures) else {
+            continue;
         };
         let got = sealroot::digest::hex_encode(&Sha256::digest(&image));
         if got != expected {
@@ -111,8 +63,7 @@ fn vectors_reproduce_reference_images() {
 
 #[test]
 fn should_fail_vectors_are_refused() {
-    let Some(dir) = testdata() else {
-        eprintln!("SKIP: composefs test vectors not found (set SEALROOT_TESTDATA)");
+    let Some(dir) = common::testdata_or_skip() else {
         return;
     };
     let mut n = 0;

@@ -1,0 +1,91 @@
+//! Helpers shared by the integration tests. Each file in tests/ is its own
+//! crate and uses only some of these, hence the module-wide `dead_code`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use sealroot::dumpfile;
+use sealroot::erofs::{write_image, WriteOptions};
+
+/// The composefs test vectors: env `SEALROOT_TESTDATA`, else
+/// `CARGO_MANIFEST_DIR/../shared/testdata/composefs`, else
+/// `/work/shared/testdata/composefs`.
+pub fn testdata() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("SEALROOT_TESTDATA").map(PathBuf::from),
+        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/composefs")),
+        Some(PathBuf::from("/work/shared/testdata/composefs")),
+    ];
+    candidates.into_iter().flatten().find(|p| p.is_dir())
+}
+
+/// [`testdata`], printing why the test is skipped when it is absent.
+pub fn testdata_or_skip() -> Option<PathBuf> {
+    let dir = testdata();
+    if dir.is_none() {
+        eprintln!("SKIP: composefs test vectors not found (set SEALROOT_TESTDATA)");
+    }
+    dir
+}
+
+/// A vector's bytes, decompressed with `gzip -dc` when it ends in `.gz`.
+pub fn read_vector(path: &Path) -> Vec<u8> {
+    if path.extension().is_some_and(|e| e == "gz") {
+        let out = std::process::Command::new("gzip")
+            .arg("-dc")
+            .arg(path)
+            .output()
+            .expect("run gzip");
+        assert!(out.status.success(), "gzip -dc {}", path.display());
+        out.stdout
+    } else {
+        std::fs::read(path).unwrap()
+    }
+}
+
+/// Vectors the reference parses leniently.
+pub const LENIENT: &[&str] = &[
+    "no-newline.dump",
+    "longlink.dump",
+    "honggfuzz-longlink-unterminated.dump",
+];
+
+/// The writer options for vector `base`: the format version pinned by
+/// `<base>.version` if present, else the defaults.
+pub fn vector_options(dir: &Path, base: &str) -> WriteOptions {
+    match std::fs::read_to_string(dir.join(format!("{base}.version"))) {
+        Ok(v) => {
+            let v: u32 = v.trim().parse().unwrap();
+            WriteOptions {
+                min_version: v,
+                max_version: v,
+            }
+        }
+        Err(_) => WriteOptions::default(),
+    }
+}
+
+/// Parse vector `base` and write its image; a failure is pushed onto
+/// `failures` and gives `None`.
+pub fn vector_image(
+    base: &str,
+    input: &[u8],
+    strict: bool,
+    opts: &WriteOptions,
+    failures: &mut Vec<String>,
+) -> Option<Vec<u8>> {
+    let tree = match dumpfile::parse(input, strict) {
+        Ok(t) => t,
+        Err(err) => {
+            failures.push(format!("{base}: parse failed: {err}"));
+            return None;
+        }
+    };
+    match write_image(&tree, opts) {
+        Ok(i) => Some(i),
+        Err(err) => {
+            failures.push(format!("{base}: write failed: {err}"));
+            None
+        }
+    }
+}
