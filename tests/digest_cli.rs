@@ -5,9 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn sealctl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sealctl"))
-}
+mod common;
+use common::sealctl_cmd as sealctl;
 
 fn have_fsverity() -> bool {
     let ok = Command::new("fsverity")

@@ -17,6 +17,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::key as test_key;
+
 use sha2::{Digest as _, Sha256};
 
 const SEALROOT: &str = env!("CARGO_BIN_EXE_sealroot");
@@ -41,14 +44,6 @@ fn text(o: &Output) -> String {
 fn have(tool: &str) -> bool {
     Command::new(tool).arg("--version").output().is_ok()
         || Command::new(tool).arg("version").output().is_ok()
-}
-
-fn test_key(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("keys/test")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// `sha256:<hex>` of the raw key, from openssl's DER SubjectPublicKeyInfo.

@@ -2,15 +2,12 @@
 //! (checked by openssl), sealctl-made keys are read by `openssl pkey` and
 //! sign/verify with `openssl pkeyutl -rawin`.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod common;
 
 use ed25519_dalek::{Signer, Verifier};
 use sealroot::keys;
-
-fn sealctl() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sealctl"))
-}
 
 fn openssl(args: &[&str]) -> std::process::Output {
     let out = Command::new("openssl")
@@ -20,15 +17,11 @@ fn openssl(args: &[&str]) -> std::process::Output {
     out
 }
 
-fn repo_keys() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("keys/test")
-}
-
 #[test]
 fn committed_test_keys_match_openssl() {
     for name in ["sealroot-test", "other-test"] {
-        let priv_path = repo_keys().join(format!("{name}.pem"));
-        let pub_path = repo_keys().join(format!("{name}.pub.pem"));
+        let priv_path = common::test_keys_dir().join(format!("{name}.pem"));
+        let pub_path = common::test_keys_dir().join(format!("{name}.pub.pem"));
         let sk = keys::load_private_key(&priv_path).unwrap();
         let pk = keys::load_public_key(&pub_path).unwrap();
         assert_eq!(sk.verifying_key(), pk, "{name}: pair mismatch");
@@ -104,7 +97,7 @@ fn openssl_keys_sign_and_verify_both_ways() {
 fn sealctl_keygen_keys_work_with_openssl() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = dir.path().join("vendor");
-    let out = Command::new(sealctl())
+    let out = common::sealctl_cmd()
         .args(["keygen", "--output"])
         .arg(&prefix)
         .output()
@@ -176,7 +169,7 @@ fn sealctl_keygen_keys_work_with_openssl() {
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
 
     // keygen never overwrites.
-    let again = Command::new(sealctl())
+    let again = common::sealctl_cmd()
         .args(["keygen", "--output"])
         .arg(&prefix)
         .output()
@@ -228,7 +221,8 @@ fn key_errors_from_openssl_made_files() {
     let e = keys::load_private_key(&enc).unwrap_err();
     assert!(matches!(e, keys::KeyError::Encrypted), "{e}");
     // A public key where a private one is needed, and a missing file.
-    let e = keys::load_private_key(&repo_keys().join("sealroot-test.pub.pem")).unwrap_err();
+    let e =
+        keys::load_private_key(&common::test_keys_dir().join("sealroot-test.pub.pem")).unwrap_err();
     assert_eq!(
         e.to_string(),
         "PEM block is \"PUBLIC KEY\", expected \"PRIVATE KEY\""

@@ -5,29 +5,16 @@
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, SystemTime};
+
+mod common;
+use common::key;
+use common::sealctl_sde as sealctl;
 
 use sealroot::digest::{Digest, HashAlgorithm};
 use sealroot::fsverity;
 use sealroot::repo::Repo;
-
-fn key(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("keys/test")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn sealctl(args: &[&str], sde: Option<&str>) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sealctl"));
-    c.args(args).env_remove("SOURCE_DATE_EPOCH");
-    if let Some(v) = sde {
-        c.env("SOURCE_DATE_EPOCH", v);
-    }
-    c.output().unwrap()
-}
 
 /// A small root tree: nested dirs, inline and external files, a symlink,
 /// a hardlink, an empty file.
@@ -208,17 +195,7 @@ fn build_is_reproducible_and_verifies() {
     let gone = &objs[1];
     fs::remove_file(gone).unwrap();
     let v = verify(&r1);
-    let problems: Vec<(String, String)> = v["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["problem"].as_str().unwrap().into(),
-                p["path"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
+    let problems: Vec<(String, String)> = common::problems(&v);
     assert!(
         problems.contains(&(
             "object-digest-mismatch".into(),

@@ -5,6 +5,8 @@
 use std::fs;
 use std::path::Path;
 
+mod common;
+
 use sealroot::digest::{Digest, HashAlgorithm};
 use sealroot::fsverity;
 use sealroot::progress::Progress;
@@ -27,10 +29,8 @@ fn source(dir: &Path, n: usize) -> (Repo, Vec<Digest>, Vec<u8>, Digest) {
     let digest = fsverity::digest_bytes(HashAlgorithm::Sha256, &image);
     fs::create_dir_all(r.images_dir()).unwrap();
     fs::write(r.image_path(&digest), &image).unwrap();
-    let key = sealroot::keys::load_private_key(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("keys/test/sealroot-test.pem"),
-    )
-    .unwrap();
+    let key = sealroot::keys::load_private_key(&common::test_keys_dir().join("sealroot-test.pem"))
+        .unwrap();
     let mut m = sealroot::seal::Manifest::new(digest);
     m.serial = 3;
     repo::sign_image(&r, &key, &m).unwrap();

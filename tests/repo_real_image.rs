@@ -6,28 +6,15 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, SystemTime};
+
+mod common;
+use common::{key, sealctl};
 
 use sealroot::digest::{Digest, HashAlgorithm};
 use sealroot::fsverity;
 use sealroot::repo::Repo;
-
-fn key(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("keys/test")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn sealctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sealctl"))
-        .args(args)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .output()
-        .unwrap()
-}
 
 /// A repository with `n` objects, a real image naming them, and a seal.
 fn real_repo(dir: &Path, n: usize) -> (Repo, Digest, Vec<Digest>) {
@@ -82,17 +69,7 @@ fn verify_codes(root: &Path, digest: &Digest) -> (bool, Vec<(String, String)>, s
         &digest.to_hex(),
     ]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let problems = v["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["problem"].as_str().unwrap().to_string(),
-                p["path"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let problems = common::problems(&v);
     (out.status.success(), problems, v)
 }
 

@@ -8,25 +8,17 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
+use common::key;
 
 use sealroot::digest::{Digest, HashAlgorithm};
 use sealroot::fsverity;
 use sealroot::repo::Repo;
 
-fn key(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("keys/test")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
-
 fn sealctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sealctl"))
-        .args(args)
-        .output()
-        .unwrap()
+    common::sealctl_cmd().args(args).output().unwrap()
 }
 
 fn sealed_repo(dir: &Path, signer: &str) -> (Repo, Digest) {
@@ -66,17 +58,7 @@ fn verify_json(
     let out = sealctl(&args);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("bad json {e}: {}", String::from_utf8_lossy(&out.stdout)));
-    let problems = v["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["problem"].as_str().unwrap().to_string(),
-                p["path"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let problems = common::problems(&v);
     assert_eq!(v["ok"].as_bool().unwrap(), out.status.success());
     (out.status.success(), problems, v)
 }

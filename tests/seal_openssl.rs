@@ -5,24 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::{key, sealctl};
+
 use sealroot::digest::{Digest, HashAlgorithm};
 use sealroot::{fsverity, keys, seal};
-
-fn sealctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sealctl"))
-        .args(args)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .output()
-        .unwrap()
-}
-
-fn key(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("keys/test")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
 
 /// A repository holding one (fake) image under its fs-verity digest.
 fn repo_with_image(dir: &Path) -> (PathBuf, Digest) {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use sealroot::dumpfile;
 use sealroot::erofs::{write_image, WriteOptions};
@@ -88,4 +89,49 @@ pub fn vector_image(
             None
         }
     }
+}
+
+/// The committed test keys: `keys/test` in the source tree.
+pub fn test_keys_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("keys/test")
+}
+
+/// The path of test key `name` (under [`test_keys_dir`]) as a string.
+pub fn key(name: &str) -> String {
+    test_keys_dir().join(name).to_string_lossy().into_owned()
+}
+
+/// A `Command` for the `sealctl` binary of this build.
+pub fn sealctl_cmd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sealctl"))
+}
+
+/// Run `sealctl args` with `SOURCE_DATE_EPOCH` removed, or set to `sde`.
+pub fn sealctl_sde(args: &[&str], sde: Option<&str>) -> Output {
+    let mut c = sealctl_cmd();
+    c.args(args).env_remove("SOURCE_DATE_EPOCH");
+    if let Some(v) = sde {
+        c.env("SOURCE_DATE_EPOCH", v);
+    }
+    c.output().unwrap()
+}
+
+/// Run `sealctl args` with `SOURCE_DATE_EPOCH` removed.
+pub fn sealctl(args: &[&str]) -> Output {
+    sealctl_sde(args, None)
+}
+
+/// The `(problem, path)` pairs of a `sealctl verify --json` report.
+pub fn problems(v: &serde_json::Value) -> Vec<(String, String)> {
+    v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["problem"].as_str().unwrap().to_string(),
+                p["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
