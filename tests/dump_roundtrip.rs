@@ -263,11 +263,7 @@ fn sealctl_dump_prints_and_fails_cleanly() {
         .arg(&img_path)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     assert_eq!(out.stdout, dump(&read_image(&image).unwrap()));
     // A corrupted image: one line on stderr, non-zero exit, nothing on stdout.
     let mut bad = image.clone();

@@ -102,11 +102,7 @@ fn sealctl_keygen_keys_work_with_openssl() {
         .arg(&prefix)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let key = dir.path().join("vendor.pem");
     let pubk = dir.path().join("vendor.pub.pem");
     use std::os::unix::fs::PermissionsExt;
@@ -120,11 +116,7 @@ fn sealctl_keygen_keys_work_with_openssl() {
 
     // openssl parses both and derives the same public key file.
     let derived = openssl(&["pkey", "-in", key.to_str().unwrap(), "-pubout"]);
-    assert!(
-        derived.status.success(),
-        "{}",
-        String::from_utf8_lossy(&derived.stderr)
-    );
+    common::assert_success(&derived);
     assert_eq!(derived.stdout, std::fs::read(&pubk).unwrap());
     let text = openssl(&[
         "pkey",

@@ -14,6 +14,8 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 use sealroot::digest::HashAlgorithm;
 use sealroot::dumpfile;
 use sealroot::erofs::{write_image, WriteOptions};
@@ -210,11 +212,7 @@ fn digest_store_objects_match_their_names_and_print_digest() {
         .arg(&img)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let image = fs::read(&img).unwrap();
     let printed = String::from_utf8(out.stdout).unwrap();
     let expected = sealroot::fsverity::digest_bytes(HashAlgorithm::Sha256, &image).to_hex();

@@ -49,11 +49,7 @@ fn real_repo(dir: &Path, n: usize) -> (Repo, Digest, Vec<Digest>) {
         dir.to_str().unwrap(),
         &digest.to_hex(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     objects.sort();
     (r, digest, objects)
 }
@@ -182,11 +178,7 @@ fn install_copies_then_refuses_without_verity() {
     copy_only.push("--copy-only");
     copy_only.push(&hex);
     let out = sealctl(&copy_only);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("5 objects, 0 copied"));
     // Bad inputs.
     for (digest_arg, want) in [
@@ -301,11 +293,7 @@ fn sealctl_install_survives_sigkill() {
         dst.path().to_str().unwrap(),
         &digest.to_hex(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let (ok, problems, _) = verify_codes(dst.path(), &digest);
     assert!(ok, "{problems:?}");
     eprintln!("{midway} of {rounds} kills landed mid-copy");

@@ -37,11 +37,7 @@ fn sealed_repo(dir: &Path, signer: &str) -> (Repo, Digest) {
         "5",
         &digest.to_hex(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     (r, digest)
 }
 

@@ -135,3 +135,13 @@ pub fn problems(v: &serde_json::Value) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// Assert that the command exited successfully, showing its stderr if not.
+#[track_caller]
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
