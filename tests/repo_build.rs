@@ -339,11 +339,7 @@ fn build_survives_sigkill() {
     make_tree(&root, 80);
     let repo = dir.path().join("repo");
     let r = Repo::new(&repo);
-    let mut seed = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
+    let mut rng = common::Rng::new();
     // Time one full build of this tree so the kills spread over a whole
     // build (scan, image write, commit, publish) on this machine's speed.
     let t0 = std::time::Instant::now();
@@ -351,10 +347,8 @@ fn build_survives_sigkill() {
     let span = (t0.elapsed().as_micros() as u64).max(1000);
     let mut killed_before_image = 0;
     for round in 0..16 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sealctl"))
+        let seed = rng.step();
+        let child = Command::new(env!("CARGO_BIN_EXE_sealctl"))
             .args([
                 "build",
                 root.to_str().unwrap(),
@@ -365,9 +359,7 @@ fn build_survives_sigkill() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_micros(seed % span));
-        let _ = child.kill();
-        let _ = child.wait();
+        common::kill_after(child, seed % span);
         if r.objects_dir().exists() {
             objects_named_by_content(&r);
         }

@@ -9,7 +9,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime};
+
+mod common;
 
 use sealroot::digest::{Digest, HashAlgorithm};
 use sealroot::fsverity;
@@ -17,24 +18,6 @@ use sealroot::progress::Progress;
 use sealroot::repo::{self, InstallOptions, Repo};
 
 const CHILD_ENV: &str = "SEALROOT_CRASH_CHILD";
-
-/// xorshift seeded from the clock: enough to scatter kill times.
-struct Rng(u64);
-impl Rng {
-    fn new() -> Rng {
-        let t = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
-        Rng(t | 1)
-    }
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % below
-    }
-}
 
 fn make_source(dir: &Path) -> (Vec<Digest>, Digest) {
     let r = Repo::new(dir);
@@ -149,7 +132,7 @@ fn install_copy_phase_survives_sigkill() {
     let dst = tempfile::tempdir().unwrap();
     let (objects, digest) = make_source(src.path());
     let t = Repo::new(dst.path());
-    let mut rng = Rng::new();
+    let mut rng = common::Rng::new();
     let exe = std::env::current_exe().unwrap();
     let spawn_child = |dst: &Path| {
         Command::new(&exe)
@@ -182,11 +165,7 @@ fn install_copy_phase_survives_sigkill() {
     let mut killed_midway = 0;
     let rounds = 25;
     for _ in 0..rounds {
-        let mut child = spawn_child(dst.path());
-        std::thread::sleep(Duration::from_micros(rng.next(span)));
-        let finished = child.try_wait().unwrap().is_some();
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
+        let finished = common::kill_after(spawn_child(dst.path()), rng.next(span));
         let present = check_target(&t);
         if !finished && present < objects.len() {
             killed_midway += 1;

@@ -7,7 +7,6 @@
 use std::fs;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, SystemTime};
 
 mod common;
 use common::{key, sealctl};
@@ -202,11 +201,7 @@ fn sealctl_install_survives_sigkill() {
     let dst = tempfile::tempdir().unwrap();
     let (_, digest, objects) = real_repo(src.path(), 50);
     let t = Repo::new(dst.path());
-    let mut seed = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
+    let mut rng = common::Rng::new();
     // Time one complete install so the kills spread over a whole run.
     let timing = tempfile::tempdir().unwrap();
     let t0 = std::time::Instant::now();
@@ -224,10 +219,8 @@ fn sealctl_install_survives_sigkill() {
     let rounds = 30;
     let mut midway = 0;
     for _ in 0..rounds {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sealctl"))
+        let seed = rng.step();
+        let child = Command::new(env!("CARGO_BIN_EXE_sealctl"))
             .args([
                 "install",
                 "--copy-only",
@@ -241,10 +234,7 @@ fn sealctl_install_survives_sigkill() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_micros(seed % span));
-        let done = child.try_wait().unwrap().is_some();
-        let _ = child.kill();
-        let _ = child.wait();
+        let done = common::kill_after(child, seed % span);
         // Nothing under a digest name has other content.
         let mut present = 0;
         if let Ok(top) = fs::read_dir(t.objects_dir()) {

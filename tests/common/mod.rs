@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, SystemTime};
 
 use sealroot::dumpfile;
 use sealroot::erofs::{write_image, WriteOptions};
@@ -144,4 +145,40 @@ pub fn assert_success(out: &Output) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// xorshift seeded from the clock: enough to scatter kill times.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new() -> Rng {
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Rng(t | 1)
+    }
+
+    /// The next raw state.
+    pub fn step(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// The next state, reduced below `below`.
+    pub fn next(&mut self, below: u64) -> u64 {
+        self.step() % below
+    }
+}
+
+/// Let `child` run for `micros` microseconds, then SIGKILL and reap it;
+/// returns whether it had already exited.
+pub fn kill_after(mut child: Child, micros: u64) -> bool {
+    std::thread::sleep(Duration::from_micros(micros));
+    let finished = child.try_wait().unwrap().is_some();
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+    finished
 }
