@@ -2,20 +2,11 @@
 //! (checked by openssl), sealctl-made keys are read by `openssl pkey` and
 //! sign/verify with `openssl pkeyutl -rawin`.
 
-use std::process::Command;
-
 mod common;
+use common::{openssl, openssl_sign, openssl_verify};
 
 use ed25519_dalek::{Signer, Verifier};
 use sealroot::keys;
-
-fn openssl(args: &[&str]) -> std::process::Output {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl must be installed for these tests");
-    out
-}
 
 #[test]
 fn committed_test_keys_match_openssl() {
@@ -71,19 +62,7 @@ fn openssl_keys_sign_and_verify_both_ways() {
     let sk = keys::load_private_key(&key).unwrap();
     let pk = keys::load_public_key(&pubk).unwrap();
     // openssl signs, we verify strictly.
-    assert!(openssl(&[
-        "pkeyutl",
-        "-sign",
-        "-inkey",
-        key.to_str().unwrap(),
-        "-rawin",
-        "-in",
-        msg.to_str().unwrap(),
-        "-out",
-        sig_openssl.to_str().unwrap(),
-    ])
-    .status
-    .success());
+    assert!(openssl_sign(&key, &msg, &sig_openssl).status.success());
     let sig_bytes: [u8; 64] = std::fs::read(&sig_openssl).unwrap().try_into().unwrap();
     let sig = ed25519_dalek::Signature::from_bytes(&sig_bytes);
     let data = std::fs::read(&msg).unwrap();
@@ -133,31 +112,8 @@ fn sealctl_keygen_keys_work_with_openssl() {
     let msg = dir.path().join("m");
     let sig = dir.path().join("m.sig");
     std::fs::write(&msg, b"hello").unwrap();
-    assert!(openssl(&[
-        "pkeyutl",
-        "-sign",
-        "-inkey",
-        key.to_str().unwrap(),
-        "-rawin",
-        "-in",
-        msg.to_str().unwrap(),
-        "-out",
-        sig.to_str().unwrap()
-    ])
-    .status
-    .success());
-    let v = openssl(&[
-        "pkeyutl",
-        "-verify",
-        "-pubin",
-        "-inkey",
-        pubk.to_str().unwrap(),
-        "-rawin",
-        "-in",
-        msg.to_str().unwrap(),
-        "-sigfile",
-        sig.to_str().unwrap(),
-    ]);
+    assert!(openssl_sign(&key, &msg, &sig).status.success());
+    let v = openssl_verify(&pubk, &msg, &sig);
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
 
     // keygen never overwrites.

@@ -49,23 +49,7 @@ fn sealctl_seal_verifies_with_openssl_and_library() {
     let sig = repo.join(format!("composefs/seals/{hex}.sig"));
     assert_eq!(std::fs::metadata(&sig).unwrap().len(), 64);
 
-    let check = |pubkey: &str| {
-        Command::new("openssl")
-            .args([
-                "pkeyutl",
-                "-verify",
-                "-pubin",
-                "-inkey",
-                &key(pubkey),
-                "-rawin",
-                "-in",
-            ])
-            .arg(&json)
-            .arg("-sigfile")
-            .arg(&sig)
-            .output()
-            .unwrap()
-    };
+    let check = |pubkey: &str| common::openssl_verify(Path::new(&key(pubkey)), &json, &sig);
     let ok = check("sealroot-test.pub.pem");
     assert!(
         ok.status.success(),
@@ -88,20 +72,7 @@ fn sealctl_seal_verifies_with_openssl_and_library() {
 
     // openssl signs our manifest bytes; the library accepts that signature.
     let osig = dir.path().join("openssl.sig");
-    let o = Command::new("openssl")
-        .args([
-            "pkeyutl",
-            "-sign",
-            "-inkey",
-            &key("sealroot-test.pem"),
-            "-rawin",
-            "-in",
-        ])
-        .arg(&json)
-        .arg("-out")
-        .arg(&osig)
-        .output()
-        .unwrap();
+    let o = common::openssl_sign(Path::new(&key("sealroot-test.pem")), &json, &osig);
     assert!(o.status.success());
     let osig = std::fs::read(&osig).unwrap();
     assert_eq!(osig, s, "Ed25519 is deterministic");

@@ -182,3 +182,39 @@ pub fn kill_after(mut child: Child, micros: u64) -> bool {
     let _ = child.wait();
     finished
 }
+
+/// Run `openssl args`.
+pub fn openssl(args: &[&str]) -> Output {
+    Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl must be installed for these tests")
+}
+
+/// `openssl pkeyutl -sign -rawin`: sign file `msg` with private key `key`
+/// into `sig`.
+pub fn openssl_sign(key: &Path, msg: &Path, sig: &Path) -> Output {
+    Command::new("openssl")
+        .args(["pkeyutl", "-sign", "-inkey"])
+        .arg(key)
+        .args(["-rawin", "-in"])
+        .arg(msg)
+        .arg("-out")
+        .arg(sig)
+        .output()
+        .expect("openssl must be installed for these tests")
+}
+
+/// `openssl pkeyutl -verify -rawin`: check signature file `sig` over file
+/// `msg` with public key `pubkey`.
+pub fn openssl_verify(pubkey: &Path, msg: &Path, sig: &Path) -> Output {
+    Command::new("openssl")
+        .args(["pkeyutl", "-verify", "-pubin", "-inkey"])
+        .arg(pubkey)
+        .args(["-rawin", "-in"])
+        .arg(msg)
+        .arg("-sigfile")
+        .arg(sig)
+        .output()
+        .expect("openssl must be installed for these tests")
+}
