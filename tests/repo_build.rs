@@ -57,30 +57,7 @@ fn build(root: &Path, repo: &Path, extra: &[&str], sde: Option<&str>) -> Digest 
 }
 
 fn objects_named_by_content(r: &Repo) -> usize {
-    objects_named_by_content_alg(r, HashAlgorithm::Sha256)
-}
-
-fn objects_named_by_content_alg(r: &Repo, alg: HashAlgorithm) -> usize {
-    let mut n = 0;
-    for sub in fs::read_dir(r.objects_dir()).unwrap() {
-        let sub = sub.unwrap();
-        let name = sub.file_name().into_string().unwrap();
-        if name.starts_with('.') {
-            continue;
-        }
-        for f in fs::read_dir(sub.path()).unwrap() {
-            let f = f.unwrap();
-            let fname = f.file_name().into_string().unwrap();
-            let d = fsverity::digest_bytes(alg, &fs::read(f.path()).unwrap());
-            assert_eq!(
-                d.object_path(),
-                format!("{name}/{fname}"),
-                "wrong content under a digest name"
-            );
-            n += 1;
-        }
-    }
-    n
+    common::objects_named_by_content(r, HashAlgorithm::Sha256)
 }
 
 #[test]
@@ -226,7 +203,7 @@ fn sha512_build_names_everything_by_sha512_and_verifies() {
     let r = Repo::new(&repo);
     let image = fs::read(r.image_path(&d)).unwrap();
     assert_eq!(fsverity::digest_bytes(HashAlgorithm::Sha512, &image), d);
-    assert!(objects_named_by_content_alg(&r, HashAlgorithm::Sha512) > 0);
+    assert!(common::objects_named_by_content(&r, HashAlgorithm::Sha512) > 0);
     // The image's overlay metacopy xattrs carry SHA-512 digests, and every one
     // of them is an object in the store.
     let referenced = sealroot::erofs::reader::referenced_objects(&image).unwrap();

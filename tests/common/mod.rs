@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, SystemTime};
 
+use sealroot::digest::HashAlgorithm;
 use sealroot::dumpfile;
 use sealroot::erofs::{write_image, WriteOptions};
+use sealroot::fsverity;
+use sealroot::repo::Repo;
 
 /// The composefs test vectors: env `SEALROOT_TESTDATA`, else
 /// `CARGO_MANIFEST_DIR/../shared/testdata/composefs`, else
@@ -217,4 +220,29 @@ pub fn openssl_verify(pubkey: &Path, msg: &Path, sig: &Path) -> Output {
         .arg(sig)
         .output()
         .expect("openssl must be installed for these tests")
+}
+
+/// Every object under `r`'s `objects/` (dot-prefixed top-level entries
+/// aside) has the content its `alg` digest name says; returns how many.
+pub fn objects_named_by_content(r: &Repo, alg: HashAlgorithm) -> usize {
+    let mut n = 0;
+    for sub in std::fs::read_dir(r.objects_dir()).unwrap() {
+        let sub = sub.unwrap();
+        let name = sub.file_name().into_string().unwrap();
+        if name.starts_with('.') {
+            continue;
+        }
+        for f in std::fs::read_dir(sub.path()).unwrap() {
+            let f = f.unwrap();
+            let fname = f.file_name().into_string().unwrap();
+            let d = fsverity::digest_bytes(alg, &std::fs::read(f.path()).unwrap());
+            assert_eq!(
+                d.object_path(),
+                format!("{name}/{fname}"),
+                "wrong content under a digest name"
+            );
+            n += 1;
+        }
+    }
+    n
 }
