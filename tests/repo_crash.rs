@@ -97,6 +97,21 @@ fn check_target(t: &Repo) -> usize {
     good
 }
 
+/// The copy phase of an install of `digest` from `s` to `t`, in process.
+fn install_copy_only(s: &Repo, t: &Repo, digest: &Digest, objects: &[Digest]) {
+    let image = fs::read(s.image_path(digest)).unwrap();
+    repo::install_with_objects(
+        s,
+        t,
+        digest,
+        &image,
+        objects,
+        InstallOptions { copy_only: true },
+        &Progress::hidden(),
+    )
+    .unwrap();
+}
+
 fn child_paths() -> Option<(PathBuf, PathBuf, String)> {
     let v = std::env::var(CHILD_ENV).ok()?;
     let mut it = v.split('\n');
@@ -112,18 +127,8 @@ fn crash_child_install() {
     };
     let s = Repo::new(src);
     let digest = Digest::parse_hex(HashAlgorithm::Sha256, &hex).unwrap();
-    let image = fs::read(s.image_path(&digest)).unwrap();
     let objects = list_objects(&s);
-    repo::install_with_objects(
-        &s,
-        &Repo::new(dst),
-        &digest,
-        &image,
-        &objects,
-        InstallOptions { copy_only: true },
-        &Progress::hidden(),
-    )
-    .unwrap();
+    install_copy_only(&s, &Repo::new(dst), &digest, &objects);
 }
 
 #[test]
@@ -177,18 +182,7 @@ fn install_copy_phase_survives_sigkill() {
         }
     }
     // The rerun completes and cleans up.
-    let s = Repo::new(src.path());
-    let image = fs::read(s.image_path(&digest)).unwrap();
-    repo::install_with_objects(
-        &s,
-        &t,
-        &digest,
-        &image,
-        &objects,
-        InstallOptions { copy_only: true },
-        &Progress::hidden(),
-    )
-    .unwrap();
+    install_copy_only(&Repo::new(src.path()), &t, &digest, &objects);
     assert_eq!(check_target(&t), objects.len());
     // Temporaries live under objects/.tmp/ (the store's) while a run is
     // going; after a completed run none is left.
