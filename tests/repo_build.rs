@@ -325,17 +325,12 @@ fn build_survives_sigkill() {
     let mut killed_before_image = 0;
     for round in 0..16 {
         let seed = rng.step();
-        let child = Command::new(env!("CARGO_BIN_EXE_sealctl"))
-            .args([
-                "build",
-                root.to_str().unwrap(),
-                "--repo",
-                repo.to_str().unwrap(),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = common::spawn_sealctl_quiet(&[
+            "build",
+            root.to_str().unwrap(),
+            "--repo",
+            repo.to_str().unwrap(),
+        ]);
         common::kill_after(child, seed % span);
         if r.objects_dir().exists() {
             objects_named_by_content(&r);

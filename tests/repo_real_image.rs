@@ -6,7 +6,6 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 mod common;
 use common::{key, sealctl};
@@ -195,6 +194,19 @@ fn install_copies_then_refuses_without_verity() {
     }
 }
 
+/// `sealctl install --copy-only` of image `hex` from `src` into `sysroot`.
+fn copy_only_args<'a>(src: &'a Path, sysroot: &'a Path, hex: &'a str) -> [&'a str; 7] {
+    [
+        "install",
+        "--copy-only",
+        "--repo",
+        src.to_str().unwrap(),
+        "--sysroot",
+        sysroot.to_str().unwrap(),
+        hex,
+    ]
+}
+
 #[test]
 fn sealctl_install_survives_sigkill() {
     let src = tempfile::tempdir().unwrap();
@@ -202,38 +214,18 @@ fn sealctl_install_survives_sigkill() {
     let (_, digest, objects) = real_repo(src.path(), 50);
     let t = Repo::new(dst.path());
     let mut rng = common::Rng::new();
+    let hex = digest.to_hex();
     // Time one complete install so the kills spread over a whole run.
     let timing = tempfile::tempdir().unwrap();
     let t0 = std::time::Instant::now();
-    let out = sealctl(&[
-        "install",
-        "--copy-only",
-        "--repo",
-        src.path().to_str().unwrap(),
-        "--sysroot",
-        timing.path().to_str().unwrap(),
-        &digest.to_hex(),
-    ]);
+    let out = sealctl(&copy_only_args(src.path(), timing.path(), &hex));
     assert!(out.status.success());
     let span = (t0.elapsed().as_micros() as u64).max(1000);
     let rounds = 30;
     let mut midway = 0;
     for _ in 0..rounds {
         let seed = rng.step();
-        let child = Command::new(env!("CARGO_BIN_EXE_sealctl"))
-            .args([
-                "install",
-                "--copy-only",
-                "--repo",
-                src.path().to_str().unwrap(),
-                "--sysroot",
-                dst.path().to_str().unwrap(),
-                &digest.to_hex(),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = common::spawn_sealctl_quiet(&copy_only_args(src.path(), dst.path(), &hex));
         let done = common::kill_after(child, seed % span);
         // Nothing under a digest name has other content.
         let present = if t.objects_dir().exists() {
@@ -263,15 +255,7 @@ fn sealctl_install_survives_sigkill() {
             fs::create_dir_all(dst.path()).unwrap();
         }
     }
-    let out = sealctl(&[
-        "install",
-        "--copy-only",
-        "--repo",
-        src.path().to_str().unwrap(),
-        "--sysroot",
-        dst.path().to_str().unwrap(),
-        &digest.to_hex(),
-    ]);
+    let out = sealctl(&copy_only_args(src.path(), dst.path(), &hex));
     common::assert_success(&out);
     let (ok, problems, _) = verify_codes(dst.path(), &digest);
     assert!(ok, "{problems:?}");

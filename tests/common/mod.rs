@@ -110,6 +110,16 @@ pub fn sealctl_cmd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sealctl"))
 }
 
+/// Start `sealctl args` with stdout and stderr discarded.
+pub fn spawn_sealctl_quiet(args: &[&str]) -> Child {
+    sealctl_cmd()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Run `sealctl args` with `SOURCE_DATE_EPOCH` removed, or set to `sde`.
 pub fn sealctl_sde(args: &[&str], sde: Option<&str>) -> Output {
     let mut c = sealctl_cmd();
