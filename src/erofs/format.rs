@@ -63,6 +63,7 @@ pub const XATTR_INDEX_USER: u8 = 1;
 pub const XATTR_INDEX_POSIX_ACL_ACCESS: u8 = 2;
 pub const XATTR_INDEX_POSIX_ACL_DEFAULT: u8 = 3;
 pub const XATTR_INDEX_TRUSTED: u8 = 4;
+pub const XATTR_INDEX_LUSTRE: u8 = 5;
 pub const XATTR_INDEX_SECURITY: u8 = 6;
 
 /// Xattr name prefixes with their EROFS index, in the order the reference
@@ -83,6 +84,9 @@ pub fn xattr_prefix(index: u8) -> Option<&'static [u8]> {
         XATTR_INDEX_POSIX_ACL_ACCESS => Some(b"system.posix_acl_access"),
         XATTR_INDEX_POSIX_ACL_DEFAULT => Some(b"system.posix_acl_default"),
         XATTR_INDEX_TRUSTED => Some(b"trusted."),
+        // Never written by composefs, but a valid EROFS index the kernel
+        // decodes, so a reader accepts it.
+        XATTR_INDEX_LUSTRE => Some(b"lustre."),
         XATTR_INDEX_SECURITY => Some(b"security."),
         _ => None,
     }

@@ -52,33 +52,33 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
+use super::format::{self, xattr_prefix};
 use crate::digest::{Digest, HashAlgorithm};
 use crate::tree::{
     self, DirEntry, InodeId, InodeKind, RegularFile, Timespec, Tree, Xattr, S_IFBLK, S_IFCHR,
     S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
 };
 
-/// Offset of the EROFS superblock.
-const SUPERBLOCK_OFFSET: usize = 1024;
-/// Size of the EROFS superblock.
-const SUPERBLOCK_SIZE: usize = 128;
-/// composefs header magic and header version.
-const COMPOSEFS_MAGIC: u32 = 0xd078_629a;
-const COMPOSEFS_HEADER_VERSION: u32 = 1;
-const EROFS_MAGIC: u32 = 0xE0F5_E1E2;
+// The on-disk numbers come from [`format`], shared with the writer; here
+// they are only given the integer types the bounds-checked parsing uses.
+const SUPERBLOCK_OFFSET: usize = format::SUPER_OFFSET as usize;
+const SUPERBLOCK_SIZE: usize = format::SUPERBLOCK_SIZE as usize;
+const COMPOSEFS_MAGIC: u32 = format::COMPOSEFS_MAGIC;
+const COMPOSEFS_HEADER_VERSION: u32 = format::COMPOSEFS_HEADER_VERSION;
+const EROFS_MAGIC: u32 = format::EROFS_MAGIC;
 /// composefs always writes 4096-byte blocks.
-const BLOCK_BITS: u8 = 12;
-const BLOCK_SIZE: usize = 1 << BLOCK_BITS;
-const SLOT_SIZE: usize = 32;
-const COMPACT_INODE_SIZE: usize = 32;
-const EXTENDED_INODE_SIZE: usize = 64;
-const DIRENT_SIZE: usize = 12;
-const XATTR_IBODY_HEADER_SIZE: usize = 12;
-const XATTR_ENTRY_HEADER_SIZE: usize = 4;
+const BLOCK_BITS: u8 = format::BLOCK_BITS as u8;
+const BLOCK_SIZE: usize = format::BLOCK_SIZE as usize;
+const SLOT_SIZE: usize = format::SLOT_SIZE as usize;
+const COMPACT_INODE_SIZE: usize = format::COMPACT_INODE_SIZE as usize;
+const EXTENDED_INODE_SIZE: usize = format::EXTENDED_INODE_SIZE as usize;
+const DIRENT_SIZE: usize = format::DIRENT_SIZE as usize;
+const XATTR_IBODY_HEADER_SIZE: usize = format::XATTR_IBODY_HEADER_SIZE as usize;
+const XATTR_ENTRY_HEADER_SIZE: usize = format::XATTR_ENTRY_SIZE as usize;
 
-const LAYOUT_FLAT_PLAIN: u8 = 0;
-const LAYOUT_FLAT_INLINE: u8 = 2;
-const LAYOUT_CHUNK_BASED: u8 = 4;
+const LAYOUT_FLAT_PLAIN: u8 = format::LAYOUT_FLAT_PLAIN as u8;
+const LAYOUT_FLAT_INLINE: u8 = format::LAYOUT_FLAT_INLINE as u8;
+const LAYOUT_CHUNK_BASED: u8 = format::LAYOUT_CHUNK_BASED as u8;
 
 /// Longest symlink target (PATH_MAX without its NUL).
 const MAX_SYMLINK: u64 = 4095;
@@ -457,19 +457,6 @@ pub struct RawDirent<'a> {
     pub nid: u64,
     pub file_type: u8,
     pub name: &'a [u8],
-}
-
-fn xattr_prefix(index: u8) -> Option<&'static [u8]> {
-    Some(match index {
-        0 => b"",
-        1 => b"user.",
-        2 => b"system.posix_acl_access",
-        3 => b"system.posix_acl_default",
-        4 => b"trusted.",
-        5 => b"lustre.",
-        6 => b"security.",
-        _ => return None,
-    })
 }
 
 impl<'a> Image<'a> {
