@@ -578,6 +578,10 @@ pub fn main() -> ExitCode {
         // consume; pass them on to the real init.
         run_pid1(rest, started);
     }
+    // `--show-trust` / `check-seal`: inspection only, never reached as PID 1.
+    if let Some(code) = crate::trust::tool_main(&rest) {
+        return code;
+    }
     match rest.first().map(String::as_str) {
         Some("prepare") => {
             let pa = match parse_prepare_args(&rest[1..]) {

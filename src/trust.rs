@@ -478,18 +478,12 @@ pub fn check_seal(
 }
 
 /// `sealroot --show-trust` and `sealroot check-seal --repo DIR DIGEST`:
-/// inspection entry points that never mount anything. `None` when the
-/// arguments are not one of these, or when running as PID 1 (argv of init
-/// comes from the kernel command line and must never steer the boot).
-pub fn tool_main() -> Option<std::process::ExitCode> {
+/// inspection entry points that never mount anything. `args` excludes
+/// argv[0]. `None` when the arguments are not one of these. Only
+/// [`crate::boot::main`] calls it, after its PID 1 branch, because argv of
+/// init comes from the kernel command line and must never steer the boot.
+pub fn tool_main(args: &[String]) -> Option<std::process::ExitCode> {
     use std::process::ExitCode;
-    if rustix::process::getpid() == rustix::process::Pid::INIT {
-        return None;
-    }
-    let args: Vec<String> = std::env::args_os()
-        .skip(1)
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
     let result = match args.first().map(String::as_str) {
         Some("--show-trust") if args.len() == 1 => show().map_err(CheckSealError::Trust),
         Some("check-seal") => match args.get(1..) {
