@@ -211,9 +211,17 @@ impl fmt::Display for MountError {
                 kernel,
             } => write!(
                 f,
-                "cannot mount EROFS image ({step}): {}{}",
+                "cannot mount EROFS image ({step}): {}{}{}",
                 errno_name(*errno),
-                kernel_suffix(kernel)
+                kernel_suffix(kernel),
+                // The measured digest matched, so the stored Merkle tree is
+                // the sealed one: EIO here means the image's data blocks no
+                // longer match it, i.e. the file was altered after install.
+                if *errno == Errno::IO {
+                    "; the image's data does not match its fs-verity hashes (altered on disk): reinstall it"
+                } else {
+                    ""
+                }
             ),
             MountError::LoopDevice { step, errno } => write!(
                 f,
@@ -910,6 +918,22 @@ mod tests {
             read_file_limited(&dir.path().join("nope"), 1),
             Err(Some(Errno::NOENT))
         );
+    }
+
+    #[test]
+    fn erofs_eio_names_altered_data() {
+        let line = |errno| {
+            MountError::Erofs {
+                step: "create",
+                errno,
+                kernel: String::new(),
+            }
+            .to_string()
+        };
+        assert!(line(Errno::IO).ends_with(
+            "EIO; the image's data does not match its fs-verity hashes (altered on disk): reinstall it"
+        ));
+        assert!(!line(Errno::NODEV).contains("altered"));
     }
 
     #[test]
