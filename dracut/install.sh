@@ -29,6 +29,7 @@ moddir="$destdir/usr/lib/dracut/modules.d/90sealroot"
 install -d "$moddir"
 install -m 0755 "$here/90sealroot/module-setup.sh" "$moddir/module-setup.sh"
 install -m 0755 "$here/90sealroot/sealroot-pre-pivot.sh" "$moddir/sealroot-pre-pivot.sh"
+install -m 0755 "$here/90sealroot/sealroot-mount.sh" "$moddir/sealroot-mount.sh"
 install -m 0644 "$here/90sealroot/sealroot.service" "$moddir/sealroot.service"
 echo "installed $moddir"
 if [ -n "$binary" ]; then

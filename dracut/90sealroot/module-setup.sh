@@ -59,8 +59,10 @@ check() {
 }
 
 depends() {
-    # base: the init scripts and hook machinery; fs-lib: root fs helpers.
-    echo base fs-lib
+    # base: the init scripts and hook machinery; fs-lib: root fs helpers;
+    # rootfs-block: mounts the physical root (a block device: fs-verity needs
+    # ext4, btrfs or f2fs), whose mount hook the non-systemd path calls.
+    echo base fs-lib rootfs-block
     return 0
 }
 
@@ -104,10 +106,14 @@ install() {
         ln_r "$systemdsystemunitdir/sealroot.service" \
             "$systemdsystemunitdir/initrd-root-fs.target.requires/sealroot.service"
     else
-        # Without systemd: init.sh runs "mount" hooks until $NEWROOT looks like a
-        # root and removes hooks that mount something else, so sealroot cannot
-        # live there; pre-pivot runs once, after the root is mounted and before
-        # switch_root.
+        # Without systemd: init.sh sources "mount" hooks in order until
+        # $NEWROOT is mounted and looks like a root (dracut 059 wants /proc,
+        # /sys, /dev in it, which a sealed system's physical root lacks). The
+        # mount hook (98, before rootfs-block's 99-mount-root.sh) mounts the
+        # physical root through rootfs-block's hook and composes the verified
+        # root before that check; the pre-pivot hook composes it for a root
+        # mounted any other way, so no path reaches switch_root unverified.
+        inst_hook mount 98 "$moddir/sealroot-mount.sh"
         inst_hook pre-pivot 10 "$moddir/sealroot-pre-pivot.sh"
     fi
     return 0
