@@ -4,15 +4,26 @@
 # come from, and which 6.12 kernel they all use. Mirror hosts are read from
 # the machine's own apt configuration; none is written into the repository.
 
-# The main archive's URI, from debian.sources (deb822) or sources.list.
-debian_uri() {
-  local uri=""
+# The URI of the machine's first apt entry that is (SECURITY=1) or is not
+# (SECURITY=0) the security archive, from debian.sources (deb822) or
+# sources.list; nothing when there is none.
+apt_entry_uri() {
+  local security=$1 uri=""
   if [ -f /etc/apt/sources.list.d/debian.sources ]; then
-    uri=$(awk '/^URIs:/ && !/security/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)
+    uri=$(awk -v s="$security" '/^URIs:/ && (/security/ ? 1 : 0) == s {print $2; exit}' \
+      /etc/apt/sources.list.d/debian.sources)
   fi
   if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
-    uri=$(awk '$1=="deb" && $0 !~ /security/ {for (i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' /etc/apt/sources.list)
+    uri=$(awk -v s="$security" '$1=="deb" && (/security/ ? 1 : 0) == s {for (i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' \
+      /etc/apt/sources.list)
   fi
+  echo "$uri"
+}
+
+# The main archive's URI.
+debian_uri() {
+  local uri
+  uri=$(apt_entry_uri 0)
   if [ -z "$uri" ]; then
     echo "no Debian mirror URI in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list" >&2
     return 1
@@ -23,13 +34,8 @@ debian_uri() {
 # The security archive's URI: the machine's own entry, else the main mirror's
 # debian-security path beside its debian one.
 debian_security_uri() {
-  local uri=""
-  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
-    uri=$(awk '/^URIs:/ && /security/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)
-  fi
-  if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
-    uri=$(awk '$1=="deb" && /security/ {for (i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' /etc/apt/sources.list)
-  fi
+  local uri
+  uri=$(apt_entry_uri 1)
   [ -n "$uri" ] || uri=$(debian_uri | sed 's#/debian/*$#/debian-security#') || return 1
   echo "$uri"
 }
