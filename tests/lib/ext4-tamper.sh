@@ -1,0 +1,31 @@
+# shellcheck shell=bash
+# Sourced by tests/distro/run and tests/mkosi/run: change a sealed file on an
+# ext4 disk image offline, as an attacker holding the disk would. One byte is
+# changed in place, so the file keeps its fs-verity flag and stored Merkle
+# tree and only its data differs. FS is anything debugfs opens: an image file,
+# or "DISK?offset=BYTES" for a partition inside a disk.
+
+# The path of the EROFS image of DIGEST inside FS (composefs/images/<hex>
+# may be a symlink).
+sealed_image_path() { # FS DIGEST
+  local path=/composefs/images/$2 target
+  target=$(debugfs -R "stat $path" "$1" 2>/dev/null | sed -n 's/^Fast link dest: "\(.*\)"$/\1/p')
+  [ -n "$target" ] && path=$(realpath -m "/composefs/images/$target")
+  echo "$path"
+}
+
+# The byte offset, from the start of FS (4096-byte blocks), of byte OFFSET of
+# the file PATH; fails when debugfs cannot map it.
+fs_byte_offset() { # FS PATH OFFSET
+  local phys
+  phys=$(debugfs -R "bmap $2 $(( $3 / 4096 ))" "$1" 2>/dev/null | tail -n 1)
+  [[ $phys =~ ^[0-9]+$ ]] && [ "$phys" -gt 0 ] || return 1
+  echo $(( phys * 4096 + $3 % 4096 ))
+}
+
+# Flip the lowest bit of the byte at OFFSET of FILE (twice restores it).
+flip_bit_at() { # FILE OFFSET
+  local old
+  old=$(dd if="$1" bs=1 skip="$2" count=1 status=none | od -An -tu1 | tr -d ' ')
+  printf "\\$(printf %03o $(( (old ^ 1) & 255 )))" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none
+}
