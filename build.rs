@@ -8,6 +8,12 @@
 //! - feature `test-keys`: additionally `keys/test/sealroot-test.pub.pem`.
 //! - `SEALROOT_SERIAL_FLOOR`: the compiled-in minimum seal serial (u64, default 0).
 //! - feature `sealed-digest`: the compiled-in policy is sealed-digest (no keys).
+//!   Combined with a non-zero `SEALROOT_SERIAL_FLOOR` the build fails: that
+//!   policy checks no seal, so the floor could never be enforced.
+//! - `SEALROOT_CMDLINE_ALLOW`: whitespace-separated kernel command-line
+//!   allowlist entries added to the defaults (`src/boot_policy.rs`).
+//! - `SEALROOT_INITS`: colon-separated absolute paths replacing the default
+//!   init list. Both are validated again at run time (fail closed).
 //!
 //! Output: `$OUT_DIR/trusted_keys.rs`, included by `src/trust.rs`, holding the
 //! raw 32-byte keys. This script deliberately shares no code with the crate
@@ -138,6 +144,8 @@ fn main() {
     println!("cargo:rerun-if-changed=keys");
     println!("cargo:rerun-if-env-changed=SEALROOT_TRUSTED_KEYS");
     println!("cargo:rerun-if-env-changed=SEALROOT_SERIAL_FLOOR");
+    println!("cargo:rerun-if-env-changed=SEALROOT_CMDLINE_ALLOW");
+    println!("cargo:rerun-if-env-changed=SEALROOT_INITS");
 
     let mut paths: Vec<PathBuf> = Vec::new();
     match std::env::var("SEALROOT_TRUSTED_KEYS") {
@@ -185,6 +193,33 @@ fn main() {
         Err(std::env::VarError::NotUnicode(_)) => fail("SEALROOT_SERIAL_FLOOR is not valid UTF-8"),
     };
     let sealed_digest = std::env::var_os("CARGO_FEATURE_SEALED_DIGEST").is_some();
+    if sealed_digest && floor > 0 {
+        fail(&format!(
+            "feature `sealed-digest` with SEALROOT_SERIAL_FLOOR={floor}: that policy checks no \
+             seal, so a serial floor cannot be enforced; use the signed policy for rollback protection"
+        ));
+    }
+    let text_env = |name: &str| match std::env::var(name) {
+        Ok(s) => s,
+        Err(std::env::VarError::NotPresent) => String::new(),
+        Err(std::env::VarError::NotUnicode(_)) => fail(&format!("{name} is not valid UTF-8")),
+    };
+    let allow: Vec<String> = text_env("SEALROOT_CMDLINE_ALLOW")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let inits: Vec<String> = text_env("SEALROOT_INITS")
+        .split(':')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    for init in &inits {
+        if !init.starts_with('/') {
+            fail(&format!(
+                "SEALROOT_INITS entry {init:?} is not an absolute path"
+            ));
+        }
+    }
 
     let mut keys: Vec<[u8; 32]> = Vec::new();
     for path in &paths {
@@ -218,6 +253,14 @@ fn main() {
     let _ = writeln!(
         out,
         "pub(crate) const COMPILED_SEALED_DIGEST: bool = {sealed_digest};"
+    );
+    let _ = writeln!(
+        out,
+        "pub(crate) const COMPILED_CMDLINE_ALLOW: &[&str] = &{allow:?};"
+    );
+    let _ = writeln!(
+        out,
+        "pub(crate) const COMPILED_INITS: &[&str] = &{inits:?};"
     );
     let out_dir =
         PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_else(|| fail("OUT_DIR is not set")));

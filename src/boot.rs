@@ -12,25 +12,32 @@
 //!   the same [`prepare`] on a physical root someone else mounted (systemd
 //!   `sysroot.mount`, dracut `$NEWROOT`); exit status 0 on success, 1 on a
 //!   refusal, 2 on a usage error.
+//! - Both modes first load the boot policy ([`crate::trust::load_boot_policy`],
+//!   fixed at build/embed time) and, under the `signed` trust policy, refuse
+//!   a command line with any word it does not allow ([`crate::boot_policy`])
+//!   before anything else happens.
 //! - [`prepare`]: expected digest (first command-line digest parameter and/or
-//!   the config, which must agree), trust policy from [`crate::trust::load`]
-//!   (never from the command line), open + measure the image fd, verify the
-//!   seal (signed policy) with the serial floor max(compiled-in, config),
-//!   mount from that same fd ([`crate::mount::compose`]), write the status.
-//!   The order guarantees that nothing is mounted before the measured digest
-//!   is trusted.
+//!   the config, which must agree), open + measure the image fd, load the
+//!   trust policy ([`crate::trust::load`], never from the command line), verify the
+//!   seal (signed policy) with the serial floor max(compiled-in, config)
+//!   through [`crate::seal::check_repository_seal`], mount from that same fd
+//!   ([`crate::mount::compose`]), write the status. The order guarantees that
+//!   nothing is mounted before the measured digest is trusted.
+//! - PID 1 execs the init the boot policy allows with argv `[init]` and the
+//!   policy's fixed environment, never words from the command line.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use crate::boot_policy::{BootPolicy, PolicyError};
 use crate::cmdline::{self, Cmdline, CmdlineError};
 use crate::config::{self, Config, ConfigError, DigestSource, FailurePolicy, SelectError};
 use crate::digest::Digest;
 use crate::log;
 use crate::mount::{self, ComposeRequest, ErofsHow, ImageError, MountError, OverlayHow};
-use crate::seal::{self, SealError};
+use crate::seal::{self, RepoSealError};
 use crate::switchroot::{self, SwitchError};
 use crate::trust::{self, TrustError, TrustPolicy};
 
@@ -42,8 +49,6 @@ pub const SCRATCH_DIR: &str = "/run/sealroot/mnt";
 pub const MODULE_LIST: &str = "/etc/sealroot/modules";
 /// Where PID 1 mounts the physical root.
 pub const PID1_SYSROOT: &str = "/sysroot";
-/// Default init.
-pub const DEFAULT_INIT: &str = "/sbin/init";
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -51,19 +56,30 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// `refusing to boot: `.
 #[derive(Debug)]
 pub enum BootError {
-    ReadCmdline { error: std::io::Error },
+    ReadCmdline {
+        error: std::io::Error,
+    },
     Cmdline(CmdlineError),
+    Policy(PolicyError),
+    /// A config serial floor under sealed-digest, which checks no seal.
+    FloorWithSealedDigest {
+        floor: u64,
+    },
     Config(ConfigError),
     Digest(SelectError),
     Trust(TrustError),
-    Sysroot { path: String },
+    Sysroot {
+        path: String,
+    },
     Repo(ImageError),
     Image(ImageError),
-    SealFile(ImageError),
-    Seal { path: String, error: SealError },
+    Seal(RepoSealError),
     Mount(MountError),
     Switch(SwitchError),
-    Status { path: String, error: std::io::Error },
+    Status {
+        path: String,
+        error: std::io::Error,
+    },
 }
 
 impl fmt::Display for BootError {
@@ -73,6 +89,13 @@ impl fmt::Display for BootError {
                 write!(f, "cannot read /proc/cmdline: {error}")
             }
             BootError::Cmdline(e) => e.fmt(f),
+            BootError::Policy(e) => e.fmt(f),
+            BootError::FloorWithSealedDigest { floor } => write!(
+                f,
+                "{} sets serial_floor {floor} but the trust policy is sealed-digest, which checks no \
+                 seal: the floor cannot be enforced (remove it, or use a signed build)",
+                config::CONFIG_PATH
+            ),
             BootError::Config(e) => e.fmt(f),
             BootError::Digest(e) => e.fmt(f),
             BootError::Trust(e) => write!(f, "trust anchor unusable: {e}"),
@@ -81,8 +104,7 @@ impl fmt::Display for BootError {
             }
             BootError::Repo(e) => write!(f, "repository: {e}"),
             BootError::Image(e) => e.fmt(f),
-            BootError::SealFile(e) => write!(f, "seal: {e}"),
-            BootError::Seal { path, error } => write!(f, "seal {path} rejected: {error}"),
+            BootError::Seal(e) => e.fmt(f),
             BootError::Mount(e) => e.fmt(f),
             BootError::Switch(e) => e.fmt(f),
             BootError::Status { path, error } => {
@@ -135,8 +157,19 @@ fn us_since(t: Instant) -> u64 {
     u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Parse the command line text and log what it contained that is ignored.
-pub fn read_cmdline(text: &str) -> Result<Cmdline, BootError> {
+/// The boot policy and whether it restricts the command line.
+pub struct Gate {
+    pub boot: BootPolicy,
+    /// `signed` trust policy: every command-line word is checked.
+    pub restricts_cmdline: bool,
+}
+
+/// Check the command line text against the boot policy (signed trust
+/// policy only), parse it and log what it contained that is ignored.
+pub fn read_cmdline(text: &str, gate: &Gate) -> Result<Cmdline, BootError> {
+    if gate.restricts_cmdline {
+        gate.boot.check(text).map_err(BootError::Policy)?;
+    }
     let c = cmdline::parse(text).map_err(BootError::Cmdline)?;
     for ignored in &c.ignored_digests {
         log::warning(&format!(
@@ -189,6 +222,11 @@ pub fn prepare(req: &PrepareRequest<'_>) -> Result<Prepared, BootError> {
     // Trust is loaded only now so that a binary without keys still says
     // what it measured; nothing has been mounted yet either way.
     let policy = trust::load().map_err(BootError::Trust)?;
+    if matches!(policy, TrustPolicy::SealedDigest { .. }) && config.serial_floor > 0 {
+        return Err(BootError::FloorWithSealedDigest {
+            floor: config.serial_floor,
+        });
+    }
     let floor = policy.serial_floor().max(config.serial_floor);
     match &policy {
         TrustPolicy::Signed { keys, .. } => log::info(&format!(
@@ -201,23 +239,10 @@ pub fn prepare(req: &PrepareRequest<'_>) -> Result<Prepared, BootError> {
     let t = Instant::now();
     let trusted = match &policy {
         TrustPolicy::Signed { keys, .. } => {
-            let hex = measured.to_hex();
-            let json_rel = format!("seals/{hex}.json");
-            let sig_rel = format!("seals/{hex}.sig");
-            let json_shown = format!("{}/{json_rel}", mount::REPO_DIR);
-            let sig_shown = format!("{}/{sig_rel}", mount::REPO_DIR);
-            let manifest =
-                mount::read_beneath(&repo, &json_rel, &json_shown, seal::MAX_MANIFEST_SIZE)
-                    .map_err(BootError::SealFile)?;
-            let sig = mount::read_beneath(&repo, &sig_rel, &sig_shown, seal::SIGNATURE_SIZE)
-                .map_err(BootError::SealFile)?;
-            let v =
-                seal::verify_seal(&manifest, &sig, keys, &measured, floor).map_err(|error| {
-                    BootError::Seal {
-                        path: json_shown.clone(),
-                        error,
-                    }
-                })?;
+            let checked = seal::check_repository_seal(&repo, &measured, keys, floor)
+                .map_err(BootError::Seal)?;
+            let v = checked.verified;
+            let manifest = checked.manifest;
             log::notice(&format!(
                 "seal verified: serial {} (floor {floor}), key {}",
                 v.manifest.serial, v.key_fingerprint
@@ -245,6 +270,7 @@ pub fn prepare(req: &PrepareRequest<'_>) -> Result<Prepared, BootError> {
         digest: &measured,
         etc: config.etc,
         var: config.var,
+        var_noexec: config.var_noexec,
     })
     .map_err(BootError::Mount)?;
     match &composed.erofs {
@@ -447,11 +473,12 @@ fn run_prepare(args: PrepareArgs, started: Instant) -> Result<(), BootError> {
         "sealroot {VERSION} preparing {}",
         sysroot.display()
     ));
+    let gate = load_gate()?;
     let text = match args.cmdline {
         Some(t) => t,
         None => proc_cmdline()?,
     };
-    let c = read_cmdline(&text)?;
+    let c = read_cmdline(&text, &gate)?;
     let config_path = args
         .config
         .unwrap_or_else(|| PathBuf::from(config::CONFIG_PATH));
@@ -468,6 +495,23 @@ fn run_prepare(args: PrepareArgs, started: Instant) -> Result<(), BootError> {
     let path = write_status(Path::new(STATUS_DIR), &status_json(&p, "prepare"))?;
     log::info(&format!("status written to {}", path.display()));
     Ok(())
+}
+
+/// The boot policy in force, logged in one line.
+fn load_gate() -> Result<Gate, BootError> {
+    let (boot, restricts_cmdline) = trust::load_boot_policy().map_err(BootError::Trust)?;
+    if restricts_cmdline {
+        log::info(&format!(
+            "command line limited to the boot policy's {} allowlist entries",
+            boot.effective_allow().len()
+        ));
+    } else {
+        log::info("command line unrestricted: sealed-digest policy (sealed in the UKI)");
+    }
+    Ok(Gate {
+        boot,
+        restricts_cmdline,
+    })
 }
 
 fn sleep_s(s: u64) {
@@ -488,7 +532,11 @@ fn pid1_fail(policy: FailurePolicy, reason: &str) -> ! {
         {
             log::err("failure policy shell: starting /bin/sh");
             let sh = c"/bin/sh";
-            let e = crate::sys::execv(sh, &[sh.to_owned()]);
+            let env: Vec<std::ffi::CString> = crate::boot_policy::INIT_ENVIRONMENT
+                .iter()
+                .filter_map(|e| std::ffi::CString::new(*e).ok())
+                .collect();
+            let e = crate::sys::execve(sh, &[sh.to_owned()], &env);
             log::err(&format!(
                 "cannot start /bin/sh: {}; powering off",
                 log::errno_name(e)
@@ -509,7 +557,7 @@ fn pid1_fail(policy: FailurePolicy, reason: &str) -> ! {
     }
 }
 
-fn run_pid1(init_args: Vec<String>, started: Instant) -> ! {
+fn run_pid1(started: Instant) -> ! {
     if let Err(e) = switchroot::mount_api_filesystems() {
         let reason = e.to_string();
         log::err(&format!("refusing to boot: {reason}"));
@@ -536,8 +584,16 @@ fn run_pid1(init_args: Vec<String>, started: Instant) -> ! {
             "modules: {loaded} loaded, {present} already present"
         ));
     }
+    // The command line is checked before anything touches a disk.
+    let gate = load_gate().unwrap_or_else(|e| fail(e));
     let text = proc_cmdline().unwrap_or_else(|e| fail(e));
-    let c = read_cmdline(&text).unwrap_or_else(|e| fail(e));
+    let c = read_cmdline(&text, &gate).unwrap_or_else(|e| fail(e));
+    let init = gate
+        .boot
+        .choose_init(c.init.as_deref())
+        .map_err(BootError::Policy)
+        .unwrap_or_else(|e| fail(e))
+        .to_string();
     let sysroot = Path::new(PID1_SYSROOT);
     if let Err(e) = switchroot::mount_physical_root(
         c.root.as_deref(),
@@ -561,8 +617,7 @@ fn run_pid1(init_args: Vec<String>, started: Instant) -> ! {
         // reason to stop, but it is worth a warning.
         log::warning(&e.to_string());
     }
-    let init = c.init.clone().unwrap_or_else(|| DEFAULT_INIT.to_string());
-    let e = switchroot::switch_root(sysroot, &init, &init_args);
+    let e = switchroot::switch_root(sysroot, &init, crate::boot_policy::INIT_ENVIRONMENT);
     fail(BootError::Switch(e))
 }
 
@@ -575,8 +630,9 @@ pub fn main() -> ExitCode {
     let rest = args.get(1..).unwrap_or(&[]).to_vec();
     if rustix::process::getpid() == rustix::process::Pid::INIT {
         // The kernel hands init the words of the command line it did not
-        // consume; pass them on to the real init.
-        run_pid1(rest, started);
+        // consume, as arguments and environment: untrusted, so ignored here
+        // and never passed on (the boot policy refuses them under signed).
+        run_pid1(started);
     }
     // `--show-trust` / `check-seal`: inspection only, never reached as PID 1.
     if let Some(code) = crate::trust::tool_main(&rest) {

@@ -146,6 +146,18 @@ pub struct Param<'a> {
 
 /// Split `text` into parameters exactly as the kernel does. Stops at `--`.
 pub fn split(text: &str) -> Vec<Param<'_>> {
+    split_words(text, true)
+}
+
+/// Every word of `text`, split as [`split`] does, but without stopping at
+/// `--`: a bare `--` is returned as a word and so is everything after it
+/// (what the kernel would hand to init). Used by the boot policy, which must
+/// see all of it.
+pub fn words(text: &str) -> Vec<Param<'_>> {
+    split_words(text, false)
+}
+
+fn split_words(text: &str, stop_at_dashes: bool) -> Vec<Param<'_>> {
     let bytes = text.as_bytes();
     let mut out = Vec::new();
     let mut pos = 0;
@@ -211,7 +223,7 @@ pub fn split(text: &str) -> Vec<Param<'_>> {
                 }
             }
         };
-        if param.key == "--" && param.value.is_none() && !quoted {
+        if stop_at_dashes && param.key == "--" && param.value.is_none() && !quoted {
             break;
         }
         out.push(param);
@@ -332,6 +344,10 @@ mod tests {
         assert_eq!(split("   \n"), vec![]);
         assert_eq!(split("\""), vec![p("", None)]);
         assert_eq!(split("a -- composefs=x"), vec![p("a", None)]);
+        assert_eq!(
+            words("a -- composefs=x"),
+            vec![p("a", None), p("--", None), p("composefs", Some("x"))]
+        );
     }
 
     #[test]

@@ -12,8 +12,14 @@
 //!
 //! ```json
 //! { "digest": "v1-sha256-12:<hex>", "failure": "halt", "serial_floor": 0,
-//!   "etc": "persistent", "var": "bind" }
+//!   "etc": "persistent", "var": "bind", "var_noexec": false }
 //! ```
+//!
+//! - `etc` and `var` are the unverified, local part of the system: whatever
+//!   their state directories hold is trusted by the sealed OS (units,
+//!   `ld.so.preload`, fstab...). They are mounted `nosuid,nodev`
+//!   (`var_noexec` adds `noexec` to `/var`); `etc: transient` + `var: none`
+//!   keeps nothing from the disk.
 //!
 //! - `digest` (optional): the composefs-rs grammar, or bare hex. If the
 //!   command line also names a digest the two must be equal
@@ -113,6 +119,8 @@ struct RawConfig {
     etc: EtcMode,
     #[serde(default)]
     var: VarMode,
+    #[serde(default)]
+    var_noexec: bool,
 }
 
 /// The parsed config.
@@ -123,6 +131,8 @@ pub struct Config {
     pub serial_floor: u64,
     pub etc: EtcMode,
     pub var: VarMode,
+    /// Mount the `/var` bind `noexec` too (it is always `nosuid,nodev`).
+    pub var_noexec: bool,
 }
 
 #[derive(Debug)]
@@ -176,17 +186,12 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<Config, ConfigError> {
     })?;
     let digest = match raw.digest.as_deref() {
         None => None,
-        Some(text) => {
-            let parsed = if text.contains(':') {
-                Digest::parse_composefs(text)
-            } else {
-                Digest::parse_hex_any(text)
-            };
-            Some(parsed.map_err(|error| ConfigError::BadDigest {
+        Some(text) => Some(
+            Digest::parse_user(text).map_err(|error| ConfigError::BadDigest {
                 path: path.to_string(),
                 error,
-            })?)
-        }
+            })?,
+        ),
     };
     Ok(Config {
         digest,
@@ -194,6 +199,7 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<Config, ConfigError> {
         serial_floor: raw.serial_floor,
         etc: raw.etc,
         var: raw.var,
+        var_noexec: raw.var_noexec,
     })
 }
 

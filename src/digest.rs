@@ -206,6 +206,25 @@ impl Digest {
         };
         Digest::parse_hex(algorithm, hex)
     }
+
+    /// The one grammar for a digest typed by a person or read from a config
+    /// (`sealctl` arguments, `config.json`, `sealroot check-seal`):
+    /// `v<1|2>-<sha256|sha512>-12:<hex>`, `<sha256|sha512>:<hex>` (what
+    /// `fsverity digest` prints), or bare lowercase hex (algorithm from the
+    /// length). The kernel command line has its own, narrower forms
+    /// ([`crate::cmdline`]).
+    pub fn parse_user(text: &str) -> Result<Self, DigestParseError> {
+        if text.starts_with('v') {
+            return Digest::parse_composefs(text);
+        }
+        match text.split_once(':') {
+            Some((alg, hex)) => match HashAlgorithm::from_name(alg) {
+                Some(alg) => Digest::parse_hex(alg, hex),
+                None => Err(DigestParseError::BadPrefix(alg.chars().take(16).collect())),
+            },
+            None => Digest::parse_hex_any(text),
+        }
+    }
 }
 
 impl fmt::Debug for Digest {

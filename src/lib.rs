@@ -23,6 +23,7 @@
 //! | [`switchroot`]| moving API filesystems, freeing the initramfs, chroot + exec    | boot    |
 //! | [`log`]       | the kmsg logger (`<N>sealroot: message`)                        | boot    |
 //! | [`boot`]      | the boot orchestration and `/run/sealroot/status.json`          | boot    |
+//! | [`boot_policy`] | command-line allowlist, init list, init argv/environment      | boot    |
 //! | [`progress`]  | terminal progress lines for long operations                     | tool    |
 //!
 //! `unsafe` code lives only in [`sys`]; everything else is checked by
@@ -30,6 +31,7 @@
 #![deny(unsafe_code)]
 
 pub mod boot;
+pub mod boot_policy;
 pub mod cmdline;
 pub mod config;
 pub mod digest;

@@ -69,6 +69,10 @@ pub enum ImageError {
     NotRegularFile {
         path: String,
     },
+    /// A symlink where none may be (seal files, state directories).
+    Symlink {
+        path: String,
+    },
     Open {
         path: String,
         errno: Errno,
@@ -110,6 +114,10 @@ impl fmt::Display for ImageError {
                 "{path} resolves outside the repository (symlink escaping {REPO_DIR}/)"
             ),
             ImageError::NotRegularFile { path } => write!(f, "{path} is not a regular file"),
+            ImageError::Symlink { path } => write!(
+                f,
+                "{path} is a symlink or has one in its path; refusing to follow it"
+            ),
             ImageError::Open { path, errno } => {
                 write!(f, "cannot open {path}: {}", errno_name(*errno))
             }
@@ -183,6 +191,11 @@ pub enum MountError {
         path: String,
         errno: Errno,
     },
+    /// A state directory (relative to the physical root) is a symlink or
+    /// has one in its path.
+    StateSymlink {
+        path: String,
+    },
     Attach {
         target: String,
         errno: Errno,
@@ -254,8 +267,19 @@ impl fmt::Display for MountError {
             ),
             MountError::State { what, path, errno } => write!(
                 f,
-                "cannot mount {what} from {path}: {}",
-                errno_name(*errno)
+                "cannot mount {what} from {path}: {}{}",
+                errno_name(*errno),
+                match (*what, *errno) {
+                    (_, Errno::ROFS) | ("/etc", Errno::INVAL) => {
+                        "; the physical root is read-only, but a persistent /etc and a /var bind \
+                         keep their state on it: mount it read-write, or set etc: transient and var: none"
+                    }
+                    _ => "",
+                }
+            ),
+            MountError::StateSymlink { path } => write!(
+                f,
+                "state directory {path} is a symlink or has one in its path; refusing to follow it"
             ),
             MountError::Attach { target, errno } => {
                 write!(f, "cannot attach composed root at {target}: {}", errno_name(*errno))
@@ -285,9 +309,35 @@ pub fn open_repo(sysroot: &Path) -> Result<OwnedFd, ImageError> {
     })
 }
 
+/// Which symlinks a beneath-open may follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Follow {
+    /// Symlinks that stay beneath the directory fd (an image named by a
+    /// relative link into `objects/`, as composefs-rs stores it).
+    Beneath,
+    /// None at all (seal files, state directories): ELOOP is refused.
+    Never,
+}
+
+impl Follow {
+    fn resolve_flags(self) -> ResolveFlags {
+        match self {
+            Follow::Beneath => ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+            Follow::Never => {
+                ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_SYMLINKS
+            }
+        }
+    }
+}
+
 /// Open `rel` beneath the repository fd as a read-only regular file.
 /// `shown` names it in errors (e.g. `composefs/images/<hex>`).
-pub fn open_beneath(repo: impl AsFd, rel: &str, shown: &str) -> Result<OwnedFd, ImageError> {
+pub fn open_beneath(
+    repo: impl AsFd,
+    rel: &str,
+    shown: &str,
+    follow: Follow,
+) -> Result<OwnedFd, ImageError> {
     let path = shown.to_string();
     let fd = rustix::fs::openat2(
         repo,
@@ -296,11 +346,12 @@ pub fn open_beneath(repo: impl AsFd, rel: &str, shown: &str) -> Result<OwnedFd, 
         // boot before the type check below.
         OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
         Mode::empty(),
-        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        follow.resolve_flags(),
     )
     .map_err(|errno| match errno {
         Errno::NOENT => ImageError::Missing { path: path.clone() },
         Errno::XDEV => ImageError::OutsideRepository { path: path.clone() },
+        Errno::LOOP if follow == Follow::Never => ImageError::Symlink { path: path.clone() },
         errno => ImageError::Open {
             path: path.clone(),
             errno,
@@ -322,8 +373,9 @@ pub fn read_beneath(
     rel: &str,
     shown: &str,
     max: usize,
+    follow: Follow,
 ) -> Result<Vec<u8>, ImageError> {
-    let fd = open_beneath(repo, rel, shown)?;
+    let fd = open_beneath(repo, rel, shown, follow)?;
     read_fd_limited(&fd, max).map_err(|e| match e {
         Some(errno) => ImageError::Read {
             path: shown.to_string(),
@@ -417,7 +469,7 @@ pub fn image_rel(digest: &Digest) -> String {
 /// Open the image for `digest` beneath the repository.
 pub fn open_image(repo: impl AsFd, digest: &Digest) -> Result<OwnedFd, ImageError> {
     let rel = image_rel(digest);
-    open_beneath(repo, &rel, &format!("{REPO_DIR}/{rel}"))
+    open_beneath(repo, &rel, &format!("{REPO_DIR}/{rel}"), Follow::Beneath)
 }
 
 /// Measure the image fd and compare the full digest with `expected`.
@@ -481,6 +533,8 @@ pub struct ComposeRequest<'a> {
     pub digest: &'a Digest,
     pub etc: EtcMode,
     pub var: VarMode,
+    /// Mount `/var` `noexec` as well.
+    pub var_noexec: bool,
 }
 
 fn us_since(t: Instant) -> u64 {
@@ -503,14 +557,6 @@ fn kernel_messages(fs: impl AsFd) -> String {
 fn cstr_path(p: &Path) -> Result<CString, MountError> {
     CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| MountError::UnsafePath {
         path: p.display().to_string(),
-    })
-}
-
-fn mkdir_p(path: &Path, what: &'static str) -> Result<(), MountError> {
-    mkdir_all(path, 0o755).map_err(|errno| MountError::State {
-        what,
-        path: path.display().to_string(),
-        errno,
     })
 }
 
@@ -747,14 +793,105 @@ impl Drop for Scratch {
     }
 }
 
-/// The state directory of a deployment, `state/deploy/<hex>`.
-pub fn deploy_dir(sysroot: &Path, digest: &Digest) -> PathBuf {
-    sysroot.join("state/deploy").join(digest.to_hex())
+/// The state directory of a deployment, `state/deploy/<hex>`, relative to
+/// the physical root.
+pub fn deploy_rel(digest: &Digest) -> String {
+    format!("state/deploy/{}", digest.to_hex())
 }
 
-fn state_err(what: &'static str, path: &Path) -> impl FnOnce(Errno) -> MountError {
-    let path = path.display().to_string();
-    move |errno| MountError::State { what, path, errno }
+/// Open (creating what is missing, mode 0755) the directory `rel` beneath
+/// the physical root fd, one component at a time, with
+/// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`:
+/// a symlink anywhere on the way is refused ([`MountError::StateSymlink`]),
+/// so a planted `state -> /` cannot point the writable mounts elsewhere.
+/// Returns an `O_PATH` fd; the mounts use that fd (`/proc/self/fd/N`), never
+/// the path again.
+fn open_state_dir(sysroot: &OwnedFd, rel: &str) -> Result<OwnedFd, MountError> {
+    let mut dir: Option<OwnedFd> = None;
+    let mut done = String::new();
+    for name in rel.split('/') {
+        if !done.is_empty() {
+            done.push('/');
+        }
+        done.push_str(name);
+        let parent = dir.as_ref().unwrap_or(sysroot);
+        let open = || {
+            rustix::fs::openat2(
+                parent,
+                name,
+                // No O_NOFOLLOW: with O_PATH it would return a trailing
+                // symlink itself; without it RESOLVE_NO_SYMLINKS gives ELOOP.
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                Follow::Never.resolve_flags(),
+            )
+        };
+        let fd = match open() {
+            Err(Errno::NOENT) => {
+                match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(errno) => {
+                        return Err(MountError::State {
+                            what: "state directory",
+                            path: done,
+                            errno,
+                        })
+                    }
+                }
+                open()
+            }
+            other => other,
+        };
+        dir = Some(fd.map_err(|errno| match errno {
+            Errno::LOOP => MountError::StateSymlink { path: done.clone() },
+            errno => MountError::State {
+                what: "state directory",
+                path: done.clone(),
+                errno,
+            },
+        })?);
+    }
+    dir.ok_or(MountError::StateSymlink {
+        path: rel.to_string(),
+    })
+}
+
+/// `/proc/self/fd/N` for `fd`: the kernel resolves it to exactly the
+/// directory the fd holds, whatever has been renamed or replaced since.
+fn fd_path(fd: &OwnedFd) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+/// Flags every writable state mount gets: a setuid binary or device node
+/// planted in the unverified state must not work.
+fn state_attrs(noexec: bool) -> MountAttrFlags {
+    let base = MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV;
+    if noexec {
+        base | MountAttrFlags::MOUNT_ATTR_NOEXEC
+    } else {
+        base
+    }
+}
+
+/// Bind `src` over `target`, then make the bind `nosuid,nodev` (+`noexec`).
+fn bind_state(
+    src: &OwnedFd,
+    target: &Path,
+    what: &'static str,
+    shown: &str,
+    noexec: bool,
+) -> Result<(), MountError> {
+    let err = |errno| MountError::State {
+        what,
+        path: shown.to_string(),
+        errno,
+    };
+    rustix::mount::mount_bind(fd_path(src).as_c_str(), target).map_err(err)?;
+    let mut flags = MountFlags::BIND | MountFlags::NOSUID | MountFlags::NODEV;
+    if noexec {
+        flags |= MountFlags::NOEXEC;
+    }
+    rustix::mount::mount_remount(target, flags, c"").map_err(err)
 }
 
 fn need_dir(root: &Path, rel: &str) -> Result<PathBuf, MountError> {
@@ -767,34 +904,41 @@ fn need_dir(root: &Path, rel: &str) -> Result<PathBuf, MountError> {
     Ok(p)
 }
 
-fn mount_etc(req: &ComposeRequest<'_>, scratch: &Scratch, root: &Path) -> Result<(), MountError> {
-    let deploy = deploy_dir(req.sysroot, req.digest);
+/// An `/etc` overlay: the image's `/etc` below, `upper`/`work` given as fds.
+fn etc_overlay(etc: &Path, upper: &OwnedFd, work: &OwnedFd, shown: &str) -> Result<(), MountError> {
+    let err = |errno| MountError::State {
+        what: "/etc",
+        path: shown.to_string(),
+        errno,
+    };
+    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(err)?;
+    let _ = fsconfig_set_string(&fs, "source", "sealroot-etc");
+    fsconfig_set_string(&fs, "lowerdir", cstr_path(etc)?.as_c_str()).map_err(err)?;
+    fsconfig_set_string(&fs, "upperdir", fd_path(upper).as_c_str()).map_err(err)?;
+    fsconfig_set_string(&fs, "workdir", fd_path(work).as_c_str()).map_err(err)?;
+    fsconfig_create(&fs).map_err(err)?;
+    let m = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, state_attrs(false)).map_err(err)?;
+    attach(&m, etc).map_err(err)
+}
+
+fn mount_etc(
+    req: &ComposeRequest<'_>,
+    sysroot: &OwnedFd,
+    scratch: &Scratch,
+    root: &Path,
+) -> Result<(), MountError> {
     if req.etc == EtcMode::None {
         return Ok(());
     }
     let etc = need_dir(root, "etc")?;
-    let overlay = |upper: &Path, work: &Path, what: &'static str| -> Result<(), MountError> {
-        let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(state_err(what, upper))?;
-        let _ = fsconfig_set_string(&fs, "source", "sealroot-etc");
-        fsconfig_set_string(&fs, "lowerdir", cstr_path(&etc)?.as_c_str())
-            .map_err(state_err(what, &etc))?;
-        fsconfig_set_string(&fs, "upperdir", cstr_path(upper)?.as_c_str())
-            .map_err(state_err(what, upper))?;
-        fsconfig_set_string(&fs, "workdir", cstr_path(work)?.as_c_str())
-            .map_err(state_err(what, work))?;
-        fsconfig_create(&fs).map_err(state_err(what, upper))?;
-        let m = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
-            .map_err(state_err(what, upper))?;
-        attach(&m, &etc).map_err(state_err(what, upper))
-    };
+    let deploy = deploy_rel(req.digest);
+    let upper_rel = format!("{deploy}/etc/upper");
     match req.etc {
         EtcMode::None => Ok(()),
         EtcMode::Persistent => {
-            let upper = deploy.join("etc/upper");
-            let work = deploy.join("etc/work");
-            mkdir_p(&upper, "/etc")?;
-            mkdir_p(&work, "/etc")?;
-            overlay(&upper, &work, "/etc")
+            let upper = open_state_dir(sysroot, &upper_rel)?;
+            let work = open_state_dir(sysroot, &format!("{deploy}/etc/work"))?;
+            etc_overlay(&etc, &upper, &work, &upper_rel)
         }
         EtcMode::Transient => {
             let t = scratch.sub("etc");
@@ -806,33 +950,41 @@ fn mount_etc(req: &ComposeRequest<'_>, scratch: &Scratch, root: &Path) -> Result
                 Some(c"mode=0755"),
             )
             .map_err(state_err("/etc", &t))?;
-            let upper = t.join("upper");
-            let work = t.join("work");
-            mkdir_p(&upper, "/etc")?;
-            mkdir_p(&work, "/etc")?;
-            overlay(&upper, &work, "/etc")?;
+            let tmp = rustix::fs::open(
+                &t,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(state_err("/etc", &t))?;
+            let upper = open_state_dir(&tmp, "upper")?;
+            let work = open_state_dir(&tmp, "work")?;
+            etc_overlay(&etc, &upper, &work, "tmpfs")?;
             // The overlay holds its own reference to the tmpfs.
             let _ = rustix::mount::unmount(&t, UnmountFlags::DETACH);
             Ok(())
         }
         EtcMode::Bind => {
-            let src = deploy.join("etc/upper");
-            mkdir_p(&src, "/etc")?;
-            rustix::mount::mount_bind(&src, &etc).map_err(state_err("/etc", &src))
+            let upper = open_state_dir(sysroot, &upper_rel)?;
+            bind_state(&upper, &etc, "/etc", &upper_rel, false)
         }
     }
 }
 
-fn mount_var(req: &ComposeRequest<'_>, root: &Path) -> Result<(), MountError> {
+fn mount_var(req: &ComposeRequest<'_>, sysroot: &OwnedFd, root: &Path) -> Result<(), MountError> {
     match req.var {
         VarMode::None => Ok(()),
         VarMode::Bind => {
             let var = need_dir(root, "var")?;
-            let src = deploy_dir(req.sysroot, req.digest).join("var");
-            mkdir_p(&src, "/var")?;
-            rustix::mount::mount_bind(&src, &var).map_err(state_err("/var", &src))
+            let rel = format!("{}/var", deploy_rel(req.digest));
+            let src = open_state_dir(sysroot, &rel)?;
+            bind_state(&src, &var, "/var", &rel, req.var_noexec)
         }
     }
+}
+
+fn state_err(what: &'static str, path: &Path) -> impl FnOnce(Errno) -> MountError {
+    let path = path.display().to_string();
+    move |errno| MountError::State { what, path, errno }
 }
 
 /// Mount the verified root on top of `req.sysroot`. See the module docs.
@@ -863,13 +1015,25 @@ pub fn compose(req: ComposeRequest<'_>) -> Result<Composed, MountError> {
     let mount_overlay_us = us_since(t);
 
     let t = Instant::now();
-    mount_etc(&req, &scratch, &root)?;
-    mount_var(&req, &root)?;
+    let sysroot = rustix::fs::open(
+        req.sysroot,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(state_err("/sysroot", req.sysroot))?;
+    mount_etc(&req, &sysroot, &scratch, &root)?;
+    mount_var(&req, &sysroot, &root)?;
     let inner = need_dir(&root, "sysroot")?;
-    rustix::mount::mount_bind(req.sysroot, &inner).map_err(state_err("/sysroot", req.sysroot))?;
+    rustix::mount::mount_bind(fd_path(&sysroot).as_c_str(), &inner)
+        .map_err(state_err("/sysroot", req.sysroot))?;
+    // The physical root is unverified: nothing on it may run from inside.
     rustix::mount::mount_remount(
         &inner,
-        MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+        MountFlags::BIND
+            | MountFlags::RDONLY
+            | MountFlags::NOSUID
+            | MountFlags::NODEV
+            | MountFlags::NOEXEC,
         c"",
     )
     .map_err(state_err("/sysroot", req.sysroot))?;
@@ -905,6 +1069,53 @@ mod tests {
             mkdir_all(&dir.path().join("file/sub"), 0o755),
             Err(Errno::NOTDIR)
         );
+    }
+
+    #[test]
+    fn state_dirs_are_created_beneath_and_never_through_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = rustix::fs::open(
+            dir.path(),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        let rel = "state/deploy/ab/etc/upper";
+        open_state_dir(&root, rel).unwrap();
+        assert!(dir.path().join(rel).is_dir());
+        // Idempotent.
+        open_state_dir(&root, rel).unwrap();
+
+        // A symlink at any level is refused with the path up to it, whether
+        // it points inside or (absolute) outside the physical root.
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("state/deploy/ab/var")).unwrap();
+        assert_eq!(
+            open_state_dir(&root, "state/deploy/ab/var").err(),
+            Some(MountError::StateSymlink {
+                path: "state/deploy/ab/var".into()
+            })
+        );
+        std::fs::rename(dir.path().join("state"), dir.path().join("real-state")).unwrap();
+        std::os::unix::fs::symlink("real-state", dir.path().join("state")).unwrap();
+        assert_eq!(
+            open_state_dir(&root, rel).err(),
+            Some(MountError::StateSymlink {
+                path: "state".into()
+            })
+        );
+        // Nothing was created through the link.
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        // A file in the way is an error too, not a silent skip.
+        std::fs::remove_file(dir.path().join("state")).unwrap();
+        std::fs::write(dir.path().join("state"), b"").unwrap();
+        assert!(matches!(
+            open_state_dir(&root, rel),
+            Err(MountError::State {
+                errno: Errno::NOTDIR,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -249,16 +249,7 @@ impl Repo {
 /// `v1-sha256-12:<hex>` (command-line form) or `sha256:<hex>` (what
 /// `fsverity digest` and `sealctl build` print).
 pub fn parse_digest_arg(text: &str) -> Result<Digest, RepoError> {
-    let result = if text.starts_with('v') {
-        Digest::parse_composefs(text)
-    } else if let Some((alg, hex)) = text.split_once(':') {
-        match HashAlgorithm::from_name(alg) {
-            Some(alg) => Digest::parse_hex(alg, hex),
-            None => Err(DigestParseError::BadPrefix(alg.to_string())),
-        }
-    } else {
-        Digest::parse_hex_any(text)
-    };
+    let result = Digest::parse_user(text);
     result.map_err(|error| RepoError::BadDigestArgument {
         text: text.chars().take(200).collect(),
         error,
@@ -695,7 +686,7 @@ fn verify_seal_files(
     report: &mut VerifyReport,
 ) {
     let (json_path, sig_path) = repo.seal_paths(digest);
-    let (json, sig) = match seal::read_seal_files(&repo.seals_dir(), digest) {
+    let (json, _) = match seal::read_seal_files(&repo.seals_dir(), digest) {
         Ok(pair) => pair,
         Err(SealError::Missing { path }) => {
             // Without keys an unsealed image is not a problem by itself.
@@ -741,18 +732,29 @@ fn verify_seal_files(
         }
         return;
     }
-    match seal::verify_seal(&json, &sig, keys, digest, serial_floor) {
-        Ok(v) => report.seal = Some(v),
-        Err(e) => {
-            let path = match e {
+    // The boot's own check, from the same fds it would open.
+    let checked = crate::mount::open_repo(repo.root())
+        .map_err(seal::RepoSealError::File)
+        .and_then(|dir| seal::check_repository_seal(&dir, digest, keys, serial_floor));
+    match checked {
+        Ok(c) => report.seal = Some(c.verified),
+        Err(seal::RepoSealError::Rejected { error, .. }) => {
+            let path = match error {
                 SealError::SignatureWrongSize { .. } => sig_path,
                 _ => json_path,
             };
             report.problems.push(Problem {
                 path,
-                kind: ProblemKind::Seal(e),
+                kind: ProblemKind::Seal(error),
             });
         }
+        Err(seal::RepoSealError::File(e)) => report.problems.push(Problem {
+            path: json_path,
+            kind: ProblemKind::Seal(SealError::Read {
+                path: repo.seals_dir(),
+                error: std::io::Error::other(e.to_string()),
+            }),
+        }),
     }
 }
 

@@ -23,7 +23,6 @@
 //!   reads the two files with the same limits without reading past them.
 
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -523,13 +522,139 @@ pub fn seal_paths(seals_dir: &Path, digest: &Digest) -> (PathBuf, PathBuf) {
     )
 }
 
-/// Read `<hex>.json` and `<hex>.sig`, refusing oversized files without
-/// reading them whole. Returns (manifest bytes, signature bytes).
+/// The seal files of `digest`, relative to the repository's `composefs/`.
+pub fn seal_rel(digest: &Digest) -> (String, String) {
+    let hex = digest.to_hex();
+    (format!("seals/{hex}.json"), format!("seals/{hex}.sig"))
+}
+
+/// Read `seals/<hex>.json` and `seals/<hex>.sig` beneath the repository's
+/// `composefs/` directory fd, the way the boot does: opened with
+/// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`,
+/// non-blocking, regular files only (a symlink, FIFO or device is refused),
+/// and never read past their limits (manifest 64 KiB, signature 64 bytes).
+/// Errors name the files as `composefs/seals/<hex>.{json,sig}`.
+pub fn read_seal_pair(
+    composefs: impl std::os::fd::AsFd,
+    digest: &Digest,
+) -> Result<(Vec<u8>, Vec<u8>), crate::mount::ImageError> {
+    use crate::mount::{read_beneath, Follow, REPO_DIR};
+    let (json_rel, sig_rel) = seal_rel(digest);
+    let manifest = read_beneath(
+        &composefs,
+        &json_rel,
+        &format!("{REPO_DIR}/{json_rel}"),
+        MAX_MANIFEST_SIZE,
+        Follow::Never,
+    )?;
+    let sig = read_beneath(
+        &composefs,
+        &sig_rel,
+        &format!("{REPO_DIR}/{sig_rel}"),
+        SIGNATURE_SIZE,
+        Follow::Never,
+    )?;
+    Ok((manifest, sig))
+}
+
+/// Why an image's seal in a repository was not accepted.
+#[derive(Debug)]
+pub enum RepoSealError {
+    /// A seal file is missing, not a regular file, behind a symlink, too
+    /// large or unreadable.
+    File(crate::mount::ImageError),
+    /// The files were read and the seal does not verify.
+    Rejected { path: String, error: SealError },
+}
+
+impl fmt::Display for RepoSealError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RepoSealError::File(e) => write!(f, "seal: {e}"),
+            RepoSealError::Rejected { path, error } => write!(f, "seal {path} rejected: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for RepoSealError {}
+
+/// A seal accepted by [`check_repository_seal`].
+#[derive(Clone, Debug)]
+pub struct CheckedSeal {
+    pub verified: VerifiedSeal,
+    /// The manifest bytes that were signed.
+    pub manifest: Vec<u8>,
+}
+
+/// THE seal check: the boot, `sealroot check-seal`, `sealctl verify` and
+/// `sealctl uki inspect --repo` all call this. Reads the seal of `digest`
+/// beneath the `composefs/` fd ([`read_seal_pair`]) and verifies it against
+/// `keys` with `serial_floor` ([`verify_seal`]).
+pub fn check_repository_seal(
+    composefs: impl std::os::fd::AsFd,
+    digest: &Digest,
+    keys: &[VerifyingKey],
+    serial_floor: u64,
+) -> Result<CheckedSeal, RepoSealError> {
+    let (manifest, sig) = read_seal_pair(&composefs, digest).map_err(RepoSealError::File)?;
+    let verified = verify_seal(&manifest, &sig, keys, digest, serial_floor).map_err(|error| {
+        RepoSealError::Rejected {
+            path: format!("{}/{}", crate::mount::REPO_DIR, seal_rel(digest).0),
+            error,
+        }
+    })?;
+    Ok(CheckedSeal { verified, manifest })
+}
+
+/// Read `<hex>.json` and `<hex>.sig` from `seals_dir` on the tool side,
+/// with exactly the rules of [`read_seal_pair`] (the directory itself is
+/// opened by path). Returns (manifest bytes, signature bytes).
 pub fn read_seal_files(seals_dir: &Path, digest: &Digest) -> Result<(Vec<u8>, Vec<u8>), SealError> {
+    use crate::mount::ImageError;
     let (json, sig) = seal_paths(seals_dir, digest);
-    let manifest = read_limited(&json, MAX_MANIFEST_SIZE)?;
+    let dir = rustix::fs::open(
+        seals_dir,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|errno| match errno {
+        rustix::io::Errno::NOENT => SealError::Missing { path: json.clone() },
+        errno => SealError::Read {
+            path: seals_dir.to_path_buf(),
+            error: std::io::Error::from_raw_os_error(errno.raw_os_error()),
+        },
+    })?;
+    let hex = digest.to_hex();
+    let read = |name: &str, path: &Path, limit: usize| {
+        crate::mount::read_beneath(
+            &dir,
+            name,
+            &path.display().to_string(),
+            limit,
+            crate::mount::Follow::Never,
+        )
+        .map_err(|e| match e {
+            ImageError::Missing { .. } => SealError::Missing {
+                path: path.to_path_buf(),
+            },
+            ImageError::TooLarge { .. } if limit == SIGNATURE_SIZE => {
+                SealError::SignatureWrongSize {
+                    size: file_size(path),
+                }
+            }
+            ImageError::TooLarge { .. } => SealError::ManifestTooLarge {
+                size: file_size(path),
+                limit: MAX_MANIFEST_SIZE,
+            },
+            other => SealError::Read {
+                path: path.to_path_buf(),
+                error: std::io::Error::other(other.to_string()),
+            },
+        })
+    };
+    let manifest = read(&format!("{hex}.json"), &json, MAX_MANIFEST_SIZE)?;
     check_manifest_size(manifest.len() as u64)?;
-    let signature = read_limited(&sig, SIGNATURE_SIZE)?;
+    let signature = read(&format!("{hex}.sig"), &sig, SIGNATURE_SIZE)?;
     if signature.len() != SIGNATURE_SIZE {
         return Err(SealError::SignatureWrongSize {
             size: signature.len() as u64,
@@ -538,40 +663,11 @@ pub fn read_seal_files(seals_dir: &Path, digest: &Digest) -> Result<(Vec<u8>, Ve
     Ok((manifest, signature))
 }
 
-/// Read at most `limit + 1` bytes; a longer file is reported with its size.
-fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>, SealError> {
-    let read_err = |error: std::io::Error| {
-        if error.kind() == std::io::ErrorKind::NotFound {
-            SealError::Missing {
-                path: path.to_path_buf(),
-            }
-        } else {
-            SealError::Read {
-                path: path.to_path_buf(),
-                error,
-            }
-        }
-    };
-    let file = std::fs::File::open(path).map_err(read_err)?;
-    let size = file.metadata().map_err(read_err)?.len();
-    let too_large = |size| {
-        if limit == SIGNATURE_SIZE {
-            SealError::SignatureWrongSize { size }
-        } else {
-            SealError::ManifestTooLarge { size, limit }
-        }
-    };
-    if size > limit as u64 {
-        return Err(too_large(size));
-    }
-    let mut buf = Vec::with_capacity(size as usize);
-    file.take(limit as u64 + 1)
-        .read_to_end(&mut buf)
-        .map_err(read_err)?;
-    if buf.len() > limit {
-        return Err(too_large(buf.len() as u64));
-    }
-    Ok(buf)
+/// Size of a file for an error message (0 if it cannot be read).
+fn file_size(path: &Path) -> u64 {
+    std::fs::symlink_metadata(path)
+        .map(|m| m.len())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -24,8 +24,9 @@
 //!   into another filesystem), moves the new root onto `/`, chroots, checks
 //!   that init is a regular executable file on the sealed root mount
 //!   itself (same mount ID as `/`) (not on the writable `/etc`, `/var` or `/sysroot` mounts, so
-//!   `init=` cannot run unverified code), and execs it with PID 1's
-//!   arguments.
+//!   `init=` cannot run unverified code), and execs it with argv `[init]`
+//!   and exactly the environment it is given (the boot policy's), nothing
+//!   inherited from the kernel.
 //!
 //! Kernel facts relied on: `finit_module` flag `MODULE_INIT_COMPRESSED_FILE`
 //! = 4 (Linux 6.4+, needs `CONFIG_MODULE_DECOMPRESS`); ramfs magic
@@ -441,9 +442,10 @@ fn check_init(init: &str) -> Result<(), SwitchError> {
 }
 
 /// Move the API filesystems into `new_root`, free the initramfs, make
-/// `new_root` the root, and exec `init` with `args`. Returns only on error.
-pub fn switch_root(new_root: &Path, init: &str, args: &[String]) -> SwitchError {
-    match switch_root_inner(new_root, init, args) {
+/// `new_root` the root, and exec `init` with argv `[init]` and environment
+/// `env`. Returns only on error.
+pub fn switch_root(new_root: &Path, init: &str, env: &[&str]) -> SwitchError {
+    match switch_root_inner(new_root, init, env) {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -451,7 +453,7 @@ pub fn switch_root(new_root: &Path, init: &str, args: &[String]) -> SwitchError 
 
 enum Never {}
 
-fn switch_root_inner(new_root: &Path, init: &str, args: &[String]) -> Result<Never, SwitchError> {
+fn switch_root_inner(new_root: &Path, init: &str, env: &[&str]) -> Result<Never, SwitchError> {
     for api in ["/dev", "/proc", "/sys", "/run"] {
         let target = new_root.join(&api[1..]);
         if !crate::mount::is_dir(&target) {
@@ -479,11 +481,9 @@ fn switch_root_inner(new_root: &Path, init: &str, args: &[String]) -> Result<Nev
     log::notice(&format!("switching root to {init}"));
     let to_c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
     let path = to_c(init);
-    let argv: Vec<std::ffi::CString> = std::iter::once(init)
-        .chain(args.iter().map(String::as_str))
-        .map(to_c)
-        .collect();
-    let errno = crate::sys::execv(&path, &argv);
+    let argv = [to_c(init)];
+    let envp: Vec<std::ffi::CString> = env.iter().map(|e| to_c(e)).collect();
+    let errno = crate::sys::execve(&path, &argv, &envp);
     Err(SwitchError::Exec {
         init: init.to_string(),
         error: errno_name(errno),

@@ -207,15 +207,22 @@ pub fn loop_configure(device: impl AsFd, backing: impl AsFd, flags: u32) -> Resu
 #[link_section = ".sealroot_trust"]
 pub(crate) static TRUST_AREA: [u8; crate::trust::AREA_SIZE] = crate::trust::INITIAL_AREA;
 
-/// `execv(path, argv)`: replace this process image. Returns only on
+/// `execve(path, argv, envp)`: replace this process image with exactly
+/// the given arguments and environment (nothing inherited). Returns only on
 /// failure. (std's `Command::exec` would do, but drags its environment and
 /// fork machinery into the size-bound boot binary.)
-pub fn execv(path: &std::ffi::CStr, argv: &[std::ffi::CString]) -> Errno {
-    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    ptrs.push(std::ptr::null());
-    // SAFETY: `path` and every `argv` string are NUL-terminated and outlive
-    // the call; `ptrs` is a NULL-terminated array of pointers to them. On
-    // success the call does not return.
-    unsafe { libc::execv(path.as_ptr(), ptrs.as_ptr()) };
+pub fn execve(
+    path: &std::ffi::CStr,
+    argv: &[std::ffi::CString],
+    envp: &[std::ffi::CString],
+) -> Errno {
+    let mut arg_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    arg_ptrs.push(std::ptr::null());
+    let mut env_ptrs: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
+    // SAFETY: `path` and every `argv`/`envp` string are NUL-terminated and
+    // outlive the call; both pointer arrays are NULL-terminated and point to
+    // them. On success the call does not return.
+    unsafe { libc::execve(path.as_ptr(), arg_ptrs.as_ptr(), env_ptrs.as_ptr()) };
     Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
 }

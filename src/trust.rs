@@ -8,6 +8,12 @@
 //!      feature `sealed-digest` selects that policy; `SEALROOT_SERIAL_FLOOR`);
 //!   2. **embedded** into a prebuilt binary by `sealctl embed-keys`, in the
 //!      reserved area described below.
+//! - The trust policy comes with the [`BootPolicy`] (command-line allowlist,
+//!   init list) from the same source: compiled in from `SEALROOT_CMDLINE_ALLOW`
+//!   and `SEALROOT_INITS`, or embedded with the keys. [`Anchor`] holds both.
+//! - `sealed-digest` with a serial floor is refused wherever it is made
+//!   ([`TrustError::FloorWithSealedDigest`]): that policy checks no seal, so
+//!   the floor could never be enforced.
 //! - Fail closed: a malformed embedded payload is an error, never "fall back
 //!   to the compiled-in keys"; `signed` with no keys is an error
 //!   ([`TrustError::NoTrustedKeys`]), so such a binary refuses every boot; a
@@ -22,7 +28,8 @@
 //! | 0      | 16   | magic `SEALROOT-TRUST01`                               |
 //! | 16     | 4    | payload length, u32 little endian; 0 = none embedded   |
 //! | 20     | len  | payload: JSON `{"policy":"signed"\|"sealed-digest",`   |
-//! |        |      | `"keys":["<64 lowercase hex>",...],"serial_floor":N}`  |
+//! |        |      | `"keys":["<64 lowercase hex>",...],"serial_floor":N,`  |
+//! |        |      | optional `"cmdline_allow":[...]`, `"inits":[...]`}`     |
 //! | 20+len | rest | zero bytes (checked)                                   |
 //!
 //! The area is read through [`std::hint::black_box`] so the optimizer cannot
@@ -35,6 +42,7 @@ use std::fmt;
 
 use ed25519_dalek::VerifyingKey;
 
+use crate::boot_policy::{BootPolicy, PolicyError};
 use crate::digest::{hex_decode_lower, hex_encode};
 
 mod compiled {
@@ -94,6 +102,23 @@ impl TrustPolicy {
     }
 }
 
+/// Everything fixed at build/embed time: the trust policy and the boot policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Anchor {
+    pub policy: TrustPolicy,
+    pub boot: BootPolicy,
+}
+
+impl Anchor {
+    /// A trust policy with the default boot policy.
+    pub fn with_default_boot(policy: TrustPolicy) -> Anchor {
+        Anchor {
+            policy,
+            boot: BootPolicy::default(),
+        }
+    }
+}
+
 /// Where the policy in effect came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TrustSource {
@@ -139,6 +164,13 @@ pub enum TrustError {
     NoTrustedKeys { source: TrustSource },
     /// `sealed-digest` with keys, which that policy would silently ignore.
     KeysWithSealedDigest { count: usize },
+    /// `sealed-digest` with a serial floor, which that policy cannot enforce.
+    FloorWithSealedDigest { floor: u64 },
+    /// A command-line allowlist entry or init path that is unusable.
+    BootPolicy {
+        source: TrustSource,
+        error: PolicyError,
+    },
 }
 
 impl fmt::Display for TrustError {
@@ -191,6 +223,14 @@ impl fmt::Display for TrustError {
                 f,
                 "policy sealed-digest with {count} key(s): that policy uses no keys"
             ),
+            TrustError::FloorWithSealedDigest { floor } => write!(
+                f,
+                "policy sealed-digest with serial floor {floor}: that policy checks no seal, so \
+                 the floor cannot be enforced (use policy signed for rollback protection)"
+            ),
+            TrustError::BootPolicy { source, error } => {
+                write!(f, "{source} boot policy: {error}")
+            }
         }
     }
 }
@@ -204,30 +244,77 @@ struct Payload {
     policy: String,
     keys: Vec<String>,
     serial_floor: u64,
+    /// Vendor command-line entries on top of the defaults.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    cmdline_allow: Vec<String>,
+    /// The init list; absent = the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    inits: Option<Vec<String>>,
 }
 
-/// The policy in effect for this binary: the embedded payload if one was
-/// written, else the compiled-in keys and policy.
+/// The trust policy in effect for this binary: the embedded payload if one
+/// was written, else the compiled-in keys and policy.
 pub fn load() -> Result<TrustPolicy, TrustError> {
-    load_with_source().map(|(policy, _)| policy)
+    load_anchor().map(|(anchor, _)| anchor.policy)
 }
 
-/// [`load`], also saying where the policy came from.
-pub fn load_with_source() -> Result<(TrustPolicy, TrustSource), TrustError> {
+/// Trust and boot policy in effect, and where they came from.
+pub fn load_anchor() -> Result<(Anchor, TrustSource), TrustError> {
     let area: &[u8; AREA_SIZE] = std::hint::black_box(&crate::sys::TRUST_AREA);
     match decode_payload_region(area)? {
-        Some(policy) => Ok((policy, TrustSource::Embedded)),
-        None => compiled_in().map(|p| (p, TrustSource::CompiledIn)),
+        Some(anchor) => Ok((anchor, TrustSource::Embedded)),
+        None => compiled_in().map(|a| (a, TrustSource::CompiledIn)),
     }
 }
 
-/// The compiled-in policy, ignoring any embedded payload.
-pub fn compiled_in() -> Result<TrustPolicy, TrustError> {
-    policy_from_parts(
+/// The boot policy in force, and whether the command line is restricted by
+/// it (the `signed` trust policy). Unlike [`load_anchor`] this succeeds for
+/// a build without compiled-in keys: such a binary still checks its command
+/// line first and refuses at the seal step, after saying what it measured.
+/// A malformed embedded payload is an error here too (fail closed).
+pub fn load_boot_policy() -> Result<(BootPolicy, bool), TrustError> {
+    let area: &[u8; AREA_SIZE] = std::hint::black_box(&crate::sys::TRUST_AREA);
+    match decode_payload_region(area)? {
+        Some(anchor) => {
+            let signed = matches!(anchor.policy, TrustPolicy::Signed { .. });
+            Ok((anchor.boot, signed))
+        }
+        None => Ok((compiled_boot_policy()?, !compiled::COMPILED_SEALED_DIGEST)),
+    }
+}
+
+/// The compiled-in anchor, ignoring any embedded payload.
+pub fn compiled_in() -> Result<Anchor, TrustError> {
+    let policy = policy_from_parts(
         compiled::COMPILED_SEALED_DIGEST,
         compiled::COMPILED_KEYS,
         compiled::COMPILED_SERIAL_FLOOR,
-    )
+    )?;
+    Ok(Anchor {
+        policy,
+        boot: compiled_boot_policy()?,
+    })
+}
+
+fn compiled_boot_policy() -> Result<BootPolicy, TrustError> {
+    let inits = if compiled::COMPILED_INITS.is_empty() {
+        None
+    } else {
+        Some(
+            compiled::COMPILED_INITS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        )
+    };
+    let allow = compiled::COMPILED_CMDLINE_ALLOW
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    BootPolicy::new(allow, inits).map_err(|error| TrustError::BootPolicy {
+        source: TrustSource::CompiledIn,
+        error,
+    })
 }
 
 fn policy_from_parts(
@@ -236,7 +323,12 @@ fn policy_from_parts(
     serial_floor: u64,
 ) -> Result<TrustPolicy, TrustError> {
     if sealed_digest {
-        // build.rs warns when keys were given as well.
+        // build.rs refuses a floor and warns about keys; checked again here.
+        if serial_floor > 0 {
+            return Err(TrustError::FloorWithSealedDigest {
+                floor: serial_floor,
+            });
+        }
         return Ok(TrustPolicy::SealedDigest { serial_floor });
     }
     let mut keys = Vec::with_capacity(raw_keys.len());
@@ -266,7 +358,7 @@ fn check_key(
 
 /// Decode a whole area read from a file (tooling): checks size and magic,
 /// then as [`load`] does. `Ok(None)`: nothing embedded.
-pub fn decode_area(area: &[u8]) -> Result<Option<TrustPolicy>, TrustError> {
+pub fn decode_area(area: &[u8]) -> Result<Option<Anchor>, TrustError> {
     if area.len() < AREA_SIZE {
         return Err(TrustError::AreaTooSmall { len: area.len() });
     }
@@ -277,7 +369,7 @@ pub fn decode_area(area: &[u8]) -> Result<Option<TrustPolicy>, TrustError> {
 }
 
 /// Everything after the magic: length, payload, zero padding.
-fn decode_payload_region(area: &[u8]) -> Result<Option<TrustPolicy>, TrustError> {
+fn decode_payload_region(area: &[u8]) -> Result<Option<Anchor>, TrustError> {
     let len_bytes: [u8; 4] = area
         .get(16..HEADER_LEN)
         .and_then(|s| s.try_into().ok())
@@ -298,7 +390,7 @@ fn decode_payload_region(area: &[u8]) -> Result<Option<TrustPolicy>, TrustError>
 }
 
 /// Parse a payload (the JSON bytes alone).
-pub fn decode_payload(bytes: &[u8]) -> Result<TrustPolicy, TrustError> {
+pub fn decode_payload(bytes: &[u8]) -> Result<Anchor, TrustError> {
     if bytes.len() > MAX_PAYLOAD_LEN {
         return Err(TrustError::PayloadTooLarge {
             len: bytes.len(),
@@ -309,6 +401,13 @@ pub fn decode_payload(bytes: &[u8]) -> Result<TrustPolicy, TrustError> {
         reason: e.to_string(),
     })?;
     let source = TrustSource::Embedded;
+    let boot = BootPolicy::new(payload.cmdline_allow.clone(), payload.inits.clone())
+        .map_err(|error| TrustError::BootPolicy { source, error })?;
+    decode_trust(&payload).map(|policy| Anchor { policy, boot })
+}
+
+fn decode_trust(payload: &Payload) -> Result<TrustPolicy, TrustError> {
+    let source = TrustSource::Embedded;
     match payload.policy.as_str() {
         "sealed-digest" => {
             if !payload.keys.is_empty() {
@@ -316,9 +415,12 @@ pub fn decode_payload(bytes: &[u8]) -> Result<TrustPolicy, TrustError> {
                     count: payload.keys.len(),
                 });
             }
-            Ok(TrustPolicy::SealedDigest {
-                serial_floor: payload.serial_floor,
-            })
+            if payload.serial_floor > 0 {
+                return Err(TrustError::FloorWithSealedDigest {
+                    floor: payload.serial_floor,
+                });
+            }
+            Ok(TrustPolicy::SealedDigest { serial_floor: 0 })
         }
         "signed" => {
             let mut keys: Vec<VerifyingKey> = Vec::with_capacity(payload.keys.len());
@@ -358,17 +460,24 @@ pub fn decode_payload(bytes: &[u8]) -> Result<TrustPolicy, TrustError> {
 /// The payload JSON for a policy. Refuses what [`decode_payload`] would refuse
 /// (signed without keys, duplicate keys, too large), so `sealctl embed-keys`
 /// cannot write a binary that fails every boot by accident.
-pub fn encode_payload(policy: &TrustPolicy) -> Result<Vec<u8>, TrustError> {
-    let payload = match policy {
+pub fn encode_payload(anchor: &Anchor) -> Result<Vec<u8>, TrustError> {
+    let boot = &anchor.boot;
+    let inits = (!boot.default_inits()).then(|| boot.inits.clone());
+    let cmdline_allow = boot.extra_allow.clone();
+    let payload = match &anchor.policy {
         TrustPolicy::Signed { keys, serial_floor } => Payload {
             policy: "signed".into(),
             keys: keys.iter().map(|k| hex_encode(k.as_bytes())).collect(),
             serial_floor: *serial_floor,
+            cmdline_allow,
+            inits,
         },
         TrustPolicy::SealedDigest { serial_floor } => Payload {
             policy: "sealed-digest".into(),
             keys: Vec::new(),
             serial_floor: *serial_floor,
+            cmdline_allow,
+            inits,
         },
     };
     let bytes = serde_json::to_vec(&payload).map_err(|e| TrustError::Malformed {
@@ -398,8 +507,11 @@ pub fn encode_area(payload: &[u8]) -> Result<Vec<u8>, TrustError> {
 }
 
 /// Human- and test-readable lines: `policy:`, `serial-floor:`, one `key:`
-/// line per key fingerprint.
-pub fn describe(policy: &TrustPolicy) -> String {
+/// line per key fingerprint, one `init:` line per allowed init, and the
+/// command-line allowlist (`cmdline-allow:` per entry, or `cmdline:
+/// unrestricted` under sealed-digest).
+pub fn describe(anchor: &Anchor) -> String {
+    let policy = &anchor.policy;
     let mut out = format!(
         "policy: {}\nserial-floor: {}\n",
         policy.name(),
@@ -412,14 +524,29 @@ pub fn describe(policy: &TrustPolicy) -> String {
             out.push('\n');
         }
     }
+    for init in &anchor.boot.inits {
+        out.push_str(&format!("init: {init}\n"));
+    }
+    match policy {
+        TrustPolicy::Signed { .. } => {
+            for entry in anchor.boot.effective_allow() {
+                out.push_str(&format!("cmdline-allow: {entry}\n"));
+            }
+        }
+        TrustPolicy::SealedDigest { .. } => {
+            out.push_str(
+                "cmdline: unrestricted (sealed-digest: the command line is inside a signed UKI)\n",
+            );
+        }
+    }
     out
 }
 
 /// What `sealroot --show-trust` prints: [`describe`] plus a `source:` line,
 /// or the reason no policy loads (`Err`, already one line).
 pub fn show() -> Result<String, TrustError> {
-    let (policy, source) = load_with_source()?;
-    Ok(format!("{}source: {source}\n", describe(&policy)))
+    let (anchor, source) = load_anchor()?;
+    Ok(format!("{}source: {source}\n", describe(&anchor)))
 }
 
 /// Why `sealroot check-seal` refused.
@@ -429,8 +556,13 @@ pub enum CheckSealError {
     Trust(TrustError),
     /// Wrong arguments.
     Usage(String),
-    /// The seal is missing or does not verify under this binary's keys.
-    Seal(crate::seal::SealError),
+    /// The config named by `--config` is unusable.
+    Config(crate::config::ConfigError),
+    /// The repository directory cannot be opened.
+    Repo(crate::mount::ImageError),
+    /// The seal is missing, unreadable or does not verify under this
+    /// binary's keys and floor.
+    Seal(crate::seal::RepoSealError),
 }
 
 impl fmt::Display for CheckSealError {
@@ -438,82 +570,107 @@ impl fmt::Display for CheckSealError {
         match self {
             CheckSealError::Trust(e) => write!(f, "{e}"),
             CheckSealError::Usage(e) => write!(f, "{e}"),
-            CheckSealError::Seal(e) => write!(f, "seal: {e}"),
+            CheckSealError::Config(e) => write!(f, "{e}"),
+            CheckSealError::Repo(e) => write!(f, "repository: {e}"),
+            CheckSealError::Seal(e) => write!(f, "{e}"),
         }
     }
 }
 
 impl std::error::Error for CheckSealError {}
 
-/// The seal check of the boot path, against this binary's own trust anchor,
-/// for a repository on a host: proves which keys a (patched) binary trusts
-/// without booting. Only the seal is checked, for the digest given; the
-/// image's bytes are not hashed here (`sealctl verify` does that offline, the
-/// kernel's fs-verity at boot), which keeps userspace Merkle hashing out of
-/// the size-budgeted boot binary.
+/// The boot's own seal check ([`crate::seal::check_repository_seal`], the
+/// same beneath-fd opens and the same floor: max(this binary's, the
+/// config's)) against this binary's trust anchor, for a repository on a
+/// host: proves what a (patched) binary would accept without booting. Only
+/// the seal is checked, for the digest given; the image's bytes are not
+/// hashed here (`sealctl verify` does that offline, the kernel's fs-verity
+/// at boot), which keeps userspace Merkle hashing out of the size-budgeted
+/// boot binary.
 pub fn check_seal(
     root: &std::path::Path,
     digest: &crate::digest::Digest,
+    config: &crate::config::Config,
 ) -> Result<String, CheckSealError> {
     let policy = load().map_err(CheckSealError::Trust)?;
-    let composefs = root.join("composefs");
-    match &policy {
-        TrustPolicy::SealedDigest { .. } => Ok(format!(
-            "image {} present; policy sealed-digest: no seal needed\n",
-            digest.to_composefs()
-        )),
-        TrustPolicy::Signed { keys, serial_floor } => {
-            let (manifest, sig) = crate::seal::read_seal_files(&composefs.join("seals"), digest)
-                .map_err(CheckSealError::Seal)?;
-            let v = crate::seal::verify_seal(&manifest, &sig, keys, digest, *serial_floor)
-                .map_err(CheckSealError::Seal)?;
-            Ok(format!(
-                "seal ok: {} serial {} key {}\n",
-                digest.to_composefs(),
-                v.manifest.serial,
-                v.key_fingerprint
-            ))
+    if let TrustPolicy::SealedDigest { .. } = policy {
+        if config.serial_floor > 0 {
+            return Err(CheckSealError::Usage(format!(
+                "config sets serial_floor {} but the policy is sealed-digest, which checks no seal; the boot refuses this",
+                config.serial_floor
+            )));
         }
+        return Ok(format!(
+            "policy sealed-digest: no seal needed for {}\n",
+            digest.to_composefs()
+        ));
     }
+    let TrustPolicy::Signed { keys, serial_floor } = &policy else {
+        return Err(CheckSealError::Trust(TrustError::NoTrustedKeys {
+            source: TrustSource::CompiledIn,
+        }));
+    };
+    let floor = (*serial_floor).max(config.serial_floor);
+    let repo = crate::mount::open_repo(root).map_err(CheckSealError::Repo)?;
+    let checked = crate::seal::check_repository_seal(&repo, digest, keys, floor)
+        .map_err(CheckSealError::Seal)?;
+    Ok(format!(
+        "seal ok: {} serial {} (floor {floor}) key {}\n",
+        digest.to_composefs(),
+        checked.verified.manifest.serial,
+        checked.verified.key_fingerprint
+    ))
 }
 
-/// `sealroot --show-trust` and `sealroot check-seal --repo DIR DIGEST`:
-/// inspection entry points that never mount anything. `args` excludes
-/// argv[0]. `None` when the arguments are not one of these. Only
+/// `sealroot --show-trust` and `sealroot check-seal --repo DIR [--config
+/// FILE] DIGEST`: inspection entry points that never mount anything. `args`
+/// excludes argv[0]. `None` when the arguments are not one of these. Only
 /// [`crate::boot::main`] calls it, after its PID 1 branch, because argv of
 /// init comes from the kernel command line and must never steer the boot.
 pub fn tool_main(args: &[String]) -> Option<std::process::ExitCode> {
-    use std::process::ExitCode;
+    const USAGE: &str =
+        "usage: sealroot check-seal --repo DIR [--config FILE] <hex | v1-sha256-12:hex>";
     let result = match args.first().map(String::as_str) {
         Some("--show-trust") if args.len() == 1 => show().map_err(CheckSealError::Trust),
-        Some("check-seal") => match args.get(1..) {
-            Some([flag, dir, digest]) if flag == "--repo" => {
-                let parsed = if digest.starts_with('v') {
-                    crate::digest::Digest::parse_composefs(digest)
-                } else {
-                    crate::digest::Digest::parse_hex_any(digest)
-                };
-                match parsed {
-                    Ok(d) => check_seal(std::path::Path::new(dir), &d),
-                    Err(e) => Err(CheckSealError::Usage(format!("digest {digest:?}: {e}"))),
+        Some("check-seal") => {
+            let (dir, config_path, digest) = match args.get(1..) {
+                Some([flag, dir, digest]) if flag == "--repo" => (dir, None, digest),
+                Some([flag, dir, cflag, config, digest])
+                    if flag == "--repo" && cflag == "--config" =>
+                {
+                    (dir, Some(config), digest)
                 }
-            }
-            _ => Err(CheckSealError::Usage(
-                "usage: sealroot check-seal --repo DIR <hex | v1-sha256-12:hex>".into(),
-            )),
-        },
+                _ => return Some(report(Err(CheckSealError::Usage(USAGE.into())))),
+            };
+            let config = match config_path {
+                None => Ok(crate::config::Config::default()),
+                Some(p) => crate::config::load(std::path::Path::new(p))
+                    .map_err(CheckSealError::Config)
+                    .and_then(|c| {
+                        c.ok_or_else(|| CheckSealError::Usage(format!("config {p}: no such file")))
+                    }),
+            };
+            config.and_then(|config| match crate::digest::Digest::parse_user(digest) {
+                Ok(d) => check_seal(std::path::Path::new(dir), &d, &config),
+                Err(e) => Err(CheckSealError::Usage(format!("digest {digest:?}: {e}"))),
+            })
+        }
         _ => return None,
     };
-    Some(match result {
+    Some(report(result))
+}
+
+fn report(result: Result<String, CheckSealError>) -> std::process::ExitCode {
+    match result {
         Ok(text) => {
             print!("{text}");
-            ExitCode::SUCCESS
+            std::process::ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("sealroot: {e}");
-            ExitCode::FAILURE
+            std::process::ExitCode::FAILURE
         }
-    })
+    }
 }
 
 #[cfg(test)]
@@ -546,6 +703,7 @@ mod tests {
             keys: vec![key(KEY1), key(KEY2)],
             serial_floor: 7,
         };
+        let policy = Anchor::with_default_boot(policy);
         let bytes = encode_payload(&policy).unwrap();
         // The stored form is the documented JSON, checked independently of the encoder.
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
@@ -555,9 +713,26 @@ mod tests {
         );
         assert_eq!(decode_area(&area_with(&bytes)), Ok(Some(policy)));
 
-        let sealed = TrustPolicy::SealedDigest { serial_floor: 3 };
+        let sealed = Anchor::with_default_boot(TrustPolicy::SealedDigest { serial_floor: 0 });
         let bytes = encode_payload(&sealed).unwrap();
         assert_eq!(decode_payload(&bytes), Ok(sealed));
+        // The boot policy travels with the keys.
+        let with_boot = Anchor {
+            policy: TrustPolicy::Signed {
+                keys: vec![key(KEY1)],
+                serial_floor: 0,
+            },
+            boot: BootPolicy::new(
+                vec!["no_timer_check".into()],
+                Some(vec!["/usr/bin/myinit".into()]),
+            )
+            .unwrap(),
+        };
+        let bytes = encode_payload(&with_boot).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["cmdline_allow"], serde_json::json!(["no_timer_check"]));
+        assert_eq!(json["inits"], serde_json::json!(["/usr/bin/myinit"]));
+        assert_eq!(decode_payload(&bytes), Ok(with_boot));
     }
 
     #[test]
@@ -610,6 +785,22 @@ mod tests {
             (
                 "{\"policy\":\"sealed-digest\",\"keys\":[\"d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a\"],\"serial_floor\":0}",
                 |e| matches!(e, TrustError::KeysWithSealedDigest { count: 1 }),
+            ),
+            (
+                "{\"policy\":\"sealed-digest\",\"keys\":[],\"serial_floor\":3}",
+                |e| matches!(e, TrustError::FloorWithSealedDigest { floor: 3 }),
+            ),
+            (
+                "{\"policy\":\"signed\",\"keys\":[\"d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a\"],\"serial_floor\":0,\"cmdline_allow\":[\"a b\"]}",
+                |e| matches!(e, TrustError::BootPolicy { .. }),
+            ),
+            (
+                "{\"policy\":\"signed\",\"keys\":[\"d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a\"],\"serial_floor\":0,\"inits\":[]}",
+                |e| matches!(e, TrustError::BootPolicy { .. }),
+            ),
+            (
+                "{\"policy\":\"signed\",\"keys\":[\"d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a\"],\"serial_floor\":0,\"inits\":[\"bin/sh\"]}",
+                |e| matches!(e, TrustError::BootPolicy { .. }),
             ),
             // The identity point (y = 1): small order.
             (
@@ -681,18 +872,22 @@ mod tests {
             })
         );
         assert_eq!(
-            encode_payload(&TrustPolicy::Signed {
+            encode_payload(&Anchor::with_default_boot(TrustPolicy::Signed {
                 keys: vec![],
                 serial_floor: 0
-            }),
+            })),
             Err(TrustError::NoTrustedKeys {
                 source: TrustSource::Embedded
             })
         );
-        // sealed-digest needs no keys.
+        // sealed-digest needs no keys, and cannot enforce a floor.
+        assert_eq!(
+            policy_from_parts(true, &[], 0),
+            Ok(TrustPolicy::SealedDigest { serial_floor: 0 })
+        );
         assert_eq!(
             policy_from_parts(true, &[], 5),
-            Ok(TrustPolicy::SealedDigest { serial_floor: 5 })
+            Err(TrustError::FloorWithSealedDigest { floor: 5 })
         );
         let raw: [u8; 32] = hex_decode_lower(KEY1).unwrap().try_into().unwrap();
         assert_eq!(
@@ -708,7 +903,7 @@ mod tests {
     fn compiled_in_matches_build_inputs() {
         // Without SEALROOT_TRUSTED_KEYS, keys/trusted/ or test-keys, a signed
         // build has no keys and must refuse; with the feature it has the test key.
-        let result = compiled_in();
+        let result = compiled_in().map(|a| a.policy);
         if cfg!(feature = "sealed-digest") {
             assert!(matches!(result, Ok(TrustPolicy::SealedDigest { .. })));
         } else if compiled::COMPILED_KEYS.is_empty() {
@@ -725,28 +920,31 @@ mod tests {
         }
         // Nothing is embedded in a freshly built test binary.
         assert_eq!(
-            load_with_source().map(|(_, s)| s).ok(),
+            load_anchor().map(|(_, s)| s).ok(),
             result.ok().map(|_| TrustSource::CompiledIn)
         );
     }
 
     #[test]
     fn describe_lists_policy_and_fingerprints() {
-        let text = describe(&TrustPolicy::Signed {
+        let text = describe(&Anchor::with_default_boot(TrustPolicy::Signed {
             keys: vec![key(KEY1)],
             serial_floor: 9,
-        });
+        }));
         let expected_fp = format!(
             "sha256:{}",
             hex_encode(&Sha256::digest(hex_decode_lower(KEY1).unwrap()))
         );
-        assert_eq!(
-            text,
-            format!("policy: signed\nserial-floor: 9\nkey: {expected_fp}\n")
-        );
-        assert_eq!(
-            describe(&TrustPolicy::SealedDigest { serial_floor: 0 }),
-            "policy: sealed-digest\nserial-floor: 0\n"
-        );
+        assert!(text.starts_with(&format!(
+            "policy: signed\nserial-floor: 9\nkey: {expected_fp}\ninit: /sbin/init\n"
+        )));
+        assert!(text.contains("\ncmdline-allow: console=\n"));
+        assert!(text.contains("\ncmdline-allow: init=/lib/systemd/systemd\n"));
+        assert!(!text.contains("cmdline-allow: init=/bin/sh"));
+        let sealed = describe(&Anchor::with_default_boot(TrustPolicy::SealedDigest {
+            serial_floor: 0,
+        }));
+        assert!(sealed.starts_with("policy: sealed-digest\nserial-floor: 0\ninit: /sbin/init\n"));
+        assert!(sealed.contains("cmdline: unrestricted"));
     }
 }

@@ -18,6 +18,11 @@
 //!   temporary file in OUT's directory, fsync'd, then renamed, with the input's
 //!   permission bits, so OUT is either absent/old or complete.
 //!
+//! The payload also carries the boot policy (`sealroot::boot_policy`):
+//! `--allow-cmdline ENTRY` adds kernel command-line words a signed boot
+//! accepts on top of the defaults, `--init PATH` replaces the init list.
+//! Embedding replaces the whole anchor, compiled-in extensions included.
+//!
 //! `--show` prints the trust anchor a binary carries without writing.
 
 use std::fs::{self, File, OpenOptions};
@@ -26,8 +31,9 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use sealroot::boot_policy::BootPolicy;
 use sealroot::keys::{self, KeyError};
-use sealroot::trust::{self, TrustError, TrustPolicy, AREA_SIZE, MAGIC, SECTION_NAME};
+use sealroot::trust::{self, Anchor, TrustError, TrustPolicy, AREA_SIZE, MAGIC, SECTION_NAME};
 
 /// Largest binary read into memory.
 const MAX_BINARY: u64 = 512 << 20;
@@ -53,11 +59,19 @@ pub struct Args {
     /// without keys: only safe when a Secure-Boot-signed UKI seals it.
     #[arg(long, value_enum, default_value = "signed")]
     policy: Policy,
-    /// Reject seals whose serial is below this number.
+    /// Reject seals whose serial is below this number (signed policy only).
     #[arg(long, default_value_t = 0)]
     serial_floor: u64,
+    /// A kernel command-line word a signed boot accepts besides the defaults
+    /// (`word`, `key=` for any value, `key=value`); repeatable.
+    #[arg(long = "allow-cmdline", value_name = "ENTRY")]
+    allow_cmdline: Vec<String>,
+    /// An allowed init (absolute path); repeatable; replaces the default
+    /// list, the first is used when the command line names none.
+    #[arg(long = "init", value_name = "PATH")]
+    inits: Vec<String>,
     /// Print the binary's embedded trust anchor and write nothing.
-    #[arg(long, conflicts_with_all = ["output", "keys"])]
+    #[arg(long, conflicts_with_all = ["output", "keys", "allow_cmdline", "inits"])]
     show: bool,
 }
 
@@ -391,14 +405,27 @@ fn show(args: &Args) -> Result<String, EmbedError> {
     let area = &data[offset..offset + AREA_SIZE];
     Ok(
         match trust::decode_area(area).map_err(EmbedError::ExistingArea)? {
-            Some(policy) => format!("{}source: embedded\n", trust::describe(&policy)),
+            Some(anchor) => format!("{}source: embedded\n", trust::describe(&anchor)),
             None => "source: compiled-in (nothing embedded)\n".to_string(),
         },
     )
 }
 
 fn embed(args: &Args, output: &Path) -> Result<String, EmbedError> {
-    let policy = build_policy(args)?;
+    let boot = BootPolicy::new(
+        args.allow_cmdline.clone(),
+        (!args.inits.is_empty()).then(|| args.inits.clone()),
+    )
+    .map_err(|error| {
+        EmbedError::Policy(TrustError::BootPolicy {
+            source: trust::TrustSource::Embedded,
+            error,
+        })
+    })?;
+    let policy = Anchor {
+        policy: build_policy(args)?,
+        boot,
+    };
     let payload = trust::encode_payload(&policy).map_err(EmbedError::Policy)?;
     let area = trust::encode_area(&payload).map_err(EmbedError::Policy)?;
     let (mut data, mode) = read_binary(&args.binary)?;

@@ -79,8 +79,9 @@ fn check_repo(root: &Path, keys: &[PathBuf], digest: &sealroot::digest::Digest) 
         })
         .map_err(|e| e.to_string());
     let seal = (|| {
-        let (manifest, sig) =
-            seal::read_seal_files(&repo.seals_dir(), digest).map_err(|e| e.to_string())?;
+        // The boot's own reader and check, from the same beneath-fd opens.
+        let dir = sealroot::mount::open_repo(root).map_err(|e| e.to_string())?;
+        let (manifest, _) = seal::read_seal_pair(&dir, digest).map_err(|e| format!("seal: {e}"))?;
         if keys.is_empty() {
             let m = seal::Manifest::parse(&manifest).map_err(|e| e.to_string())?;
             return Ok(format!(
@@ -95,8 +96,9 @@ fn check_repo(root: &Path, keys: &[PathBuf], digest: &sealroot::digest::Digest) 
                     .map_err(|e| format!("key {}: {e}", path.display()))?,
             );
         }
-        let verified =
-            seal::verify_seal(&manifest, &sig, &trusted, digest, 0).map_err(|e| e.to_string())?;
+        let verified = seal::check_repository_seal(&dir, digest, &trusted, 0)
+            .map_err(|e| e.to_string())?
+            .verified;
         Ok(format!(
             "verified by {} (serial {})",
             verified.key_fingerprint, verified.manifest.serial
