@@ -77,6 +77,11 @@ struct Fixture {
 
 fn fixture() -> Option<Fixture> {
     if !have("openssl") || !have("fsverity") {
+        // CI installs both (scripts/setup): there a missing tool is a failure.
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "needs openssl and fsverity (fsverity-utils); scripts/setup installs them"
+        );
         eprintln!("SKIP: needs openssl and fsverity (fsverity-utils)");
         return None;
     }
@@ -297,6 +302,177 @@ fn matrix(f: &Fixture, base: &str) {
     std::fs::write(&manifest, data).unwrap();
     let o = check(&bin_a, &tampered, &f.hex);
     assert!(!o.status.success(), "{}", text(&o));
+}
+
+/// `check-seal` runs the boot's own seal check (same beneath-fd opens):
+/// seal files behind a symlink or replaced by a FIFO are refused the way the
+/// boot refuses them, and the config's floor counts as at boot.
+#[test]
+fn check_seal_matrix_matches_the_boot() {
+    let Some(f) = fixture() else { return };
+    let bin = f.root.join("sealroot-matrix");
+    let o = embed(SEALROOT, &bin, &["--key", f.key_a_pub.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let copy = |name: &str| {
+        let repo = f.root.join(name);
+        let o = Command::new("cp")
+            .arg("-a")
+            .arg(&f.repo_a)
+            .arg(&repo)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        repo
+    };
+    let hex = &f.hex;
+    let expect_refused = |repo: &Path, line: &str| {
+        let o = check(&bin, repo, hex);
+        assert!(!o.status.success(), "accepted: {}", text(&o));
+        assert!(text(&o).contains(line), "want {line:?}, got: {}", text(&o));
+    };
+
+    // A manifest that is a symlink (even to an identical file beside it).
+    let linked = copy("repo-linked");
+    let seals = linked.join("composefs/seals");
+    std::fs::rename(seals.join(format!("{hex}.json")), seals.join("real.json")).unwrap();
+    std::os::unix::fs::symlink("real.json", seals.join(format!("{hex}.json"))).unwrap();
+    expect_refused(
+        &linked,
+        &format!("seal: composefs/seals/{hex}.json is a symlink or has one in its path"),
+    );
+    // The seals directory itself a symlink.
+    let dirlinked = copy("repo-dirlinked");
+    let c = dirlinked.join("composefs");
+    std::fs::rename(c.join("seals"), c.join("real-seals")).unwrap();
+    std::os::unix::fs::symlink("real-seals", c.join("seals")).unwrap();
+    expect_refused(
+        &dirlinked,
+        &format!("seal: composefs/seals/{hex}.json is a symlink or has one in its path"),
+    );
+    // A FIFO in place of the signature: refused at once, never read (a
+    // blocking read would hang the boot).
+    let fifo = copy("repo-fifo");
+    let sig = fifo.join(format!("composefs/seals/{hex}.sig"));
+    std::fs::remove_file(&sig).unwrap();
+    let o = Command::new("mkfifo").arg(&sig).output().unwrap();
+    assert!(o.status.success());
+    expect_refused(
+        &fifo,
+        &format!("seal: composefs/seals/{hex}.sig is not a regular file"),
+    );
+    // sealctl verify reads the same way and reports the same refusal.
+    let o = run(
+        SEALCTL,
+        &[
+            "verify",
+            "--repo",
+            fifo.to_str().unwrap(),
+            "--key",
+            f.key_a_pub.to_str().unwrap(),
+            hex,
+        ],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("not a regular file"), "{}", text(&o));
+
+    // The config's serial floor counts, as at boot: max(binary, config).
+    let cfg = f.root.join("config.json");
+    std::fs::write(&cfg, r#"{"serial_floor": 4}"#).unwrap();
+    let with_config = |cfg: &Path| {
+        run(
+            bin.to_str().unwrap(),
+            &[
+                "check-seal",
+                "--repo",
+                f.repo_a.to_str().unwrap(),
+                "--config",
+                cfg.to_str().unwrap(),
+                hex,
+            ],
+        )
+    };
+    let o = with_config(&cfg);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("seal serial 3 is below the minimum serial 4 (rollback refused)"),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(&cfg, r#"{"serial_floor": 3}"#).unwrap();
+    let o = with_config(&cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("(floor 3)"), "{}", text(&o));
+    // A broken config is refused, not skipped.
+    std::fs::write(&cfg, r#"{"serial_floor": "x"}"#).unwrap();
+    assert!(!with_config(&cfg).status.success());
+}
+
+/// The boot policy travels with the keys: embed extends the command-line
+/// allowlist and replaces the init list; bad entries and a floor under
+/// sealed-digest are refused before anything is written.
+#[test]
+fn boot_policy_is_embedded_and_shown() {
+    let Some(f) = fixture() else { return };
+    let a_pub = f.key_a_pub.to_str().unwrap();
+    let bin = f.root.join("sealroot-policy");
+    let o = embed(
+        SEALROOT,
+        &bin,
+        &[
+            "--key",
+            a_pub,
+            "--allow-cmdline",
+            "no_timer_check",
+            "--allow-cmdline",
+            "systemd.firstboot=off",
+            "--init",
+            "/usr/bin/myinit",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(bin.to_str().unwrap(), &["--show-trust"]);
+    let shown = text(&o);
+    assert!(o.status.success(), "{shown}");
+    for line in [
+        "init: /usr/bin/myinit",
+        "cmdline-allow: no_timer_check",
+        "cmdline-allow: systemd.firstboot=off",
+        "cmdline-allow: console=",
+        "cmdline-allow: init=/usr/bin/myinit",
+    ] {
+        assert!(shown.lines().any(|l| l == line), "no {line:?} in:\n{shown}");
+    }
+    assert!(!shown.contains("init: /sbin/init"), "{shown}");
+    // The default binary shows the default list.
+    let o = embed(SEALROOT, &bin, &["--key", a_pub]);
+    assert!(o.status.success(), "{}", text(&o));
+    let shown = text(&run(bin.to_str().unwrap(), &["--show-trust"]));
+    assert!(shown.contains("init: /sbin/init\n"), "{shown}");
+    assert!(!shown.contains("no_timer_check"), "{shown}");
+
+    for (extra, want) in [
+        (vec!["--allow-cmdline", "a b"], "whitespace"),
+        (vec!["--allow-cmdline", "init=/bin/sh"], "names init="),
+        (vec!["--allow-cmdline=--"], "arguments to init"),
+        (vec!["--init", "bin/sh"], "not an absolute path"),
+    ] {
+        let out = f.root.join("sealroot-bad");
+        let mut args = vec!["--key", a_pub];
+        args.extend(extra.iter().copied());
+        let o = embed(SEALROOT, &out, &args);
+        assert!(!o.status.success(), "{extra:?} accepted");
+        assert!(text(&o).contains(want), "{extra:?}: {}", text(&o));
+        assert!(!out.exists(), "{extra:?} wrote a binary");
+    }
+    let out = f.root.join("sealroot-sd-floor");
+    let o = embed(
+        SEALROOT,
+        &out,
+        &["--policy", "sealed-digest", "--serial-floor", "2"],
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("cannot be enforced"), "{}", text(&o));
+    assert!(!out.exists());
 }
 
 #[test]
