@@ -578,13 +578,7 @@ fn run_pid1(started: Instant) -> ! {
         log::err(&format!("refusing to boot: {reason}"));
         pid1_fail(policy, &reason)
     };
-    let (loaded, present) = switchroot::load_modules(Path::new(MODULE_LIST));
-    if loaded + present > 0 {
-        log::info(&format!(
-            "modules: {loaded} loaded, {present} already present"
-        ));
-    }
-    // The command line is checked before anything touches a disk.
+    // The command line is checked before anything else happens.
     let gate = load_gate().unwrap_or_else(|e| fail(e));
     let text = proc_cmdline().unwrap_or_else(|e| fail(e));
     let c = read_cmdline(&text, &gate).unwrap_or_else(|e| fail(e));
@@ -594,6 +588,12 @@ fn run_pid1(started: Instant) -> ! {
         .map_err(BootError::Policy)
         .unwrap_or_else(|e| fail(e))
         .to_string();
+    let (loaded, present) = switchroot::load_modules(Path::new(MODULE_LIST));
+    if loaded + present > 0 {
+        log::info(&format!(
+            "modules: {loaded} loaded, {present} already present"
+        ));
+    }
     let sysroot = Path::new(PID1_SYSROOT);
     if let Err(e) = switchroot::mount_physical_root(
         c.root.as_deref(),

@@ -97,11 +97,21 @@ install() {
         inst_simple "$cfg" /etc/sealroot/config.json
     fi
 
+    # A refusal ends in dracut's emergency handler, which opens a root shell
+    # unless rd.shell=0 (its default is on). From that shell anything can be
+    # mounted and switched into, so make "no shell" the default here. dracut
+    # reads /etc/cmdline.d/*.conf in order, then the kernel command line, and
+    # the last rd.shell= wins: kernel_cmdline= in dracut.conf.d (01-default.conf)
+    # or the command line can still turn the shell on; 00- keeps ours first.
+    mkdir -p "${initdir}/etc/cmdline.d"
+    printf 'rd.shell=0\n' > "${initdir}/etc/cmdline.d/00-sealroot.conf"
+
     if dracut_module_included "systemd"; then
         inst_simple "$moddir/sealroot.service" "$systemdsystemunitdir/sealroot.service"
         # A Requires= link from initrd-root-fs.target (not only a wants link):
         # the unit is then always in the boot transaction, and if it fails
         # initrd-root-fs.target fails too, which also ends in emergency.target.
+        # The unit has no conditions: it runs on every boot.
         mkdir -p "${initdir}${systemdsystemunitdir}/initrd-root-fs.target.requires"
         ln_r "$systemdsystemunitdir/sealroot.service" \
             "$systemdsystemunitdir/initrd-root-fs.target.requires/sealroot.service"
@@ -112,7 +122,9 @@ install() {
         # mount hook (98, before rootfs-block's 99-mount-root.sh) mounts the
         # physical root through rootfs-block's hook and composes the verified
         # root before that check; the pre-pivot hook composes it for a root
-        # mounted any other way, so no path reaches switch_root unverified.
+        # mounted any other way and checks that the root about to be switched
+        # into is still the composed overlay. Both run on every boot: nothing
+        # on the command line turns them off.
         inst_hook mount 98 "$moddir/sealroot-mount.sh"
         inst_hook pre-pivot 10 "$moddir/sealroot-pre-pivot.sh"
     fi

@@ -9,12 +9,17 @@
 # of a sealed system holds only composefs/ and state/, so a hook that runs
 # after rootfs-block's never gets to see it mounted. The composed root passes
 # that check. Roots mounted some other way are handled by the pre-pivot hook.
+#
+# Nothing on the kernel command line decides whether this runs: with no digest
+# (and no config), `sealroot prepare` refuses and the boot stops here, however
+# complete an OS the physical root may hold.
 type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
 
+# Once only: init.sh may source the mount hooks several times until the root
+# is mounted; the marker and the mount check keep a second pass from mounting
+# or composing again.
 if [ ! -e /run/initramfs/sealroot-composed ] && ! ismounted "$NEWROOT" \
-    && [ -f "$hookdir/mount/99-mount-root.sh" ] \
-    && { getarg composefs.digest= > /dev/null || getarg composefs= > /dev/null \
-        || [ -e /etc/sealroot/config.json ]; }; then
+    && [ -f "$hookdir/mount/99-mount-root.sh" ]; then
     # shellcheck disable=SC1090,SC1091
     . "$hookdir/mount/99-mount-root.sh"
     if ismounted "$NEWROOT"; then

@@ -33,6 +33,18 @@ SWITCH_RE = r"sealroot: switching root"
 # initramfs.
 FSVERITY_FILES = ["/usr/bin/fsverity"]
 
+# Small C programs for the boot-policy scenarios (issue 9), built with the
+# host's gcc into the run directory: (name, source, gcc flags).
+HELPERS_DIR = Path(__file__).resolve().parents[1] / "helpers"
+HELPERS = [
+    ("probe", "probe.c", ["-static", "-Os"]),          # planted in /var and on the physical root
+    ("payload", "payload.c", ["-Os"]),                 # planted: the attacker's program
+    ("preload.so", "preload.c", ["-Os", "-shared", "-fPIC"]),  # planted: the attacker's LD_PRELOAD object
+    ("sealtest-dyn", "dynamic.c", ["-Os"]),            # sealed into root A with its loader and libc
+]
+# Marker every planted attacker program prints first; no boot may show it.
+PAYLOAD_MARKER = "SEALTEST: PAYLOAD"
+
 
 def _ldd_libs(binary):
     out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
@@ -84,9 +96,41 @@ class Fixture:
         self.disks = {}       # name -> installed disk image
         self.initrds = {}
 
+    # ---------------------------------------------------------- helpers
+    def build_helpers(self):
+        """Compile tests/qemu/helpers/*.c; self.helpers: name -> host path."""
+        out = self.dir / "helpers"
+        out.mkdir(parents=True, exist_ok=True)
+        self.helpers = {}
+        for name, src, flags in HELPERS:
+            dest = out / name
+            q.run(["gcc", *flags, "-o", dest, HELPERS_DIR / src], capture_output=True)
+            self.helpers[name] = dest
+        return self.helpers
+
+    def add_dynamic_program(self, root):
+        """Seal a dynamically linked program into ROOT with the host's glibc
+        loader and libc at the paths the program names (e.g.
+        /lib64/ld-linux-x86-64.so.2, /lib/x86_64-linux-gnu/libc.so.6): the
+        LD_PRELOAD scenarios need a program that would honour it, and the
+        loader scenario names a loader that really is on the sealed root."""
+        prog = self.helpers["sealtest-dyn"]
+        libs = _ldd_libs(prog)
+        if not any("ld-linux" in l for l in libs) or not any("libc.so" in l for l in libs):
+            raise RuntimeError(f"ldd {prog} names no glibc loader and libc: {libs}")
+        for lib in libs:
+            dest = Path(root) / lib.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(os.path.realpath(lib), dest)
+            dest.chmod(0o755)
+        shutil.copy(prog, Path(root) / "bin/sealtest-dyn")
+        (Path(root) / "bin/sealtest-dyn").chmod(0o755)
+
     # ---------------------------------------------------------- repositories
     def build_repos(self):
+        self.build_helpers()
         rootA = q.build_demo_root(self.dir / "rootA", "alpha")
+        self.add_dynamic_program(rootA)
         rootB = q.build_demo_root(self.dir / "rootB", "bravo")
         for f in ("alpha.bin", "beta.txt", "gamma.bin", "small.txt"):
             self.sums[f"/data/{f}"] = q.file_sha256(rootA / "data" / f)

@@ -62,11 +62,23 @@ def ensure_kernel():
 
 # ---------------------------------------------------------------- binaries
 
-def cargo_build(sealroot_features=("test-keys",), target_dir=None):
-    """Build the static sealroot (boot profile) and sealctl (release), musl."""
+# Command-line words the QEMU suite's boots carry beyond sealroot's default
+# boot policy allowlist (issue 9): `no_timer_check` (added by _boot) and the
+# demo init's `sealtest.write=1`. tests/qemu/run builds sealroot with them
+# (SEALROOT_CMDLINE_ALLOW); without them every boot of that suite is refused.
+SUITE_CMDLINE_ALLOW = "no_timer_check sealtest.write=1"
+
+
+def cargo_build(sealroot_features=("test-keys",), target_dir=None, cmdline_allow=None):
+    """Build the static sealroot (boot profile) and sealctl (release), musl.
+    CMDLINE_ALLOW (allowlist entries separated by spaces) is passed to the
+    sealroot build as SEALROOT_CMDLINE_ALLOW, added to the default boot
+    policy; None leaves the environment's value alone."""
     env = dict(os.environ)
     td = Path(target_dir) if target_dir else ROOT / "target"
     env["CARGO_TARGET_DIR"] = str(td)
+    if cmdline_allow is not None:
+        env["SEALROOT_CMDLINE_ALLOW"] = cmdline_allow
     feats = ",".join(sealroot_features)
     cmd = ["cargo", "build", "-q", "--profile", "boot", "--no-default-features",
            "--target", TARGET, "--bin", "sealroot"]
@@ -246,6 +258,15 @@ DEMO_INIT = r"""#!/bin/sh
 export PATH=/bin:/sbin
 [ -r /proc/mounts ] || mount -t proc proc /proc
 echo "SEALTEST: init reached"
+# What this init was started with, as the kernel recorded it: one line per
+# NUL-separated element. For this script the kernel's #! loader shows the
+# interpreter first, then the path it was executed as and the arguments
+# (argv [/sbin/init] appears as "/bin/sh", "/sbin/init").
+tr '\000' '\n' < /proc/$$/cmdline | while IFS= read -r a; do echo "SEALTEST: cmdline $a"; done
+tr '\000' '\n' < /proc/$$/environ | while IFS= read -r e; do echo "SEALTEST: environ $e"; done
+# A dynamically linked program, where the root carries one (QEMU suite): an
+# LD_PRELOAD that reached this environment would be loaded into it.
+if [ -x /bin/sealtest-dyn ]; then /bin/sealtest-dyn; fi
 root=$(awk '$2=="/" {t=$3} END {print t}' /proc/mounts)
 echo "SEALTEST: rootfs $root"
 for f in /data/*; do
@@ -267,6 +288,30 @@ case " $(cat /proc/cmdline) " in
     sync ;;
 esac
 echo "SEALTEST: sysroot $(awk '$2=="/sysroot" {print $3, $4}' /proc/mounts)"
+for m in /etc /var /sysroot; do
+  echo "SEALTEST: mountopts $m $(awk -v m=$m '$2==m {o=$4} END {print o}' /proc/mounts)"
+done
+# Mount hardening probes, when a test planted them in the writable state
+# (tests/qemu scenario state-mount-hardening): a device node and a setuid-root
+# program under /var, an executable on the physical root.
+if [ -d /var/sealtest ]; then
+  echo "SEALTEST: var-dev is $(stat -c '%F %t:%T' /var/sealtest/null 2>&1)"
+  if out=$(cat /var/sealtest/null 2>&1); then echo "SEALTEST: var-dev opened"; else echo "SEALTEST: var-dev refused: $out"; fi
+  echo "SEALTEST: var-suid is $(stat -c '%A %u' /var/sealtest/suid 2>&1)"
+  /var/sealtest/probe as 1000 /var/sealtest/suid id var-suid
+  # Control: the same program, setuid root on a tmpfs that honours setuid.
+  if mount -t tmpfs -o mode=0755 sealtest /mnt && cp /var/sealtest/suid /mnt/suid && chmod 4755 /mnt/suid; then
+    /var/sealtest/probe as 1000 /mnt/suid id tmpfs-suid
+  else
+    echo "SEALTEST: tmpfs-suid control could not be set up"
+  fi
+  echo "SEALTEST: sysroot-exec is $(stat -c '%A' /sysroot/sealtest-exec 2>&1)"
+  if out=$(/sysroot/sealtest-exec id sysroot-exec 2>&1); then
+    echo "SEALTEST: sysroot-exec ran: $out"
+  else
+    echo "SEALTEST: sysroot-exec refused: $out"
+  fi
+fi
 echo "SEALTEST: status-begin"
 cat /run/sealroot/status.json 2>&1
 echo
@@ -300,7 +345,7 @@ def build_demo_root(dest, tag="demo", busybox=True):
     if busybox:
         shutil.copy("/bin/busybox", dest / "bin/busybox")
         for applet in ("sh", "mount", "cat", "echo", "awk", "sha256sum", "poweroff", "sync",
-                       "ls", "date", "sleep", "dmesg"):
+                       "ls", "date", "sleep", "dmesg", "tr", "stat", "cp", "chmod"):
             os.symlink("busybox", dest / "bin" / applet)
     (dest / "sbin/init").write_text(DEMO_INIT)
     (dest / "sbin/init").chmod(0o755)
