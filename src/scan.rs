@@ -484,30 +484,48 @@ impl XattrSource<'_> {
     }
 }
 
+/// Largest xattr name list and value the kernel hands out
+/// (`XATTR_LIST_MAX`, `XATTR_SIZE_MAX`: 64 KiB each).
+const KERNEL_XATTR_MAX: usize = 65536;
+
+/// Call `read` with a buffer that doubles from `start` bytes on ERANGE, up
+/// to [`KERNEL_XATTR_MAX`]. (A size query with an empty buffer is not used:
+/// the answer can be stale by the next call, and rustix clamps the count it
+/// returns for a slice to the slice's length.) `Ok(None)`: still ERANGE at
+/// the kernel's maximum.
+fn read_growing(
+    start: usize,
+    mut read: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>,
+) -> rustix::io::Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; start];
+    loop {
+        match read(&mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(rustix::io::Errno::RANGE) if buf.len() < KERNEL_XATTR_MAX => {
+                let grown = (buf.len() * 2).min(KERNEL_XATTR_MAX);
+                buf.resize(grown, 0);
+            }
+            Err(rustix::io::Errno::RANGE) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn read_xattrs(path: &Path, src: XattrSource, user_only: bool) -> Result<Vec<Xattr>, ScanError> {
     let err = |e: rustix::io::Errno| ScanError::Io {
         path: path.to_path_buf(),
         source: io::Error::from(e),
     };
-    let mut list = [0u8; 512];
-    let mut big = Vec::new();
-    let names: &[u8] = match src.list(&mut list[..]) {
-        Ok(0) => return Ok(Vec::new()),
-        Ok(n) => &list[..n],
-        Err(rustix::io::Errno::RANGE) => loop {
-            let need = src.list(&mut [0u8; 0][..]).map_err(err)?;
-            big.resize(need.max(1024), 0);
-            match src.list(&mut big[..]) {
-                Ok(n) => break &big[..n],
-                Err(rustix::io::Errno::RANGE) => continue,
-                Err(e) => return Err(err(e)),
-            }
-        },
+    let names = match read_growing(512, |buf| src.list(buf)) {
+        Ok(Some(names)) => names,
+        Ok(None) => return Err(err(rustix::io::Errno::RANGE)),
         Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
         Err(e) => return Err(err(e)),
     };
     let mut out = Vec::new();
-    let mut value = vec![0u8; 256];
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         if user_only && !name.starts_with(b"user.") {
             continue;
@@ -520,22 +538,19 @@ fn read_xattrs(path: &Path, src: XattrSource, user_only: bool) -> Result<Vec<Xat
             return Err(too_long());
         }
         let cname = std::ffi::CString::new(name).map_err(|_| too_long())?;
-        let n = loop {
-            match src.get(cname.as_c_str(), &mut value[..]) {
-                Ok(n) => break n,
-                Err(rustix::io::Errno::RANGE) => {
-                    let need = src.get(cname.as_c_str(), &mut [0u8; 0][..]).map_err(err)?;
-                    if need > MAX_XATTR_VALUE_LEN {
-                        return Err(too_long());
-                    }
-                    value.resize(need.max(value.len()), 0);
-                }
-                Err(e) => return Err(err(e)),
-            }
+        let value = match read_growing(256, |buf| src.get(cname.as_c_str(), buf)) {
+            Ok(Some(v)) => v,
+            Ok(None) => return Err(too_long()),
+            // Removed between listing and reading: it is not there.
+            Err(rustix::io::Errno::NODATA) => continue,
+            Err(e) => return Err(err(e)),
         };
+        if value.len() > MAX_XATTR_VALUE_LEN {
+            return Err(too_long());
+        }
         out.push(Xattr {
             name: name.into(),
-            value: value[..n].into(),
+            value: value.into(),
         });
     }
     Ok(out)

@@ -15,7 +15,7 @@ fn have_fsverity() -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !ok {
-        eprintln!("SKIP: `fsverity` (fsverity-utils) not installed; run scripts/setup");
+        common::missing("`fsverity` (fsverity-utils; scripts/setup installs it)");
     }
     ok
 }
