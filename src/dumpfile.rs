@@ -24,7 +24,9 @@
 //! bits, directory hard links, dangling or cyclic hard links.
 //!
 //! `strict` additionally refuses what the reference merely tolerates: a
-//! missing final newline, a symlink SIZE that disagrees with its target,
+//! line that ends right after its PAYLOAD (lenient parsing takes the
+//! missing CONTENT and DIGEST as `-`, as mkcomposefs 1.0 does; a line
+//! shorter than that is an error either way), a missing final newline, a symlink SIZE that disagrees with its target,
 //! RDEV on anything but a device, CONTENT or DIGEST on anything but a
 //! regular file, an xattr without `=`, and nanoseconds ≥ 10⁹.
 
@@ -142,6 +144,9 @@ impl std::fmt::Display for DumpfileError {
 }
 
 impl std::error::Error for DumpfileError {}
+
+/// Index of CONTENT, the first field a lenient parse lets a line omit.
+const FIRST_OPTIONAL_FIELD: usize = 9;
 
 const FIELDS: [&str; 11] = [
     "PATH", "SIZE", "MODE", "NLINK", "UID", "GID", "RDEV", "MTIME", "PAYLOAD", "CONTENT", "DIGEST",
@@ -378,9 +383,14 @@ pub fn parse(input: &[u8], strict: bool) -> Result<Tree, DumpfileError> {
         let mut fields = raw.split(|&c| c == b' ');
         let mut f: [&[u8]; 11] = [&[]; 11];
         for (i, name) in FIELDS.iter().enumerate() {
-            f[i] = fields
-                .next()
-                .ok_or(DumpfileError::MissingField { line, field: name })?;
+            f[i] = match fields.next() {
+                Some(field) => field,
+                // Lenient, as the reference: a line may end right after
+                // its PAYLOAD; the missing CONTENT and DIGEST are unset.
+                // Any earlier missing field stays an error.
+                None if !strict && i >= FIRST_OPTIONAL_FIELD => b"-",
+                None => return Err(DumpfileError::MissingField { line, field: name }),
+            };
         }
         let path = unescape(f[0], MAX_PATH_LEN + 1, line, "PATH")?;
         let comps = split_path(&path, line)?;
@@ -945,7 +955,7 @@ mod tests {
             b"/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 100644 1 0 0 0 0.0 - \\q -\n",
             b"/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 @100644 1 0 0 0 0.0 /b - -\n",
             b"/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 @100644 1 0 0 0 0.0 /a - -\n",
-            b"/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 100644 1 0 0 0 0.0 - -\n",
+            b"/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 100644 1 0 0 0 0.0\n", // no PAYLOAD
             b"/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 1100644 1 0 0 0 0.0 - - -\n",
             b"/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 100644 1 0 0 0 0 - - -\n",
         ];
@@ -964,6 +974,33 @@ mod tests {
         let t = parse(link, false).unwrap();
         let l = t.lookup(ROOT, b"l").unwrap();
         assert_eq!(t.inodes[l].kind, InodeKind::Symlink(b"abc".to_vec().into()));
+
+        // A line ending right after its PAYLOAD: lenient takes CONTENT and
+        // DIGEST as unset and builds what the full line builds.
+        let short = b"/ 0 40755 2 0 0 0 0.0 -\n/f 100 100644 1 0 0 0 0.0 ab/cdef\n";
+        let full = b"/ 0 40755 2 0 0 0 0.0 - - -\n/f 100 100644 1 0 0 0 0.0 ab/cdef - -\n";
+        assert_eq!(
+            parse(short, true),
+            Err(DumpfileError::MissingField {
+                line: 1,
+                field: "CONTENT"
+            })
+        );
+        let mut a = Vec::new();
+        write(&parse(short, false).unwrap(), &mut a).unwrap();
+        let mut b = Vec::new();
+        write(&parse(full, true).unwrap(), &mut b).unwrap();
+        assert_eq!(a, b);
+        // Shorter than that is an error in both modes.
+        for lenient in [false, true] {
+            assert_eq!(
+                parse(b"/ 0 40755 2 0 0 0 0.0\n", !lenient),
+                Err(DumpfileError::MissingField {
+                    line: 1,
+                    field: "PAYLOAD"
+                })
+            );
+        }
     }
 
     #[test]

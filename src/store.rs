@@ -255,6 +255,8 @@ impl ObjectStore {
                     .map_err(|source| StoreError::OpenStore { path, source })?;
             }
         }
+        // Empty now (nothing live): remove it too; harmless if in use.
+        let _ = std::fs::remove_dir(&temp);
         Ok(())
     }
 }
@@ -301,8 +303,16 @@ impl Batch<'_> {
         let mut ready = self.temp_ready.lock().unwrap_or_else(|p| p.into_inner());
         if !*ready {
             let path = self.temp_dir();
-            std::fs::create_dir_all(&path)
-                .map_err(|source| StoreError::WriteTemp { path, source })?;
+            // Another batch that finishes removes `.tmp` when it is empty;
+            // if that races with this creation, create it again.
+            let mut attempt = 0;
+            loop {
+                match std::fs::create_dir_all(&path) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 5 => attempt += 1,
+                    Err(source) => return Err(StoreError::WriteTemp { path, source }),
+                }
+            }
             *ready = true;
         }
         Ok(())
@@ -596,6 +606,9 @@ impl Drop for Batch<'_> {
         let ready = *self.temp_ready.lock().unwrap_or_else(|p| p.into_inner());
         if ready {
             let _ = std::fs::remove_dir_all(self.temp_dir());
+            // Leave no empty `.tmp` behind (mkcomposefs leaves nothing);
+            // this fails harmlessly while another batch still uses it.
+            let _ = std::fs::remove_dir(self.store.root.join(TEMP_DIR));
         }
     }
 }
@@ -663,9 +676,8 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         assert_eq!(before.ino(), after.ino());
 
-        // No temporaries left.
-        let tmp = objects.join(TEMP_DIR);
-        assert_eq!(std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0), 0);
+        // No temporaries left, not even the empty temporary directory.
+        assert!(!objects.join(TEMP_DIR).exists());
         assert_eq!(list_objects(&objects).unwrap().len(), 2);
     }
 
@@ -750,12 +762,7 @@ mod tests {
             batch.add_bytes(&data, &d).unwrap();
         }
         assert!(!store.contains(&d));
-        assert_eq!(
-            std::fs::read_dir(dir.path().join(TEMP_DIR))
-                .unwrap()
-                .count(),
-            0
-        );
+        assert!(!dir.path().join(TEMP_DIR).exists());
         // A temp dir of a process that does not exist (pid 0x7fffffff is
         // above any pid_max) is stale; a non-pid name too.
         for name in ["2147483647-0", "junk"] {
@@ -765,12 +772,7 @@ mod tests {
         }
         drop(store);
         let _store = ObjectStore::open(dir.path()).unwrap();
-        assert_eq!(
-            std::fs::read_dir(dir.path().join(TEMP_DIR))
-                .unwrap()
-                .count(),
-            0
-        );
+        assert!(!dir.path().join(TEMP_DIR).exists());
     }
 
     #[test]

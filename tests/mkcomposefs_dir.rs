@@ -218,6 +218,16 @@ fn digest_store_objects_match_their_names_and_print_digest() {
     let expected = sealroot::fsverity::digest_bytes(HashAlgorithm::Sha256, &image).to_hex();
     assert_eq!(printed.trim(), expected);
 
+    // Nothing but object directories is left in the store (no temporaries,
+    // no empty temporary directory), as with mkcomposefs.
+    let stray: Vec<_> = fs::read_dir(&store)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() != 2 || !n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect();
+    assert!(stray.is_empty(), "left in the digest store: {stray:?}");
+
     // Every file > 64 bytes is in the store under its digest, nothing else.
     let mut objects: Vec<PathBuf> = Vec::new();
     for d in fs::read_dir(&store).unwrap().flatten() {
