@@ -96,9 +96,6 @@ pub const INIT_ENVIRONMENT: &[&str] = &[
 /// Longest allowlist entry or init path accepted.
 pub const MAX_ENTRY_LEN: usize = 256;
 
-/// Longest word text kept in an error.
-const MAX_SHOWN: usize = 200;
-
 /// The command-line allowlist and the init list in force.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BootPolicy {
@@ -222,21 +219,6 @@ fn entry_matches(entry: &str, key: &str, value: Option<&str>) -> bool {
     }
 }
 
-fn shown(key: &str, value: Option<&str>) -> String {
-    let mut s = match value {
-        Some(v) => format!("{key}={v}"),
-        None => key.to_string(),
-    };
-    if s.len() > MAX_SHOWN {
-        let mut cut = MAX_SHOWN;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push_str("...");
-    }
-    s
-}
 
 impl BootPolicy {
     /// A policy from vendor entries and an init list (`None`: the default
@@ -283,7 +265,7 @@ impl BootPolicy {
         for p in cmdline::words(text) {
             if !self.allows(p.key, p.value) {
                 return Err(PolicyError::WordNotAllowed {
-                    word: shown(p.key, p.value),
+                    word: cmdline::capped(p.key, p.value),
                 });
             }
         }
@@ -301,7 +283,7 @@ impl BootPolicy {
                 .unwrap_or("/sbin/init")),
             Some(r) if self.inits.iter().any(|i| i == r) => Ok(r),
             Some(r) => Err(PolicyError::InitNotAllowed {
-                init: shown(r, None),
+                init: cmdline::capped(r, None),
                 allowed: self.inits.clone(),
             }),
         }
@@ -486,6 +468,6 @@ mod tests {
     fn long_words_are_capped_in_errors() {
         let p = BootPolicy::default();
         let w = refused(&p, &format!("x={}", "é".repeat(300)));
-        assert!(w.len() <= MAX_SHOWN + 3 && w.ends_with("..."));
+        assert!(w.len() <= cmdline::MAX_LOGGED + 3 && w.ends_with("..."));
     }
 }

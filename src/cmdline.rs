@@ -35,8 +35,8 @@ use crate::digest::{Digest, DigestParseError};
 /// is 2048; UKIs and addons can make it longer, so leave generous room).
 pub const MAX_CMDLINE: usize = 64 * 1024;
 
-/// Longest text of an ignored parameter kept for the log.
-const MAX_LOGGED: usize = 200;
+/// Longest text of a command-line word kept for a log line or an error.
+pub const MAX_LOGGED: usize = 200;
 
 /// Default wait for the root device, in seconds.
 pub const DEFAULT_WAIT_SECONDS: u32 = 60;
@@ -231,7 +231,9 @@ fn split_words(text: &str, stop_at_dashes: bool) -> Vec<Param<'_>> {
     out
 }
 
-fn capped(key: &str, value: Option<&str>) -> String {
+/// A word as `key=value` (or `key`) for a log line or an error, cut at
+/// [`MAX_LOGGED`] bytes with `...` (the command line is attacker input).
+pub fn capped(key: &str, value: Option<&str>) -> String {
     let mut s = match value {
         Some(v) => format!("{key}={v}"),
         None => key.to_string(),
