@@ -88,7 +88,8 @@ def main():
     work = q.BUILD / "bench"
     work.mkdir(parents=True, exist_ok=True)
     kernel = q.ensure_kernel()
-    sealroot, sealctl = q.cargo_build()
+    # q.boot adds no_timer_check, which the default boot policy refuses.
+    sealroot, sealctl = q.cargo_build(cmdline_allow="no_timer_check")
     root = q.build_demo_root(work / "root", "bench")
     stage = work / "stage"
     if stage.exists():

@@ -69,11 +69,14 @@ def ensure_kernel():
 SUITE_CMDLINE_ALLOW = "no_timer_check sealtest.write=1"
 
 
-def cargo_build(sealroot_features=("test-keys",), target_dir=None, cmdline_allow=None):
+def cargo_build(sealroot_features=("test-keys",), target_dir=None, cmdline_allow=None,
+                sealctl=True):
     """Build the static sealroot (boot profile) and sealctl (release), musl.
     CMDLINE_ALLOW (allowlist entries separated by spaces) is passed to the
     sealroot build as SEALROOT_CMDLINE_ALLOW, added to the default boot
-    policy; None leaves the environment's value alone."""
+    policy; None leaves the environment's value alone. SEALCTL=False builds
+    only sealroot (a second sealroot variant in its own TARGET_DIR) and
+    returns None for sealctl."""
     env = dict(os.environ)
     td = Path(target_dir) if target_dir else ROOT / "target"
     env["CARGO_TARGET_DIR"] = str(td)
@@ -85,6 +88,8 @@ def cargo_build(sealroot_features=("test-keys",), target_dir=None, cmdline_allow
     if feats:
         cmd += ["--features", feats]
     run(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE)
+    if not sealctl:
+        return td / TARGET / "boot" / "sealroot", None
     run(["cargo", "build", "-q", "--release", "--target", TARGET, "--bin", "sealctl"],
         cwd=ROOT, env=env, stderr=subprocess.PIPE)
     return td / TARGET / "boot" / "sealroot", td / TARGET / "release" / "sealctl"
