@@ -31,6 +31,7 @@ install -m 0755 "$here/90sealroot/module-setup.sh" "$moddir/module-setup.sh"
 install -m 0755 "$here/90sealroot/sealroot-pre-pivot.sh" "$moddir/sealroot-pre-pivot.sh"
 install -m 0755 "$here/90sealroot/sealroot-mount.sh" "$moddir/sealroot-mount.sh"
 install -m 0644 "$here/90sealroot/sealroot.service" "$moddir/sealroot.service"
+install -m 0644 "$here/90sealroot/sealroot-switch-root.conf" "$moddir/sealroot-switch-root.conf"
 echo "installed $moddir"
 if [ -n "$binary" ]; then
     [ -x "$binary" ] || { echo "install.sh: '$binary' is not an executable file" >&2; exit 1; }

@@ -115,6 +115,11 @@ install() {
         mkdir -p "${initdir}${systemdsystemunitdir}/initrd-root-fs.target.requires"
         ln_r "$systemdsystemunitdir/sealroot.service" \
             "$systemdsystemunitdir/initrd-root-fs.target.requires/sealroot.service"
+        # And the switch itself requires it: initrd-switch-root.target only
+        # wants initrd-root-fs.target, so without this a failed sealroot
+        # does not stop a switch-root reached some other way.
+        inst_simple "$moddir/sealroot-switch-root.conf" \
+            "$systemdsystemunitdir/initrd-switch-root.service.d/50-sealroot.conf"
     else
         # Without systemd: init.sh sources "mount" hooks in order until
         # $NEWROOT is mounted and looks like a root (dracut 059 wants /proc,
