@@ -219,7 +219,6 @@ fn entry_matches(entry: &str, key: &str, value: Option<&str>) -> bool {
     }
 }
 
-
 impl BootPolicy {
     /// A policy from vendor entries and an init list (`None`: the default
     /// inits), each checked.
