@@ -305,18 +305,60 @@ impl Repo {
                 .map_err(|error| RepoError::Meta { path, error })?;
             return Ok(false);
         }
-        let has_content = [self.objects_dir(), self.images_dir()].iter().any(|d| {
-            fs::read_dir(d)
-                .map(|mut e| e.next().is_some())
-                .unwrap_or(false)
-        });
-        if has_content {
+        if self.has_content() {
             return Err(RepoError::MetaMissing {
                 repo: self.root.clone(),
             });
         }
         self.write_meta(alg)?;
         Ok(true)
+    }
+
+    /// Before installing images of `alg` from `source`: the target's
+    /// `meta.json` must allow reading them (install copies images as they
+    /// are, so a read-only-compatible feature such as composefs-rs's
+    /// `v1_erofs` does not stop it). A new target gets the source's file
+    /// byte for byte (it describes the images being copied), or sealctl's
+    /// own when the source has none.
+    pub fn prepare_meta_for_install(
+        &self,
+        source: &Repo,
+        alg: HashAlgorithm,
+    ) -> Result<(), RepoError> {
+        if let Some(meta) = source.read_meta()? {
+            meta.check_read(alg).map_err(|error| RepoError::Meta {
+                path: source.meta_path(),
+                error,
+            })?;
+        }
+        let path = self.meta_path();
+        if let Some(meta) = self.read_meta()? {
+            return meta
+                .check_read(alg)
+                .map_err(|error| RepoError::Meta { path, error });
+        }
+        if self.has_content() {
+            return Err(RepoError::MetaMissing {
+                repo: self.root.clone(),
+            });
+        }
+        let bytes = match read_limited_file(&source.meta_path(), crate::repo_meta::MAX_SIZE) {
+            Ok(b) => b,
+            Err(RepoError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+                crate::repo_meta::RepoMeta::new(alg).to_bytes()
+            }
+            Err(e) => return Err(e),
+        };
+        create_dir_all(&self.composefs_dir())?;
+        write_file_atomic(&path, &bytes)
+    }
+
+    fn has_content(&self) -> bool {
+        [self.objects_dir(), self.images_dir()].iter().any(|d| {
+            fs::read_dir(d)
+                .map(|mut e| e.next().is_some())
+                .unwrap_or(false)
+        })
     }
 
     /// Write `meta.json` for `alg` (atomically; replaces nothing).
@@ -1010,14 +1052,7 @@ pub fn install_with_objects(
         objects: objects.len() as u64,
         ..InstallReport::default()
     };
-    if let Some(meta) = source.read_meta()? {
-        meta.check_read(digest.algorithm())
-            .map_err(|error| RepoError::Meta {
-                path: source.meta_path(),
-                error,
-            })?;
-    }
-    target.prepare_meta_for_write(digest.algorithm())?;
+    target.prepare_meta_for_install(source, digest.algorithm())?;
     // Phase 1: copy. The store hashes each object as it copies it and
     // publishes it under its name only if the digest matches.
     let store =

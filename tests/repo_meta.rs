@@ -141,6 +141,46 @@ fn meta_json_refusals() {
     common::assert_success(&o);
 }
 
+/// install gives a new target the source's meta.json as it is (a cfsctl
+/// repository's V1 marker must survive), and installs into a target whose
+/// meta.json has composefs-rs's read-only-compatible V1 marker.
+#[test]
+fn install_keeps_the_source_meta_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    tree(&root);
+    let repo = dir.path().join("repo");
+    common::assert_success(&build(&root, &repo));
+    let hex = digest_of(&repo);
+    let v1 = br#"{"version":1,"algorithm":"fsverity-sha256-12","features":{"compatible":[],"read-only-compatible":["v1_erofs"],"incompatible":[]},"erofs_formats":{"default":1}}
+"#;
+    fs::write(repo.join("composefs/meta.json"), v1).unwrap();
+    let target = dir.path().join("target");
+    fs::create_dir(&target).unwrap();
+    let install = || {
+        common::sealctl(&[
+            "install",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--sysroot",
+            target.to_str().unwrap(),
+            "--copy-only",
+            &hex,
+        ])
+    };
+    let o = install();
+    common::assert_success(&o);
+    assert_eq!(fs::read(target.join("composefs/meta.json")).unwrap(), v1);
+    // Again, into the now-populated target: still fine, still the same file.
+    common::assert_success(&install());
+    assert_eq!(fs::read(target.join("composefs/meta.json")).unwrap(), v1);
+    // A target with content and no meta.json is not written silently.
+    fs::remove_file(target.join("composefs/meta.json")).unwrap();
+    let o = install();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("sealctl upgrade-repo"), "{}", text(&o));
+}
+
 /// `sealroot prepare` reads meta.json beneath composefs/ before measuring.
 #[test]
 fn boot_refuses_a_newer_or_symlinked_meta_json() {
