@@ -72,6 +72,7 @@ pub enum BootError {
         path: String,
     },
     Repo(ImageError),
+    Meta(crate::repo_meta::BootMetaError),
     Image(ImageError),
     Seal(RepoSealError),
     Mount(MountError),
@@ -103,6 +104,7 @@ impl fmt::Display for BootError {
                 write!(f, "physical root {path} is not a directory")
             }
             BootError::Repo(e) => write!(f, "repository: {e}"),
+            BootError::Meta(e) => e.fmt(f),
             BootError::Image(e) => e.fmt(f),
             BootError::Seal(e) => e.fmt(f),
             BootError::Mount(e) => e.fmt(f),
@@ -211,6 +213,13 @@ pub fn prepare(req: &PrepareRequest<'_>) -> Result<Prepared, BootError> {
         });
     }
     let repo = mount::open_repo(req.sysroot).map_err(BootError::Repo)?;
+    match crate::repo_meta::check_for_boot(&repo, digest.algorithm()).map_err(BootError::Meta)? {
+        Some(meta) => log::info(&format!(
+            "repository format {} ({})",
+            meta.version, meta.algorithm
+        )),
+        None => log::info("repository has no composefs/meta.json (made by an older sealctl)"),
+    }
 
     let t = Instant::now();
     let image = mount::open_image(&repo, &digest).map_err(BootError::Image)?;

@@ -18,6 +18,7 @@
 //! | [`scan`]      | reading a directory tree from disk into a [`tree`]              | tool    |
 //! | [`store`]     | the crash-safe fs-verity object store (`objects/XX/<rest>`)     | tool    |
 //! | [`repo`]      | repository layout, build, offline verify, install               | tool    |
+//! | [`repo_meta`] | `composefs/meta.json` (composefs-rs format metadata)            | both    |
 //! | [`uki`]       | PE/UKI section parsing                                          | tool    |
 //! | [`mount`]     | the mount sequence: measured EROFS fd, overlay `verity=require` | boot    |
 //! | [`switchroot`]| moving API filesystems, freeing the initramfs, chroot + exec    | boot    |
@@ -43,6 +44,7 @@ pub mod log;
 pub mod mount;
 pub mod progress;
 pub mod repo;
+pub mod repo_meta;
 pub mod scan;
 pub mod seal;
 pub mod store;

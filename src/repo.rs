@@ -3,8 +3,10 @@
 //!
 //! Layout under a repository root (a build repository or a target sysroot):
 //! ```text
-//! composefs/objects/XX/<rest of hex>   file contents, named by fs-verity digest
-//! composefs/images/<hex>               EROFS image
+//! composefs/meta.json                 format metadata (crate::repo_meta; composefs-rs 0.8+)
+//! composefs/objects/XX/<rest of hex>   file contents and images, named by fs-verity digest
+//! composefs/images/<hex>               -> ../objects/XX/<rest>: the images this
+//!                                      repository may mount (as composefs-rs stores them)
 //! composefs/seals/<hex>.json|.sig      seal manifest and raw signature
 //! state/deploy/<hex>/etc/{upper,work}  persistent /etc overlay
 //! state/deploy/<hex>/var               /var
@@ -18,6 +20,12 @@
 //!   the next run removes.
 //! - Objects are published before the image that references them, and the
 //!   image before its seal, so a visible image always has its objects.
+//! - An image is itself an object; `images/<hex>` is a relative symlink to
+//!   it, made under a temporary name and renamed into place. (sealroot opens
+//!   it beneath `composefs/`, so the link may never lead outside.)
+//! - `meta.json` is written when a repository is created and checked before
+//!   anything is added; a repository with content but no `meta.json` is
+//!   refused until `sealctl upgrade-repo` writes one.
 //!
 //! Kernel facts relied on: `rename(2)` within one filesystem is atomic;
 //! `renameat2(RENAME_NOREPLACE)` fails with EEXIST instead of replacing;
@@ -109,12 +117,37 @@ pub enum RepoError {
         expected: Box<Digest>,
         found: Box<Digest>,
     },
+    /// `composefs/meta.json` refuses this use.
+    Meta {
+        path: PathBuf,
+        error: crate::repo_meta::MetaError,
+    },
+    /// A repository with content but no `meta.json` (made before sealctl
+    /// wrote one): never upgraded silently.
+    MetaMissing {
+        repo: PathBuf,
+    },
+    /// `upgrade-repo` on a repository that already has `meta.json`.
+    MetaExists {
+        path: PathBuf,
+    },
 }
 
 impl fmt::Display for RepoError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RepoError::Io { op, path, error } => write!(f, "{op} {}: {error}", path.display()),
+            RepoError::Meta { path, error } => write!(f, "{}: {error}", path.display()),
+            RepoError::MetaMissing { repo } => write!(
+                f,
+                "{}: repository has content but no composefs/meta.json (made by an older sealctl); \
+                 run `sealctl upgrade-repo --repo {}` once to add it",
+                repo.display(),
+                repo.display()
+            ),
+            RepoError::MetaExists { path } => {
+                write!(f, "{} already exists; nothing to upgrade", path.display())
+            }
             RepoError::BadDigestArgument { text, error } => {
                 write!(f, "{text:?} is not a digest: {error}")
             }
@@ -243,6 +276,167 @@ impl Repo {
     pub fn deploy_dir(&self, digest: &Digest) -> PathBuf {
         self.root.join("state").join("deploy").join(digest.to_hex())
     }
+    pub fn meta_path(&self) -> PathBuf {
+        self.composefs_dir().join(crate::repo_meta::FILE_NAME)
+    }
+
+    /// The parsed `meta.json`, `None` when there is none.
+    pub fn read_meta(&self) -> Result<Option<crate::repo_meta::RepoMeta>, RepoError> {
+        let path = self.meta_path();
+        let bytes = match read_limited_file(&path, crate::repo_meta::MAX_SIZE) {
+            Ok(b) => b,
+            Err(RepoError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        crate::repo_meta::RepoMeta::parse(&bytes)
+            .map(Some)
+            .map_err(|error| RepoError::Meta { path, error })
+    }
+
+    /// Before adding objects or images of `alg`: check `meta.json`, or
+    /// write one when the repository is new (no objects or images yet).
+    /// Returns whether it was written now.
+    pub fn prepare_meta_for_write(&self, alg: HashAlgorithm) -> Result<bool, RepoError> {
+        let path = self.meta_path();
+        if let Some(meta) = self.read_meta()? {
+            meta.check_write(alg)
+                .map_err(|error| RepoError::Meta { path, error })?;
+            return Ok(false);
+        }
+        if self.has_content() {
+            return Err(RepoError::MetaMissing {
+                repo: self.root.clone(),
+            });
+        }
+        self.write_meta(alg)?;
+        Ok(true)
+    }
+
+    /// Before installing images of `alg` from `source`: the target's
+    /// `meta.json` must allow reading them (install copies images as they
+    /// are, so a read-only-compatible feature such as composefs-rs's
+    /// `v1_erofs` does not stop it). A new target gets the source's file
+    /// byte for byte (it describes the images being copied), or sealctl's
+    /// own when the source has none.
+    pub fn prepare_meta_for_install(
+        &self,
+        source: &Repo,
+        alg: HashAlgorithm,
+    ) -> Result<(), RepoError> {
+        if let Some(meta) = source.read_meta()? {
+            meta.check_read(alg).map_err(|error| RepoError::Meta {
+                path: source.meta_path(),
+                error,
+            })?;
+        }
+        let path = self.meta_path();
+        if let Some(meta) = self.read_meta()? {
+            return meta
+                .check_read(alg)
+                .map_err(|error| RepoError::Meta { path, error });
+        }
+        if self.has_content() {
+            return Err(RepoError::MetaMissing {
+                repo: self.root.clone(),
+            });
+        }
+        let bytes = match read_limited_file(&source.meta_path(), crate::repo_meta::MAX_SIZE) {
+            Ok(b) => b,
+            Err(RepoError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+                crate::repo_meta::RepoMeta::new(alg).to_bytes()
+            }
+            Err(e) => return Err(e),
+        };
+        create_dir_all(&self.composefs_dir())?;
+        write_file_atomic(&path, &bytes)
+    }
+
+    fn has_content(&self) -> bool {
+        [self.objects_dir(), self.images_dir()].iter().any(|d| {
+            fs::read_dir(d)
+                .map(|mut e| e.next().is_some())
+                .unwrap_or(false)
+        })
+    }
+
+    /// Write `meta.json` for `alg` (atomically; replaces nothing).
+    pub fn write_meta(&self, alg: HashAlgorithm) -> Result<(), RepoError> {
+        let path = self.meta_path();
+        if path.symlink_metadata().is_ok() {
+            return Err(RepoError::MetaExists { path });
+        }
+        create_dir_all(&self.composefs_dir())?;
+        write_file_atomic(&path, &crate::repo_meta::RepoMeta::new(alg).to_bytes())
+    }
+}
+
+/// `sealctl upgrade-repo`: write `meta.json` into a repository made before
+/// sealctl wrote one. The algorithm is `alg`, or the one every image's name
+/// implies (64 hex: SHA-256, 128: SHA-512); mixed or no images need `alg`.
+pub fn upgrade_repo(repo: &Repo, alg: Option<HashAlgorithm>) -> Result<HashAlgorithm, RepoError> {
+    let path = repo.meta_path();
+    if path.symlink_metadata().is_ok() {
+        return Err(RepoError::MetaExists { path });
+    }
+    let mut seen: Option<HashAlgorithm> = None;
+    let dir = repo.images_dir();
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e.flatten().collect::<Vec<_>>(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io_err("read directory", &dir)(e)),
+    };
+    for entry in entries {
+        let name = entry.file_name();
+        let Some(d) = name.to_str().and_then(|n| Digest::parse_hex_any(n).ok()) else {
+            continue;
+        };
+        match seen {
+            Some(a) if a != d.algorithm() => {
+                return Err(RepoError::Meta {
+                    path: dir,
+                    error: crate::repo_meta::MetaError::Malformed {
+                        reason: "images of both SHA-256 and SHA-512: pass --hash-alg".into(),
+                    },
+                })
+            }
+            _ => seen = Some(d.algorithm()),
+        }
+    }
+    let alg = match (alg, seen) {
+        (Some(a), Some(s)) if a != s => {
+            return Err(RepoError::Meta {
+                path: dir,
+                error: crate::repo_meta::MetaError::AlgorithmMismatch {
+                    repo: crate::repo_meta::algorithm_name(a),
+                    digest: s.name(),
+                },
+            })
+        }
+        (Some(a), _) | (None, Some(a)) => a,
+        (None, None) => HashAlgorithm::Sha256,
+    };
+    repo.write_meta(alg)?;
+    Ok(alg)
+}
+
+/// Read a whole file of at most `max` bytes.
+fn read_limited_file(path: &Path, max: usize) -> Result<Vec<u8>, RepoError> {
+    let file = File::open(path).map_err(io_err("open", path))?;
+    let mut out = Vec::new();
+    file.take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(io_err("read", path))?;
+    if out.len() > max {
+        return Err(RepoError::Meta {
+            path: path.to_path_buf(),
+            error: crate::repo_meta::MetaError::Malformed {
+                reason: format!("larger than {max} bytes"),
+            },
+        });
+    }
+    Ok(out)
 }
 
 /// A digest as a user types it: `<hex>` (64 → sha256, 128 → sha512),
@@ -414,6 +608,7 @@ pub struct BuildReport {
 /// the objects (durable, then published under their names), then publish
 /// the image. Nothing is signed here.
 pub fn build(rootfs: &Path, repo: &Repo, opts: &BuildOptions) -> Result<BuildReport, RepoError> {
+    repo.prepare_meta_for_write(opts.hash)?;
     let store =
         ObjectStore::open(&repo.objects_dir()).map_err(|e| RepoError::Store(Box::new(e)))?;
     let batch = store.batch();
@@ -442,29 +637,43 @@ pub fn build(rootfs: &Path, repo: &Repo, opts: &BuildOptions) -> Result<BuildRep
     })
 }
 
-/// Publish `image` as `images/<hex>` (its SHA-256 fs-verity digest) through
-/// a temp file and rename. Callers publish objects first. An existing file
-/// with the same bytes is left alone; one with other bytes (damaged) is
-/// replaced whole. Returns the digest.
+/// Publish `image`: store it as an object (named by its fs-verity digest,
+/// like any file content; an existing object is never rewritten) and point
+/// `images/<hex>` at it with a relative symlink, made under a temporary name
+/// and renamed into place (this also replaces a regular-file image an older
+/// sealctl wrote). Callers publish the image's objects first. Returns the
+/// digest.
 pub fn publish_image(
     repo: &Repo,
     image: &[u8],
     algorithm: HashAlgorithm,
 ) -> Result<Digest, RepoError> {
     let digest = fsverity::digest_bytes(algorithm, image);
+    let store =
+        ObjectStore::open(&repo.objects_dir()).map_err(|e| RepoError::Store(Box::new(e)))?;
+    if !store.contains(&digest) {
+        let batch = store.batch();
+        batch
+            .add_bytes(image, &digest)
+            .map_err(|e| RepoError::Store(Box::new(e)))?;
+        batch.commit().map_err(|e| RepoError::Store(Box::new(e)))?;
+    }
     let dir = repo.images_dir();
     create_dir_all(&dir)?;
     remove_stale_temps(&dir)?;
-    let path = repo.image_path(&digest);
-    let same = match fs::read(&path) {
-        Ok(existing) => existing == image,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => return Err(io_err("read", &path)(e)),
-    };
-    if !same {
-        write_file_atomic(&path, image)?;
+    let link = repo.image_path(&digest);
+    let target = image_link_target(&digest);
+    if fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
+        let tmp = temp_path_for(&link);
+        std::os::unix::fs::symlink(&target, &tmp).map_err(io_err("symlink", &tmp))?;
+        publish(&tmp, &link)?;
     }
     Ok(digest)
+}
+
+/// `../objects/XX/<rest>`: where `images/<hex>` points.
+pub fn image_link_target(digest: &Digest) -> PathBuf {
+    Path::new("../objects").join(digest.object_path())
 }
 
 // ---------------------------------------------------------------------------
@@ -507,6 +716,9 @@ pub enum ProblemKind {
     },
     SealMissing,
     Seal(SealError),
+    /// No `composefs/meta.json` (composefs-rs 0.8+ refuse such a repository).
+    MetaMissing,
+    Meta(crate::repo_meta::MetaError),
 }
 
 impl ProblemKind {
@@ -521,6 +733,8 @@ impl ProblemKind {
             ProblemKind::ObjectUnreadable(_) => "object-unreadable",
             ProblemKind::ObjectDigestMismatch { .. } => "object-digest-mismatch",
             ProblemKind::SealMissing => "seal-missing",
+            ProblemKind::MetaMissing => "meta-missing",
+            ProblemKind::Meta(_) => "meta-invalid",
             ProblemKind::Seal(e) => match e {
                 SealError::SignatureInvalid => "seal-signature-invalid",
                 SealError::UnknownKey { .. } => "seal-unknown-key",
@@ -562,6 +776,11 @@ impl fmt::Display for ProblemKind {
                 expected.to_hex()
             ),
             ProblemKind::SealMissing => write!(f, "seal missing"),
+            ProblemKind::MetaMissing => write!(
+                f,
+                "no meta.json (composefs-rs refuses such a repository; run sealctl upgrade-repo)"
+            ),
+            ProblemKind::Meta(e) => write!(f, "{e}"),
             ProblemKind::Seal(e) => write!(f, "{e}"),
         }
     }
@@ -598,6 +817,23 @@ pub fn verify(
     progress: &Progress,
 ) -> VerifyReport {
     let mut report = VerifyReport::default();
+    let meta_problem = match repo.read_meta() {
+        Ok(Some(m)) => m
+            .check_read(digest.algorithm())
+            .err()
+            .map(ProblemKind::Meta),
+        Ok(None) => Some(ProblemKind::MetaMissing),
+        Err(RepoError::Meta { error, .. }) => Some(ProblemKind::Meta(error)),
+        Err(e) => Some(ProblemKind::Meta(crate::repo_meta::MetaError::Malformed {
+            reason: e.to_string(),
+        })),
+    };
+    if let Some(kind) = meta_problem {
+        report.problems.push(Problem {
+            path: repo.meta_path(),
+            kind,
+        });
+    }
     let image_path = repo.image_path(digest);
     let image = match read_image_file(&image_path) {
         Ok(i) => Some(i),
@@ -816,6 +1052,7 @@ pub fn install_with_objects(
         objects: objects.len() as u64,
         ..InstallReport::default()
     };
+    target.prepare_meta_for_install(source, digest.algorithm())?;
     // Phase 1: copy. The store hashes each object as it copies it and
     // publishes it under its name only if the digest matches.
     let store =
@@ -868,8 +1105,25 @@ pub fn install_with_objects(
         enable_and_check(target, &target.object_path(object), object)?;
     }
     enable_and_check(target, &image_path, digest)?;
+    // composefs-rs takes fs-verity on meta.json as "this repository
+    // requires verity on every object".
+    enable_meta_verity(target, digest.algorithm())?;
     report.verity_enabled = true;
     Ok(report)
+}
+
+fn enable_meta_verity(target: &Repo, alg: HashAlgorithm) -> Result<(), RepoError> {
+    use rustix::io::Errno;
+    let path = target.meta_path();
+    let file = File::open(&path).map_err(io_err("open", &path))?;
+    match crate::sys::enable_verity(&file, alg) {
+        Ok(()) | Err(Errno::EXIST) => Ok(()),
+        Err(errno @ (Errno::OPNOTSUPP | Errno::NOTTY)) => Err(RepoError::NoVeritySupport {
+            target: target.root().to_path_buf(),
+            errno,
+        }),
+        Err(errno) => Err(RepoError::EnableVerity { path, errno }),
+    }
 }
 
 fn install_seal(source: &Repo, target: &Repo, digest: &Digest) -> Result<bool, RepoError> {

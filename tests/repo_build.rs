@@ -89,15 +89,25 @@ fn build_is_reproducible_and_verifies() {
             format!("sha256:{} {}\n", d1.to_hex(), img.display())
         );
     } else {
-        eprintln!("fsverity not installed: reference digest check skipped");
+        common::missing("fsverity (fsverity-utils)");
     }
     let mk = sealctl(
         &["mkcomposefs", "--print-digest-only", root.to_str().unwrap()],
         None,
     );
     assert_eq!(String::from_utf8(mk.stdout).unwrap().trim(), d1.to_hex());
-    // 20 generated files + the script (hardlinked once) are external.
-    assert_eq!(objects_named_by_content(&a), 21);
+    // 20 generated files + the script (hardlinked once) are external, and
+    // the image is an object too, linked from images/ (composefs-rs layout).
+    assert_eq!(objects_named_by_content(&a), 22);
+    assert_eq!(
+        fs::read_link(a.image_path(&d1)).unwrap(),
+        Path::new("../objects").join(d1.object_path())
+    );
+    // meta.json as composefs-rs writes it.
+    let meta: serde_json::Value =
+        serde_json::from_slice(&fs::read(r1.join("composefs/meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["version"], 1);
+    assert_eq!(meta["algorithm"], "fsverity-sha256-12");
     // Building again into the same repository changes nothing.
     assert_eq!(build(&root, &r1, &[], None), d1);
 

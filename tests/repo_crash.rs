@@ -183,7 +183,9 @@ fn install_copy_phase_survives_sigkill() {
     }
     // The rerun completes and cleans up.
     install_copy_only(&Repo::new(src.path()), &t, &digest, &objects);
-    assert_eq!(check_target(&t), objects.len());
+    // Every object, and the image, which is stored as an object too.
+    assert_eq!(check_target(&t), objects.len() + 1);
+    assert!(t.image_path(&digest).is_file());
     // Temporaries live under objects/.tmp/ (the store's) while a run is
     // going; after a completed run nothing is left, not even that directory.
     let temps: Vec<_> = fs::read_dir(t.objects_dir())

@@ -19,6 +19,7 @@ mod keygen;
 mod mkcomposefs;
 mod sign;
 mod uki;
+mod upgrade;
 mod verify;
 
 #[derive(Parser)]
@@ -57,6 +58,8 @@ enum Command {
     Uki(uki::Command),
     /// Write trusted keys and policy into a prebuilt sealroot binary.
     EmbedKeys(embed::Args),
+    /// Add composefs/meta.json to a repository an older sealctl made.
+    UpgradeRepo(upgrade::Args),
 }
 
 /// Print one error line for a failed subcommand and return failure.
@@ -88,5 +91,6 @@ fn main() -> ExitCode {
         Command::Cmdline(a) => cmdline::run(a),
         Command::Uki(c) => uki::run(c),
         Command::EmbedKeys(a) => embed::run(a),
+        Command::UpgradeRepo(a) => upgrade::run(a),
     }
 }
