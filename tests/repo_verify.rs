@@ -23,6 +23,7 @@ fn sealctl(args: &[&str]) -> Output {
 
 fn sealed_repo(dir: &Path, signer: &str) -> (Repo, Digest) {
     let r = Repo::new(dir);
+    r.write_meta(HashAlgorithm::Sha256).unwrap();
     let image = b"stand-in image".repeat(500);
     let digest = fsverity::digest_bytes(HashAlgorithm::Sha256, &image);
     fs::create_dir_all(r.images_dir()).unwrap();
