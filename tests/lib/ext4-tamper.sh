@@ -8,9 +8,16 @@
 # The path of the EROFS image of DIGEST inside FS (composefs/images/<hex>
 # may be a symlink).
 sealed_image_path() { # FS DIGEST
-  local path=/composefs/images/$2 target
-  target=$(debugfs -R "stat $path" "$1" 2>/dev/null | sed -n 's/^Fast link dest: "\(.*\)"$/\1/p')
-  [ -n "$target" ] && path=$(realpath -m "/composefs/images/$target")
+  local path=/composefs/images/$2 target=
+  if debugfs -R "stat $path" "$1" 2>/dev/null | grep -q 'Type: symlink'; then
+    # A target over 59 bytes (../objects/XX/<62 hex> is 76) is a "slow"
+    # symlink kept in a data block, which `cat` prints; a short one is in
+    # the inode ("Fast link dest").
+    target=$(debugfs -R "stat $path" "$1" 2>/dev/null | sed -n 's/^Fast link dest: "\(.*\)"$/\1/p')
+    [ -n "$target" ] || target=$(debugfs -R "cat $path" "$1" 2>/dev/null | tr -d '\0')
+    [ -n "$target" ] || return 1
+    path=$(realpath -m "/composefs/images/$target")
+  fi
   echo "$path"
 }
 
