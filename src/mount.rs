@@ -330,6 +330,24 @@ impl Follow {
     }
 }
 
+/// `openat2` with `RESOLVE_BENEATH` answers EAGAIN when a `..` component
+/// (an image link `../objects/XX/…`) was resolved while a rename or mount
+/// happened anywhere in the system, which a systemd initrd does all the
+/// time; the kernel documents a retry as the answer. Bounded, so a
+/// persistent EAGAIN still ends as an error.
+fn openat2_retrying(mut open: impl FnMut() -> Result<OwnedFd, Errno>) -> Result<OwnedFd, Errno> {
+    let mut attempts = 0;
+    loop {
+        match open() {
+            Err(Errno::AGAIN) if attempts < 100 => {
+                attempts += 1;
+                std::thread::yield_now();
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Open `rel` beneath the repository fd as a read-only regular file.
 /// `shown` names it in errors (e.g. `composefs/images/<hex>`).
 pub fn open_beneath(
@@ -339,15 +357,17 @@ pub fn open_beneath(
     follow: Follow,
 ) -> Result<OwnedFd, ImageError> {
     let path = shown.to_string();
-    let fd = rustix::fs::openat2(
-        repo,
-        rel,
-        // NONBLOCK so that a FIFO planted under the name cannot hang the
-        // boot before the type check below.
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
-        Mode::empty(),
-        follow.resolve_flags(),
-    )
+    let fd = openat2_retrying(|| {
+        rustix::fs::openat2(
+            repo.as_fd(),
+            rel,
+            // NONBLOCK so that a FIFO planted under the name cannot hang the
+            // boot before the type check below.
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+            Mode::empty(),
+            follow.resolve_flags(),
+        )
+    })
     .map_err(|errno| match errno {
         Errno::NOENT => ImageError::Missing { path: path.clone() },
         Errno::XDEV => ImageError::OutsideRepository { path: path.clone() },
@@ -816,15 +836,17 @@ fn open_state_dir(sysroot: &OwnedFd, rel: &str) -> Result<OwnedFd, MountError> {
         done.push_str(name);
         let parent = dir.as_ref().unwrap_or(sysroot);
         let open = || {
-            rustix::fs::openat2(
-                parent,
-                name,
-                // No O_NOFOLLOW: with O_PATH it would return a trailing
-                // symlink itself; without it RESOLVE_NO_SYMLINKS gives ELOOP.
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-                Follow::Never.resolve_flags(),
-            )
+            openat2_retrying(|| {
+                rustix::fs::openat2(
+                    parent,
+                    name,
+                    // No O_NOFOLLOW: with O_PATH it would return a trailing
+                    // symlink itself; without it RESOLVE_NO_SYMLINKS gives ELOOP.
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    Follow::Never.resolve_flags(),
+                )
+            })
         };
         let fd = match open() {
             Err(Errno::NOENT) => {
