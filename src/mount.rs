@@ -886,14 +886,8 @@ fn fd_path(fd: &OwnedFd) -> CString {
 
 /// Flags every writable state mount gets: a setuid binary or device node
 /// planted in the unverified state must not work.
-fn state_attrs(noexec: bool) -> MountAttrFlags {
-    let base = MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV;
-    if noexec {
-        base | MountAttrFlags::MOUNT_ATTR_NOEXEC
-    } else {
-        base
-    }
-}
+const STATE_ATTRS: MountAttrFlags =
+    MountAttrFlags::MOUNT_ATTR_NOSUID.union(MountAttrFlags::MOUNT_ATTR_NODEV);
 
 /// Bind `src` over `target`, then make the bind `nosuid,nodev` (+`noexec`).
 fn bind_state(
@@ -939,7 +933,7 @@ fn etc_overlay(etc: &Path, upper: &OwnedFd, work: &OwnedFd, shown: &str) -> Resu
     fsconfig_set_string(&fs, "upperdir", fd_path(upper).as_c_str()).map_err(err)?;
     fsconfig_set_string(&fs, "workdir", fd_path(work).as_c_str()).map_err(err)?;
     fsconfig_create(&fs).map_err(err)?;
-    let m = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, state_attrs(false)).map_err(err)?;
+    let m = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, STATE_ATTRS).map_err(err)?;
     attach(&m, etc).map_err(err)
 }
 

@@ -282,6 +282,13 @@ impl Repo {
 
     /// The parsed `meta.json`, `None` when there is none.
     pub fn read_meta(&self) -> Result<Option<crate::repo_meta::RepoMeta>, RepoError> {
+        Ok(self.read_meta_and_bytes()?.map(|(meta, _)| meta))
+    }
+
+    /// [`Repo::read_meta`] with the file's bytes, read once.
+    fn read_meta_and_bytes(
+        &self,
+    ) -> Result<Option<(crate::repo_meta::RepoMeta, Vec<u8>)>, RepoError> {
         let path = self.meta_path();
         let bytes = match read_limited_file(&path, crate::repo_meta::MAX_SIZE) {
             Ok(b) => b,
@@ -291,7 +298,7 @@ impl Repo {
             Err(e) => return Err(e),
         };
         crate::repo_meta::RepoMeta::parse(&bytes)
-            .map(Some)
+            .map(|meta| Some((meta, bytes)))
             .map_err(|error| RepoError::Meta { path, error })
     }
 
@@ -325,7 +332,8 @@ impl Repo {
         source: &Repo,
         alg: HashAlgorithm,
     ) -> Result<(), RepoError> {
-        if let Some(meta) = source.read_meta()? {
+        let source_meta = source.read_meta_and_bytes()?;
+        if let Some((meta, _)) = &source_meta {
             meta.check_read(alg).map_err(|error| RepoError::Meta {
                 path: source.meta_path(),
                 error,
@@ -342,12 +350,9 @@ impl Repo {
                 repo: self.root.clone(),
             });
         }
-        let bytes = match read_limited_file(&source.meta_path(), crate::repo_meta::MAX_SIZE) {
-            Ok(b) => b,
-            Err(RepoError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
-                crate::repo_meta::RepoMeta::new(alg).to_bytes()
-            }
-            Err(e) => return Err(e),
+        let bytes = match source_meta {
+            Some((_, bytes)) => bytes,
+            None => crate::repo_meta::RepoMeta::new(alg).to_bytes(),
         };
         create_dir_all(&self.composefs_dir())?;
         write_file_atomic(&path, &bytes)
@@ -922,7 +927,7 @@ fn verify_seal_files(
     report: &mut VerifyReport,
 ) {
     let (json_path, sig_path) = repo.seal_paths(digest);
-    let (json, _) = match seal::read_seal_files(&repo.seals_dir(), digest) {
+    let (json, sig) = match seal::read_seal_files(&repo.seals_dir(), digest) {
         Ok(pair) => pair,
         Err(SealError::Missing { path }) => {
             // Without keys an unsealed image is not a problem by itself.
@@ -968,13 +973,11 @@ fn verify_seal_files(
         }
         return;
     }
-    // The boot's own check, from the same fds it would open.
-    let checked = crate::mount::open_repo(repo.root())
-        .map_err(seal::RepoSealError::File)
-        .and_then(|dir| seal::check_repository_seal(&dir, digest, keys, serial_floor));
-    match checked {
-        Ok(c) => report.seal = Some(c.verified),
-        Err(seal::RepoSealError::Rejected { error, .. }) => {
+    // The bytes were read the way the boot reads them (beneath, no symlinks,
+    // regular files only, bounded); this is the boot's own verification.
+    match seal::verify_seal(&json, &sig, keys, digest, serial_floor) {
+        Ok(v) => report.seal = Some(v),
+        Err(error) => {
             let path = match error {
                 SealError::SignatureWrongSize { .. } => sig_path,
                 _ => json_path,
@@ -984,13 +987,6 @@ fn verify_seal_files(
                 kind: ProblemKind::Seal(error),
             });
         }
-        Err(seal::RepoSealError::File(e)) => report.problems.push(Problem {
-            path: json_path,
-            kind: ProblemKind::Seal(SealError::Read {
-                path: repo.seals_dir(),
-                error: std::io::Error::other(e.to_string()),
-            }),
-        }),
     }
 }
 

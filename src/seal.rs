@@ -586,8 +586,9 @@ pub struct CheckedSeal {
     pub manifest: Vec<u8>,
 }
 
-/// THE seal check: the boot, `sealroot check-seal`, `sealctl verify` and
-/// `sealctl uki inspect --repo` all call this. Reads the seal of `digest`
+/// THE seal check: the boot, `sealroot check-seal` and `sealctl uki inspect
+/// --repo` call this; `sealctl verify` reads the same files with the same
+/// reader ([`read_seal_files`]) and runs the same [`verify_seal`]. Reads the seal of `digest`
 /// beneath the `composefs/` fd ([`read_seal_pair`]) and verifies it against
 /// `keys` with `serial_floor` ([`verify_seal`]).
 pub fn check_repository_seal(
