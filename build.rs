@@ -11,11 +11,11 @@
 //!   Combined with a non-zero `SEALROOT_SERIAL_FLOOR` the build fails: that
 //!   policy checks no seal, so the floor could never be enforced.
 //! - `SEALROOT_CMDLINE_ALLOW`: whitespace-separated kernel command-line
-//!   allowlist entries added to the defaults (`src/boot_policy.rs`).
+//!   allowlist entries added to the defaults (`src/boot/policy.rs`).
 //! - `SEALROOT_INITS`: colon-separated absolute paths replacing the default
 //!   init list. Both are validated again at run time (fail closed).
 //!
-//! Output: `$OUT_DIR/trusted_keys.rs`, included by `src/trust.rs`, holding the
+//! Output: `$OUT_DIR/trusted_keys.rs`, included by `src/boot/trust.rs`, holding the
 //! raw 32-byte keys. This script deliberately shares no code with the crate
 //! (it runs before the crate exists), so it decodes the PEM itself: base64 of
 //! a 44-byte DER SubjectPublicKeyInfo whose first 12 bytes are the fixed

@@ -212,7 +212,7 @@ impl Digest {
     /// `v<1|2>-<sha256|sha512>-12:<hex>`, `<sha256|sha512>:<hex>` (what
     /// `fsverity digest` prints), or bare lowercase hex (algorithm from the
     /// length). The kernel command line has its own, narrower forms
-    /// ([`crate::cmdline`]).
+    /// ([`crate::boot::cmdline`]).
     pub fn parse_user(text: &str) -> Result<Self, DigestParseError> {
         if text.starts_with('v') {
             return Digest::parse_composefs(text);

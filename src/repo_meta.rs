@@ -236,7 +236,7 @@ impl RepoMeta {
 pub enum BootMetaError {
     /// The file exists but cannot be read as a regular file beneath
     /// `composefs/` (symlink, FIFO, too large, I/O error).
-    File(crate::mount::ImageError),
+    File(crate::boot::mount::ImageError),
     Invalid(MetaError),
 }
 
@@ -260,16 +260,16 @@ pub fn check_for_boot(
     composefs: impl std::os::fd::AsFd,
     alg: HashAlgorithm,
 ) -> Result<Option<RepoMeta>, BootMetaError> {
-    let shown = format!("{}/{FILE_NAME}", crate::mount::REPO_DIR);
-    let bytes = match crate::mount::read_beneath(
+    let shown = format!("{}/{FILE_NAME}", crate::boot::mount::REPO_DIR);
+    let bytes = match crate::boot::mount::read_beneath(
         &composefs,
         FILE_NAME,
         &shown,
         MAX_SIZE,
-        crate::mount::Follow::Never,
+        crate::boot::mount::Follow::Never,
     ) {
         Ok(b) => b,
-        Err(crate::mount::ImageError::Missing { .. }) => return Ok(None),
+        Err(crate::boot::mount::ImageError::Missing { .. }) => return Ok(None),
         Err(e) => return Err(BootMetaError::File(e)),
     };
     let meta = RepoMeta::parse(&bytes).map_err(BootMetaError::Invalid)?;

@@ -537,8 +537,8 @@ pub fn seal_rel(digest: &Digest) -> (String, String) {
 pub fn read_seal_pair(
     composefs: impl std::os::fd::AsFd,
     digest: &Digest,
-) -> Result<(Vec<u8>, Vec<u8>), crate::mount::ImageError> {
-    use crate::mount::{read_beneath, Follow, REPO_DIR};
+) -> Result<(Vec<u8>, Vec<u8>), crate::boot::mount::ImageError> {
+    use crate::boot::mount::{read_beneath, Follow, REPO_DIR};
     let (json_rel, sig_rel) = seal_rel(digest);
     let manifest = read_beneath(
         &composefs,
@@ -562,7 +562,7 @@ pub fn read_seal_pair(
 pub enum RepoSealError {
     /// A seal file is missing, not a regular file, behind a symlink, too
     /// large or unreadable.
-    File(crate::mount::ImageError),
+    File(crate::boot::mount::ImageError),
     /// The files were read and the seal does not verify.
     Rejected { path: String, error: SealError },
 }
@@ -600,7 +600,7 @@ pub fn check_repository_seal(
     let (manifest, sig) = read_seal_pair(&composefs, digest).map_err(RepoSealError::File)?;
     let verified = verify_seal(&manifest, &sig, keys, digest, serial_floor).map_err(|error| {
         RepoSealError::Rejected {
-            path: format!("{}/{}", crate::mount::REPO_DIR, seal_rel(digest).0),
+            path: format!("{}/{}", crate::boot::mount::REPO_DIR, seal_rel(digest).0),
             error,
         }
     })?;
@@ -611,7 +611,7 @@ pub fn check_repository_seal(
 /// with exactly the rules of [`read_seal_pair`] (the directory itself is
 /// opened by path). Returns (manifest bytes, signature bytes).
 pub fn read_seal_files(seals_dir: &Path, digest: &Digest) -> Result<(Vec<u8>, Vec<u8>), SealError> {
-    use crate::mount::ImageError;
+    use crate::boot::mount::ImageError;
     let (json, sig) = seal_paths(seals_dir, digest);
     let dir = rustix::fs::open(
         seals_dir,
@@ -627,12 +627,12 @@ pub fn read_seal_files(seals_dir: &Path, digest: &Digest) -> Result<(Vec<u8>, Ve
     })?;
     let hex = digest.to_hex();
     let read = |name: &str, path: &Path, limit: usize| {
-        crate::mount::read_beneath(
+        crate::boot::mount::read_beneath(
             &dir,
             name,
             &path.display().to_string(),
             limit,
-            crate::mount::Follow::Never,
+            crate::boot::mount::Follow::Never,
         )
         .map_err(|e| match e {
             ImageError::Missing { .. } => SealError::Missing {

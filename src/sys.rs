@@ -201,11 +201,12 @@ pub fn loop_configure(device: impl AsFd, backing: impl AsFd, flags: u32) -> Resu
 }
 
 /// The reserved trust area `sealctl embed-keys` patches; layout and reader in
-/// [`crate::trust`]. Here only because `link_section` counts as unsafe code to
+/// [`crate::boot::trust`]. Here only because `link_section` counts as unsafe code to
 /// the lint; the section name lets tools find and size-check the area.
 #[used]
 #[link_section = ".sealroot_trust"]
-pub(crate) static TRUST_AREA: [u8; crate::trust::AREA_SIZE] = crate::trust::INITIAL_AREA;
+pub(crate) static TRUST_AREA: [u8; crate::boot::trust::AREA_SIZE] =
+    crate::boot::trust::INITIAL_AREA;
 
 /// `execve(path, argv, envp)`: replace this process image with exactly
 /// the given arguments and environment (nothing inherited). Returns only on

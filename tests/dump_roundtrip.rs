@@ -16,10 +16,10 @@ use std::path::PathBuf;
 mod common;
 
 use sealroot::digest::{Digest, HashAlgorithm};
-use sealroot::dumpfile;
-use sealroot::erofs::reader::{read_image, referenced_objects};
-use sealroot::erofs::{write_image, WriteOptions};
-use sealroot::tree::{Inode, InodeKind, RegularFile, Tree, ROOT};
+use sealroot::image::dumpfile;
+use sealroot::image::erofs::reader::{read_image, referenced_objects};
+use sealroot::image::erofs::{write_image, WriteOptions};
+use sealroot::image::tree::{Inode, InodeKind, RegularFile, Tree, ROOT};
 
 /// Vectors whose image the writer does not yet lay out like the reference
 /// (tests/vectors.rs KNOWN_MISMATCH): a long symlink's inline target crosses a
@@ -307,8 +307,8 @@ fn scanned_directories_round_trip() {
         .args(["-n", "user.comment", "-v", "hello"])
         .arg(root.join("etc/64"))
         .status();
-    let opts = sealroot::scan::ScanOptions::default();
-    let tree = sealroot::scan::scan_directory(&root, &opts, None).unwrap();
+    let opts = sealroot::image::scan::ScanOptions::default();
+    let tree = sealroot::image::scan::scan_directory(&root, &opts, None).unwrap();
     let wopts = WriteOptions::default();
     let image = write_image(&tree, &wopts).unwrap();
     round_trip("scanned dir", &image, &wopts).unwrap();
@@ -321,7 +321,7 @@ fn scanned_directories_round_trip() {
     match &back.inodes[f65].kind {
         InodeKind::Regular(r) => {
             assert!(r.inline.is_none(), "65 bytes are external");
-            let want = sealroot::fsverity::digest_bytes(HashAlgorithm::Sha256, &[b'b'; 65]);
+            let want = sealroot::image::fsverity::digest_bytes(HashAlgorithm::Sha256, &[b'b'; 65]);
             assert_eq!(r.digest, Some(want));
         }
         k => panic!("{k:?}"),

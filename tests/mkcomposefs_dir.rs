@@ -17,9 +17,9 @@ use std::process::Command;
 mod common;
 
 use sealroot::digest::HashAlgorithm;
-use sealroot::dumpfile;
-use sealroot::erofs::{write_image, WriteOptions};
-use sealroot::scan::{scan_directory, ScanOptions};
+use sealroot::image::dumpfile;
+use sealroot::image::erofs::{write_image, WriteOptions};
+use sealroot::image::scan::{scan_directory, ScanOptions};
 
 fn set_xattr(path: &Path, name: &str, value: &[u8]) -> bool {
     let c = std::ffi::CString::new(name).unwrap();
@@ -105,7 +105,7 @@ fn build_sample(root: &Path) -> bool {
     xattrs_ok
 }
 
-fn image_via_dumpfile(tree: &sealroot::tree::Tree) -> Vec<u8> {
+fn image_via_dumpfile(tree: &sealroot::image::tree::Tree) -> Vec<u8> {
     let mut dump = Vec::new();
     dumpfile::write(tree, &mut dump).unwrap();
     let reparsed = dumpfile::parse(&dump, true).unwrap();
@@ -215,7 +215,7 @@ fn digest_store_objects_match_their_names_and_print_digest() {
     common::assert_success(&out);
     let image = fs::read(&img).unwrap();
     let printed = String::from_utf8(out.stdout).unwrap();
-    let expected = sealroot::fsverity::digest_bytes(HashAlgorithm::Sha256, &image).to_hex();
+    let expected = sealroot::image::fsverity::digest_bytes(HashAlgorithm::Sha256, &image).to_hex();
     assert_eq!(printed.trim(), expected);
 
     // Nothing but object directories is left in the store (no temporaries,
@@ -240,14 +240,14 @@ fn digest_store_objects_match_their_names_and_print_digest() {
     let mut expected_names = std::collections::BTreeSet::new();
     for name in ["sixty-five", "one block", "big", "sparse"] {
         let data = fs::read(src.join(name)).unwrap();
-        let d = sealroot::fsverity::digest_bytes(HashAlgorithm::Sha256, &data);
+        let d = sealroot::image::fsverity::digest_bytes(HashAlgorithm::Sha256, &data);
         expected_names.insert(d.to_hex());
     }
     let found: std::collections::BTreeSet<String> = objects
         .iter()
         .map(|p| {
             let data = fs::read(p).unwrap();
-            let d = sealroot::fsverity::digest_bytes(HashAlgorithm::Sha256, &data).to_hex();
+            let d = sealroot::image::fsverity::digest_bytes(HashAlgorithm::Sha256, &data).to_hex();
             let name = format!(
                 "{}{}",
                 p.parent().unwrap().file_name().unwrap().to_string_lossy(),

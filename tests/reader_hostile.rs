@@ -6,8 +6,8 @@
 //! `Err` with the specific variant.
 
 use sealroot::digest::{Digest, HashAlgorithm};
-use sealroot::erofs::reader::{read_image, referenced_objects, ReadError};
-use sealroot::tree::{InodeKind, Tree, ROOT};
+use sealroot::image::erofs::reader::{read_image, referenced_objects, ReadError};
+use sealroot::image::tree::{InodeKind, Tree, ROOT};
 
 const BLOCK: usize = 4096;
 

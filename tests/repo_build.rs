@@ -13,8 +13,8 @@ use common::key;
 use common::sealctl_sde as sealctl;
 
 use sealroot::digest::{Digest, HashAlgorithm};
-use sealroot::fsverity;
-use sealroot::repo::Repo;
+use sealroot::image::fsverity;
+use sealroot::image::repo::Repo;
 
 /// A small root tree: nested dirs, inline and external files, a symlink,
 /// a hardlink, an empty file.
@@ -216,7 +216,7 @@ fn sha512_build_names_everything_by_sha512_and_verifies() {
     assert!(common::objects_named_by_content(&r, HashAlgorithm::Sha512) > 0);
     // The image's overlay metacopy xattrs carry SHA-512 digests, and every one
     // of them is an object in the store.
-    let referenced = sealroot::erofs::reader::referenced_objects(&image).unwrap();
+    let referenced = sealroot::image::erofs::reader::referenced_objects(&image).unwrap();
     assert!(!referenced.is_empty());
     for obj in &referenced {
         assert_eq!(obj.algorithm(), HashAlgorithm::Sha512);

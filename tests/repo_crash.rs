@@ -13,9 +13,9 @@ use std::process::Command;
 mod common;
 
 use sealroot::digest::{Digest, HashAlgorithm};
-use sealroot::fsverity;
-use sealroot::progress::Progress;
-use sealroot::repo::{self, InstallOptions, Repo};
+use sealroot::image::fsverity;
+use sealroot::image::progress::Progress;
+use sealroot::image::repo::{self, InstallOptions, Repo};
 
 const CHILD_ENV: &str = "SEALROOT_CRASH_CHILD";
 

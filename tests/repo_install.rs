@@ -8,9 +8,9 @@ use std::path::Path;
 mod common;
 
 use sealroot::digest::{Digest, HashAlgorithm};
-use sealroot::fsverity;
-use sealroot::progress::Progress;
-use sealroot::repo::{self, InstallOptions, ProblemKind, Repo, RepoError, VerifyReport};
+use sealroot::image::fsverity;
+use sealroot::image::progress::Progress;
+use sealroot::image::repo::{self, InstallOptions, ProblemKind, Repo, RepoError, VerifyReport};
 
 /// A source repository with `n` objects of assorted sizes and a fake image.
 fn source(dir: &Path, n: usize) -> (Repo, Vec<Digest>, Vec<u8>, Digest) {

@@ -11,8 +11,8 @@ mod common;
 use common::{key, sealctl};
 
 use sealroot::digest::{Digest, HashAlgorithm};
-use sealroot::fsverity;
-use sealroot::repo::Repo;
+use sealroot::image::fsverity;
+use sealroot::image::repo::Repo;
 
 /// A repository with `n` objects, a real image naming them, and a seal.
 fn real_repo(dir: &Path, n: usize) -> (Repo, Digest, Vec<Digest>) {
@@ -37,10 +37,11 @@ fn real_repo(dir: &Path, n: usize) -> (Repo, Digest, Vec<Digest>) {
         objects.push(d);
     }
     dump.push_str("/small 5 100644 1 0 0 0 0.0 - hello -\n");
-    let tree = sealroot::dumpfile::parse(dump.as_bytes(), true).unwrap();
-    let image = sealroot::erofs::writer::write_image(&tree, &Default::default()).unwrap();
+    let tree = sealroot::image::dumpfile::parse(dump.as_bytes(), true).unwrap();
+    let image = sealroot::image::erofs::writer::write_image(&tree, &Default::default()).unwrap();
     let digest =
-        sealroot::repo::publish_image(&r, &image, sealroot::digest::HashAlgorithm::Sha256).unwrap();
+        sealroot::image::repo::publish_image(&r, &image, sealroot::digest::HashAlgorithm::Sha256)
+            .unwrap();
     let out = sealctl(&[
         "sign",
         "--key",
@@ -75,7 +76,7 @@ fn referenced_objects_are_the_ones_written() {
     let (r, digest, objects) = real_repo(dir.path(), 7);
     let image = fs::read(r.image_path(&digest)).unwrap();
     assert_eq!(
-        sealroot::repo::image_objects(&r.image_path(&digest), &image).unwrap(),
+        sealroot::image::repo::image_objects(&r.image_path(&digest), &image).unwrap(),
         objects
     );
 }

@@ -14,8 +14,8 @@ mod common;
 use common::key;
 
 use sealroot::digest::{Digest, HashAlgorithm};
-use sealroot::fsverity;
-use sealroot::repo::Repo;
+use sealroot::image::fsverity;
+use sealroot::image::repo::Repo;
 
 fn sealctl(args: &[&str]) -> Output {
     common::sealctl_cmd().args(args).output().unwrap()

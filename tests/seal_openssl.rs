@@ -9,7 +9,8 @@ mod common;
 use common::{key, sealctl};
 
 use sealroot::digest::{Digest, HashAlgorithm};
-use sealroot::{fsverity, keys, seal};
+use sealroot::image::fsverity;
+use sealroot::{keys, seal};
 
 /// A repository holding one (fake) image under its fs-verity digest.
 fn repo_with_image(dir: &Path) -> (PathBuf, Digest) {

@@ -16,8 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sealroot::digest::{Digest, HashAlgorithm};
-use sealroot::fsverity::{digest_bytes, digest_file};
-use sealroot::store::{list_objects, ObjectStore, TEMP_DIR};
+use sealroot::image::fsverity::{digest_bytes, digest_file};
+use sealroot::image::store::{list_objects, ObjectStore, TEMP_DIR};
 
 const CHILD_ENV: &str = "SEALROOT_STORE_CHILD";
 const ROUND_ENV: &str = "SEALROOT_STORE_ROUND";

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 
 mod common;
 
-use sealroot::dumpfile;
-use sealroot::erofs::{write_image, WriteOptions};
+use sealroot::image::dumpfile;
+use sealroot::image::erofs::{write_image, WriteOptions};
 use sha2::{Digest as _, Sha256};
 
 #[test]

@@ -12,9 +12,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sealroot::dumpfile;
-use sealroot::erofs::{write_image, WriteOptions};
-use sealroot::scan::{scan_directory, ScanOptions};
+use sealroot::image::dumpfile;
+use sealroot::image::erofs::{write_image, WriteOptions};
+use sealroot::image::scan::{scan_directory, ScanOptions};
 
 mod common;
 
@@ -232,7 +232,7 @@ fn xattr_value_over_the_format_limit_is_a_typed_error() {
         return;
     }
     match result {
-        Err(sealroot::scan::ScanError::XattrTooLong { name, .. }) => {
+        Err(sealroot::image::scan::ScanError::XattrTooLong { name, .. }) => {
             assert_eq!(name, b"trusted.huge")
         }
         other => panic!("expected XattrTooLong, got {other:?}"),

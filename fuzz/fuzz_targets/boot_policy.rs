@@ -6,8 +6,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sealroot::boot_policy::{BootPolicy, DEFAULT_INITS};
-use sealroot::cmdline;
+use sealroot::boot::policy::{BootPolicy, DEFAULT_INITS};
+use sealroot::boot::cmdline;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sealroot::dumpfile;
+use sealroot::image::dumpfile;
 
 fuzz_target!(|data: &[u8]| {
     let _ = dumpfile::parse(data, true);

@@ -5,9 +5,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sealroot::erofs::reader::{read_image, referenced_objects};
-use sealroot::erofs::{write_image, WriteOptions};
-use sealroot::tree::InodeKind;
+use sealroot::image::erofs::reader::{read_image, referenced_objects};
+use sealroot::image::erofs::{write_image, WriteOptions};
+use sealroot::image::tree::InodeKind;
 
 fuzz_target!(|data: &[u8]| {
     let tree = read_image(data);
@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(tree) = tree {
         tree.validate().expect("reader returned an invalid tree");
         let mut out = Vec::new();
-        sealroot::dumpfile::write(&tree, &mut out).expect("printing to a Vec cannot fail");
+        sealroot::image::dumpfile::write(&tree, &mut out).expect("printing to a Vec cannot fail");
         // Long symlink targets: the writer's layout for them is a known open
         // issue (tests/vectors.rs KNOWN_MISMATCH); leave them out here.
         let long_symlink = tree

@@ -7,10 +7,10 @@ use std::process::{Child, Command, Output};
 use std::time::{Duration, SystemTime};
 
 use sealroot::digest::HashAlgorithm;
-use sealroot::dumpfile;
-use sealroot::erofs::{write_image, WriteOptions};
-use sealroot::fsverity;
-use sealroot::repo::Repo;
+use sealroot::image::dumpfile;
+use sealroot::image::erofs::{write_image, WriteOptions};
+use sealroot::image::fsverity;
+use sealroot::image::repo::Repo;
 
 /// The composefs test vectors: env `SEALROOT_TESTDATA`, else
 /// `../shared/testdata/composefs` beside the checkout.

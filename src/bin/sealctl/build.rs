@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use sealroot::digest::HashAlgorithm;
-use sealroot::{keys, repo};
+use sealroot::image::repo;
+use sealroot::keys;
 
 #[derive(clap::Args)]
 pub struct Args {

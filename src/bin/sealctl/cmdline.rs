@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use sealroot::repo;
+use sealroot::image::repo;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use sealroot::digest::HashAlgorithm;
-use sealroot::fsverity;
+use sealroot::image::fsverity;
 
 #[derive(clap::Args)]
 pub struct Args {

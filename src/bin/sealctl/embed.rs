@@ -3,7 +3,7 @@
 //! toolchain.
 //!
 //! The binary carries an 8192-byte reserved area (layout in
-//! `sealroot::trust`) in ELF section `.sealroot_trust`, starting with the
+//! `sealroot::boot::trust`) in ELF section `.sealroot_trust`, starting with the
 //! magic `SEALROOT-TRUST01`. This command:
 //! - finds the magic exactly once in the file (zero or several occurrences
 //!   are refused: patching the wrong copy would leave the binary trusting
@@ -18,7 +18,7 @@
 //!   temporary file in OUT's directory, fsync'd, then renamed, with the input's
 //!   permission bits, so OUT is either absent/old or complete.
 //!
-//! The payload also carries the boot policy (`sealroot::boot_policy`):
+//! The payload also carries the boot policy (`sealroot::boot::policy`):
 //! `--allow-cmdline ENTRY` adds kernel command-line words a signed boot
 //! accepts on top of the defaults, `--init PATH` replaces the init list.
 //! Embedding replaces the whole anchor, compiled-in extensions included.
@@ -31,9 +31,11 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use sealroot::boot_policy::BootPolicy;
+use sealroot::boot::policy::BootPolicy;
+use sealroot::boot::trust::{
+    self, Anchor, TrustError, TrustPolicy, AREA_SIZE, MAGIC, SECTION_NAME,
+};
 use sealroot::keys::{self, KeyError};
-use sealroot::trust::{self, Anchor, TrustError, TrustPolicy, AREA_SIZE, MAGIC, SECTION_NAME};
 
 /// Largest binary read into memory.
 const MAX_BINARY: u64 = 512 << 20;

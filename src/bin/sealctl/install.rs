@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use sealroot::repo;
+use sealroot::image::repo;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,7 +36,7 @@ pub fn run(args: Args) -> ExitCode {
     let opts = repo::InstallOptions {
         copy_only: args.copy_only,
     };
-    let progress = sealroot::progress::Progress::new("install");
+    let progress = sealroot::image::progress::Progress::new("install");
     let result = repo::install(&source, &target, &digest, opts, &progress);
     progress.finish();
     match result {

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use sealroot::digest::HashAlgorithm;
-use sealroot::erofs::{write_image, WriteOptions};
-use sealroot::scan::{scan_directory, ScanOptions};
-use sealroot::store::ObjectStore;
+use sealroot::image::erofs::{write_image, WriteOptions};
+use sealroot::image::scan::{scan_directory, ScanOptions};
+use sealroot::image::store::ObjectStore;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -112,7 +112,7 @@ fn run_inner(args: Args) -> Result<(), String> {
         } else {
             input = std::fs::read(source).map_err(|e| format!("{}: {e}", source.display()))?;
         }
-        sealroot::dumpfile::parse(&input, false).map_err(|e| e.to_string())?
+        sealroot::image::dumpfile::parse(&input, false).map_err(|e| e.to_string())?
     } else {
         let scan_opts = ScanOptions {
             skip_xattrs: args.skip_xattrs,
@@ -140,7 +140,7 @@ fn run_inner(args: Args) -> Result<(), String> {
         }
     }
     if args.print_digest || args.print_digest_only {
-        let d = sealroot::fsverity::digest_bytes(HashAlgorithm::Sha256, &bytes);
+        let d = sealroot::image::fsverity::digest_bytes(HashAlgorithm::Sha256, &bytes);
         println!("{}", d.to_hex());
     }
     Ok(())

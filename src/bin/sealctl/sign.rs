@@ -8,7 +8,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use sealroot::{keys, repo, seal};
+use sealroot::image::repo;
+use sealroot::{keys, seal};
 
 #[derive(clap::Args)]
 pub struct Args {

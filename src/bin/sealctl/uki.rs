@@ -13,9 +13,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use sealroot::repo::{self, Repo};
+use sealroot::image::repo::{self, Repo};
+use sealroot::image::uki::{self, UkiInfo};
 use sealroot::seal;
-use sealroot::uki::{self, UkiInfo};
 
 /// Largest UKI read into memory.
 const MAX_UKI: u64 = 1 << 30;
@@ -80,7 +80,7 @@ fn check_repo(root: &Path, keys: &[PathBuf], digest: &sealroot::digest::Digest) 
         .map_err(|e| e.to_string());
     let seal = (|| {
         // The boot's own reader and check, from the same beneath-fd opens.
-        let dir = sealroot::mount::open_repo(root).map_err(|e| e.to_string())?;
+        let dir = sealroot::boot::mount::open_repo(root).map_err(|e| e.to_string())?;
         let (manifest, _) = seal::read_seal_pair(&dir, digest).map_err(|e| format!("seal: {e}"))?;
         if keys.is_empty() {
             let m = seal::Manifest::parse(&manifest).map_err(|e| e.to_string())?;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use sealroot::digest::HashAlgorithm;
-use sealroot::repo;
+use sealroot::image::repo;
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum Alg {

@@ -9,7 +9,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use sealroot::{keys, repo};
+use sealroot::image::repo;
+use sealroot::keys;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,7 +43,7 @@ pub fn run(args: Args) -> ExitCode {
         }
     }
     let r = repo::Repo::new(&args.repo);
-    let progress = sealroot::progress::Progress::new("verify");
+    let progress = sealroot::image::progress::Progress::new("verify");
     let report = repo::verify(&r, &digest, &trusted, args.serial_floor, &progress);
     progress.finish();
     if args.json {

@@ -7,9 +7,9 @@
 //! names the C source it follows.
 
 use composefs::erofs::format::FormatVersion;
-use sealroot::dumpfile;
-use sealroot::erofs::reader::{Image, Inode};
-use sealroot::erofs::{write_image, WriteOptions};
+use sealroot::image::dumpfile;
+use sealroot::image::erofs::reader::{Image, Inode};
+use sealroot::image::erofs::{write_image, WriteOptions};
 
 fn v(n: u32) -> WriteOptions {
     WriteOptions {

@@ -68,8 +68,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use composefs::erofs::format::FormatVersion;
-use sealroot::dumpfile;
-use sealroot::erofs::{write_image, WriteOptions};
+use sealroot::image::dumpfile;
+use sealroot::image::erofs::{write_image, WriteOptions};
 
 use model::Model;
 

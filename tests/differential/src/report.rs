@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use sealroot::erofs::reader::Image;
+use sealroot::image::erofs::reader::Image;
 
 const SB: usize = 1024;
 

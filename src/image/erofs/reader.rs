@@ -54,7 +54,7 @@ use std::fmt;
 
 use super::format::{self, xattr_prefix};
 use crate::digest::{Digest, HashAlgorithm};
-use crate::tree::{
+use crate::image::tree::{
     self, DirEntry, InodeId, InodeKind, RegularFile, Timespec, Tree, Xattr, S_IFBLK, S_IFCHR,
     S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
 };

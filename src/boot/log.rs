@@ -136,7 +136,7 @@ pub fn info(message: &str) {
 pub fn console(message: &str) {
     let text = format!("{}\n", line(message));
     if let Some(f) = open_wronly("/dev/console") {
-        let _ = crate::mount::write_all(&f, text.as_bytes());
+        let _ = crate::boot::mount::write_all(&f, text.as_bytes());
     } else {
         let _ = std::io::stderr().lock().write_all(text.as_bytes());
     }

@@ -50,9 +50,9 @@ use rustix::mount::{
     UnmountFlags,
 };
 
-use crate::config::{EtcMode, VarMode};
+use crate::boot::config::{EtcMode, VarMode};
+use crate::boot::log::errno_name;
 use crate::digest::Digest;
-use crate::log::errno_name;
 
 /// Repository directory on the physical root.
 pub const REPO_DIR: &str = "composefs";

@@ -16,13 +16,13 @@
 //!   repeat sections after `.profile`; the first occurrence is the base
 //!   profile's, and that is the one reported.
 //! - [`sealed_digest`] picks the digest the `.cmdline` seals with the boot
-//!   side's own parser ([`crate::cmdline`]): the first `composefs.digest=` or `composefs=` parameter
+//!   side's own parser ([`crate::boot::cmdline`]): the first `composefs.digest=` or `composefs=` parameter
 //!   on the command line (kernel word splitting), with later ones reported as
 //!   ignored, `?`-prefixed ("insecure") values refused.
 
 use std::fmt;
 
-use crate::cmdline::{CmdlineError, DigestKey};
+use crate::boot::cmdline::{CmdlineError, DigestKey};
 use crate::digest::Digest;
 
 /// The PE specification's limit on the number of sections.
@@ -450,9 +450,9 @@ impl fmt::Display for CmdlineDigestError {
 impl std::error::Error for CmdlineDigestError {}
 
 /// The first digest parameter of a command line, and the ignored later ones,
-/// decided by the boot side's own parser ([`crate::cmdline::parse`]).
+/// decided by the boot side's own parser ([`crate::boot::cmdline::parse`]).
 pub fn sealed_digest(cmdline: &str) -> Result<SealedDigest, CmdlineDigestError> {
-    let parsed = crate::cmdline::parse(cmdline).map_err(CmdlineDigestError::Refused)?;
+    let parsed = crate::boot::cmdline::parse(cmdline).map_err(CmdlineDigestError::Refused)?;
     let (key, digest) = parsed.digest.ok_or(CmdlineDigestError::NoDigest)?;
     let parameter = match key {
         DigestKey::ComposefsDigest => format!("{}={}", key.name(), digest.to_composefs()),

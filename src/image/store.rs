@@ -54,7 +54,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 use crate::digest::Digest;
-use crate::fsverity::MerkleHasher;
+use crate::image::fsverity::MerkleHasher;
 
 /// Name of the directory (inside `objects/`) holding batches' temporaries.
 /// It starts with a dot so no two-hex-digit object directory can collide.
@@ -460,7 +460,7 @@ impl Batch<'_> {
         alg: crate::digest::HashAlgorithm,
         data: &[u8],
     ) -> Result<Digest, StoreError> {
-        let digest = crate::fsverity::digest_bytes(alg, data);
+        let digest = crate::image::fsverity::digest_bytes(alg, data);
         if let Claim::AlreadyThere = self.claim(&digest) {
             return Ok(digest);
         }
@@ -634,7 +634,7 @@ pub fn list_objects(objects_dir: &Path) -> io::Result<Vec<PathBuf>> {
 mod tests {
     use super::*;
     use crate::digest::HashAlgorithm;
-    use crate::fsverity::digest_bytes;
+    use crate::image::fsverity::digest_bytes;
 
     #[test]
     fn add_commit_and_reopen() {

@@ -38,7 +38,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::format::*;
-use crate::tree::{InodeId, InodeKind, Timespec, Tree, TreeError, ROOT};
+use crate::image::tree::{InodeId, InodeKind, Timespec, Tree, TreeError, ROOT};
 
 /// Highest composefs format version this writer knows.
 pub const MAX_FORMAT_VERSION: u32 = 1;
@@ -982,8 +982,8 @@ fn emit(nodes: &[Node], l: &Layout, version: u32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dumpfile;
-    use crate::tree::S_IFMT;
+    use crate::image::dumpfile;
+    use crate::image::tree::S_IFMT;
 
     fn build(dump: &[u8], opts: WriteOptions) -> Vec<u8> {
         write_image(&dumpfile::parse(dump, true).unwrap(), &opts).unwrap()
@@ -1040,7 +1040,7 @@ mod tests {
 /b 100 @100644 3 5 6 0 9.1 /a/f - -\n\
 /c 4 100600 1 0 0 0 0.0 - abcd - trusted.overlay.k=v\n";
         let img = build(d, WriteOptions::default());
-        let t = crate::erofs::reader::read_image(&img).unwrap();
+        let t = crate::image::erofs::reader::read_image(&img).unwrap();
         let a = t.lookup(ROOT, b"a").unwrap();
         let f = t.lookup(a, b"f").unwrap();
         assert_eq!(t.lookup(ROOT, b"b"), Some(f), "hard link shares the inode");

@@ -33,8 +33,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::digest::{Digest, HashAlgorithm};
-use crate::store::{Batch, StoreError};
-use crate::tree::{
+use crate::image::store::{Batch, StoreError};
+use crate::image::tree::{
     Inode, InodeId, InodeKind, RegularFile, Timespec, Tree, TreeError, Xattr, INLINE_THRESHOLD,
     MAX_XATTR_NAME_LEN, MAX_XATTR_VALUE_LEN, ROOT,
 };
@@ -286,7 +286,7 @@ fn hash_open(
     buf: &mut [u8],
 ) -> Result<Digest, ScanError> {
     use std::os::unix::fs::FileExt;
-    let mut h = crate::fsverity::MerkleHasher::new(alg);
+    let mut h = crate::image::fsverity::MerkleHasher::new(alg);
     let mut off = 0u64;
     loop {
         let n = f.read_at(buf, off).map_err(io_err(path))?;
@@ -330,7 +330,7 @@ fn finish_one(
                             path: path.to_path_buf(),
                         });
                     }
-                    crate::fsverity::digest_file(opts.hash, &f).map_err(io_err(path))?
+                    crate::image::fsverity::digest_file(opts.hash, &f).map_err(io_err(path))?
                 } else {
                     hash_open(opts.hash, &f, path, *size, buf)?
                 };
@@ -581,7 +581,7 @@ mod tests {
         match &get(b"big").kind {
             InodeKind::Regular(r) => {
                 assert!(r.inline.is_none());
-                let d = crate::fsverity::digest_bytes(HashAlgorithm::Sha256, &[b'y'; 65]);
+                let d = crate::image::fsverity::digest_bytes(HashAlgorithm::Sha256, &[b'y'; 65]);
                 assert_eq!(r.digest, Some(d));
                 assert_eq!(r.payload.as_deref(), Some(d.object_path().as_bytes()));
             }

@@ -6,7 +6,7 @@
 //! - The policy is fixed when the binary is made, like the keys: compiled in
 //!   (`build.rs`: `SEALROOT_CMDLINE_ALLOW`, `SEALROOT_INITS`) or embedded by
 //!   `sealctl embed-keys --allow-cmdline/--init` (carried in the trust
-//!   payload, see [`crate::trust`]). The command line never changes it.
+//!   payload, see [`crate::boot::trust`]). The command line never changes it.
 //! - Under the `signed` trust policy the boot loader entry lives on the disk
 //!   an attacker can write, so **every** word of `/proc/cmdline` is untrusted
 //!   input: not only sealroot's own, but `init=`, the words the kernel hands
@@ -18,7 +18,7 @@
 //!   line is inside a signed UKI, i.e. the vendor's own, and is not checked.
 //! - Entry grammar: `word` matches exactly that bare word (no `=`);
 //!   `key=` matches `key` with any value; `key=value` matches exactly.
-//!   The words are split the kernel's way ([`crate::cmdline::words`]): quotes
+//!   The words are split the kernel's way ([`crate::boot::cmdline::words`]): quotes
 //!   group and are removed, and a bare `--` is a word like any other (the
 //!   kernel would hand what follows to init).
 //! - [`DEFAULT_ALLOW`] holds only words that pick hardware, logging, the
@@ -34,7 +34,7 @@
 
 use std::fmt;
 
-use crate::cmdline;
+use crate::boot::cmdline;
 
 /// Entries every `signed` boot accepts. Why each one cannot make anything
 /// unverified run:

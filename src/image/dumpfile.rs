@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 
 use crate::digest::{Digest, HashAlgorithm};
-use crate::tree::{
+use crate::image::tree::{
     DirEntry, Inode, InodeId, InodeKind, RegularFile, Timespec, Tree, TreeError, Xattr,
     MAX_NAME_LEN, MAX_PATH_LEN, MAX_XATTR_NAME_LEN, MAX_XATTR_VALUE_LEN, ROOT, S_IFBLK, S_IFCHR,
     S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,

@@ -42,7 +42,7 @@ use std::fmt;
 
 use ed25519_dalek::VerifyingKey;
 
-use crate::boot_policy::{BootPolicy, PolicyError};
+use crate::boot::policy::{BootPolicy, PolicyError};
 use crate::digest::{hex_decode_lower, hex_encode};
 
 mod compiled {
@@ -557,9 +557,9 @@ pub enum CheckSealError {
     /// Wrong arguments.
     Usage(String),
     /// The config named by `--config` is unusable.
-    Config(crate::config::ConfigError),
+    Config(crate::boot::config::ConfigError),
     /// The repository directory cannot be opened.
-    Repo(crate::mount::ImageError),
+    Repo(crate::boot::mount::ImageError),
     /// The seal is missing, unreadable or does not verify under this
     /// binary's keys and floor.
     Seal(crate::seal::RepoSealError),
@@ -590,7 +590,7 @@ impl std::error::Error for CheckSealError {}
 pub fn check_seal(
     root: &std::path::Path,
     digest: &crate::digest::Digest,
-    config: &crate::config::Config,
+    config: &crate::boot::config::Config,
 ) -> Result<String, CheckSealError> {
     let policy = load().map_err(CheckSealError::Trust)?;
     if let TrustPolicy::SealedDigest { .. } = policy {
@@ -611,7 +611,7 @@ pub fn check_seal(
         }));
     };
     let floor = (*serial_floor).max(config.serial_floor);
-    let repo = crate::mount::open_repo(root).map_err(CheckSealError::Repo)?;
+    let repo = crate::boot::mount::open_repo(root).map_err(CheckSealError::Repo)?;
     let checked = crate::seal::check_repository_seal(&repo, digest, keys, floor)
         .map_err(CheckSealError::Seal)?;
     Ok(format!(
@@ -643,8 +643,8 @@ pub fn tool_main(args: &[String]) -> Option<std::process::ExitCode> {
                 _ => return Some(report(Err(CheckSealError::Usage(USAGE.into())))),
             };
             let config = match config_path {
-                None => Ok(crate::config::Config::default()),
-                Some(p) => crate::config::load(std::path::Path::new(p))
+                None => Ok(crate::boot::config::Config::default()),
+                Some(p) => crate::boot::config::load(std::path::Path::new(p))
                     .map_err(CheckSealError::Config)
                     .and_then(|c| {
                         c.ok_or_else(|| CheckSealError::Usage(format!("config {p}: no such file")))

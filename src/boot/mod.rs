@@ -5,41 +5,48 @@
 //! every log line):
 //! - PID 1 (`/init` of a minimal initramfs): API filesystems, modules from
 //!   `/etc/sealroot/modules`, physical root from `root=` at `/sysroot`,
-//!   [`prepare`], then [`crate::switchroot::switch_root`]. Any refusal logs
+//!   [`prepare`], then [`crate::boot::switchroot::switch_root`]. Any refusal logs
 //!   one `refusing to boot: <reason>` line and then follows the failure
 //!   policy of the config (halt = power off by default).
 //! - `sealroot prepare [--sysroot DIR] [--cmdline TEXT] [--config FILE]`:
 //!   the same [`prepare`] on a physical root someone else mounted (systemd
 //!   `sysroot.mount`, dracut `$NEWROOT`); exit status 0 on success, 1 on a
 //!   refusal, 2 on a usage error.
-//! - Both modes first load the boot policy ([`crate::trust::load_boot_policy`],
+//! - Both modes first load the boot policy ([`crate::boot::trust::load_boot_policy`],
 //!   fixed at build/embed time) and, under the `signed` trust policy, refuse
-//!   a command line with any word it does not allow ([`crate::boot_policy`])
+//!   a command line with any word it does not allow ([`crate::boot::policy`])
 //!   before anything else happens.
 //! - [`prepare`]: expected digest (first command-line digest parameter and/or
 //!   the config, which must agree), open + measure the image fd, load the
-//!   trust policy ([`crate::trust::load`], never from the command line), verify the
+//!   trust policy ([`crate::boot::trust::load`], never from the command line), verify the
 //!   seal (signed policy) with the serial floor max(compiled-in, config)
 //!   through [`crate::seal::check_repository_seal`], mount from that same fd
-//!   ([`crate::mount::compose`]), write the status. The order guarantees that
+//!   ([`crate::boot::mount::compose`]), write the status. The order guarantees that
 //!   nothing is mounted before the measured digest is trusted.
 //! - PID 1 execs the init the boot policy allows with argv `[init]` and the
 //!   policy's fixed environment, never words from the command line.
+
+pub mod cmdline;
+pub mod config;
+pub mod log;
+pub mod mount;
+pub mod policy;
+pub mod switchroot;
+pub mod trust;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use crate::boot_policy::{BootPolicy, PolicyError};
-use crate::cmdline::{self, Cmdline, CmdlineError};
-use crate::config::{self, Config, ConfigError, DigestSource, FailurePolicy, SelectError};
+use crate::boot::cmdline::{Cmdline, CmdlineError};
+use crate::boot::config::{Config, ConfigError, DigestSource, FailurePolicy, SelectError};
+use crate::boot::mount::{ComposeRequest, ErofsHow, ImageError, MountError, OverlayHow};
+use crate::boot::policy::{BootPolicy, PolicyError};
+use crate::boot::switchroot::SwitchError;
+use crate::boot::trust::{TrustError, TrustPolicy};
 use crate::digest::Digest;
-use crate::log;
-use crate::mount::{self, ComposeRequest, ErofsHow, ImageError, MountError, OverlayHow};
 use crate::seal::{self, RepoSealError};
-use crate::switchroot::{self, SwitchError};
-use crate::trust::{self, TrustError, TrustPolicy};
 
 /// Where the status file goes.
 pub const STATUS_DIR: &str = "/run/sealroot";
@@ -541,7 +548,7 @@ fn pid1_fail(policy: FailurePolicy, reason: &str) -> ! {
         {
             log::err("failure policy shell: starting /bin/sh");
             let sh = c"/bin/sh";
-            let env: Vec<std::ffi::CString> = crate::boot_policy::INIT_ENVIRONMENT
+            let env: Vec<std::ffi::CString> = crate::boot::policy::INIT_ENVIRONMENT
                 .iter()
                 .filter_map(|e| std::ffi::CString::new(*e).ok())
                 .collect();
@@ -626,7 +633,7 @@ fn run_pid1(started: Instant) -> ! {
         // reason to stop, but it is worth a warning.
         log::warning(&e.to_string());
     }
-    let e = switchroot::switch_root(sysroot, &init, crate::boot_policy::INIT_ENVIRONMENT);
+    let e = switchroot::switch_root(sysroot, &init, crate::boot::policy::INIT_ENVIRONMENT);
     fail(BootError::Switch(e))
 }
 
@@ -644,7 +651,7 @@ pub fn main() -> ExitCode {
         run_pid1(started);
     }
     // `--show-trust` / `check-seal`: inspection only, never reached as PID 1.
-    if let Some(code) = crate::trust::tool_main(&rest) {
+    if let Some(code) = crate::boot::trust::tool_main(&rest) {
         return code;
     }
     match rest.first().map(String::as_str) {

@@ -43,10 +43,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ed25519_dalek::SigningKey;
 
 use crate::digest::{Digest, DigestParseError, HashAlgorithm};
-use crate::fsverity;
-use crate::progress::Progress;
+use crate::image::fsverity;
+use crate::image::progress::Progress;
+use crate::image::store::{ObjectStore, StoreError};
 use crate::seal::{self, Manifest, SealError};
-use crate::store::{ObjectStore, StoreError};
 
 /// Prefix of every temporary file this module creates.
 pub const TEMP_PREFIX: &str = ".tmp-sealctl-";
@@ -80,8 +80,8 @@ pub enum RepoError {
     },
     Seal(SealError),
     Store(Box<StoreError>),
-    Scan(Box<crate::scan::ScanError>),
-    WriteImage(Box<crate::erofs::writer::WriteError>),
+    Scan(Box<crate::image::scan::ScanError>),
+    WriteImage(Box<crate::image::erofs::writer::WriteError>),
     /// The image could not be read as a composefs EROFS image.
     ImageMalformed {
         path: PathBuf,
@@ -570,7 +570,7 @@ pub enum MtimePolicy {
 }
 
 /// Apply `policy` to every inode of `tree`.
-pub fn fix_mtimes(tree: &mut crate::tree::Tree, policy: MtimePolicy) {
+pub fn fix_mtimes(tree: &mut crate::image::tree::Tree, policy: MtimePolicy) {
     for inode in &mut tree.inodes {
         match policy {
             MtimePolicy::AsFound => {}
@@ -617,18 +617,20 @@ pub fn build(rootfs: &Path, repo: &Repo, opts: &BuildOptions) -> Result<BuildRep
     let store =
         ObjectStore::open(&repo.objects_dir()).map_err(|e| RepoError::Store(Box::new(e)))?;
     let batch = store.batch();
-    let scan_opts = crate::scan::ScanOptions {
+    let scan_opts = crate::image::scan::ScanOptions {
         use_epoch: opts.mtimes == MtimePolicy::Zero,
         threads: opts.threads,
         hash: opts.hash,
         ..Default::default()
     };
-    let mut tree = crate::scan::scan_directory(rootfs, &scan_opts, Some(&batch))
+    let mut tree = crate::image::scan::scan_directory(rootfs, &scan_opts, Some(&batch))
         .map_err(|e| RepoError::Scan(Box::new(e)))?;
     fix_mtimes(&mut tree, opts.mtimes);
-    let image =
-        crate::erofs::writer::write_image(&tree, &crate::erofs::writer::WriteOptions::default())
-            .map_err(|e| RepoError::WriteImage(Box::new(e)))?;
+    let image = crate::image::erofs::writer::write_image(
+        &tree,
+        &crate::image::erofs::writer::WriteOptions::default(),
+    )
+    .map_err(|e| RepoError::WriteImage(Box::new(e)))?;
     drop(tree);
     // Objects become visible before the image that names them.
     let stats = batch.commit().map_err(|e| RepoError::Store(Box::new(e)))?;
@@ -686,7 +688,7 @@ pub fn image_link_target(digest: &Digest) -> PathBuf {
 
 /// The distinct object digests an image references.
 pub fn image_objects(path: &Path, image: &[u8]) -> Result<Vec<Digest>, RepoError> {
-    crate::erofs::reader::referenced_objects(image).map_err(|e| RepoError::ImageMalformed {
+    crate::image::erofs::reader::referenced_objects(image).map_err(|e| RepoError::ImageMalformed {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
@@ -868,7 +870,7 @@ pub fn verify(
                 },
             });
         }
-        match crate::erofs::reader::referenced_objects(image) {
+        match crate::image::erofs::reader::referenced_objects(image) {
             Ok(objects) => verify_objects(repo, &objects, &mut report, progress),
             Err(e) => report.problems.push(Problem {
                 path: image_path.clone(),
