@@ -150,12 +150,6 @@ impl Digest {
         format!("v1-{}-12:{}", self.algorithm.name(), self.to_hex())
     }
 
-    /// Object store path relative to `objects/`: `XX/<rest of hex>`.
-    pub fn object_path(&self) -> String {
-        let hex = self.to_hex();
-        format!("{}/{}", &hex[..2], &hex[2..])
-    }
-
     /// Parse strict lowercase hex for a known algorithm.
     pub fn parse_hex(algorithm: HashAlgorithm, hex: &str) -> Result<Self, DigestParseError> {
         if hex.is_empty() {
@@ -294,7 +288,6 @@ mod tests {
         assert_eq!(d.algorithm(), HashAlgorithm::Sha256);
         assert_eq!(d.to_hex(), HEX);
         assert_eq!(d.to_composefs(), format!("v1-sha256-12:{HEX}"));
-        assert_eq!(d.object_path(), format!("3d/{}", &HEX[2..]));
     }
 
     #[test]

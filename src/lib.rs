@@ -9,6 +9,7 @@
 //! | [`digest`] | the digest value type and the one user digest grammar |
 //! | [`keys`] | ed25519 keys: fingerprints, embedded keys; PEM files (tool) |
 //! | [`seal`] | seal manifest format, strict verification, the one seal check |
+//! | [`layout`] | every relative name in a repository and its state directory |
 //! | [`repo_meta`] | `composefs/meta.json` (composefs-rs format metadata) |
 //! | [`sys`] | the only `unsafe`: ioctls and raw syscalls rustix lacks |
 //! | **boot** ([`boot`]) | orchestration and `/run/sealroot/status.json` |
@@ -41,6 +42,7 @@ pub mod digest;
 #[cfg(feature = "tool")]
 pub mod image;
 pub mod keys;
+pub mod layout;
 pub mod repo_meta;
 pub mod seal;
 #[allow(unsafe_code)]

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::HashAlgorithm;
 
 /// File name inside `composefs/`.
-pub const FILE_NAME: &str = "meta.json";
+pub const FILE_NAME: &str = crate::layout::META_FILE;
 /// The base repository format this code understands.
 pub const FORMAT_VERSION: u32 = 1;
 /// Largest `meta.json` read.
@@ -260,7 +260,7 @@ pub fn check_for_boot(
     composefs: impl std::os::fd::AsFd,
     alg: HashAlgorithm,
 ) -> Result<Option<RepoMeta>, BootMetaError> {
-    let shown = format!("{}/{FILE_NAME}", crate::boot::mount::REPO_DIR);
+    let shown = crate::layout::shown(FILE_NAME);
     let bytes = match crate::boot::mount::read_beneath(
         &composefs,
         FILE_NAME,

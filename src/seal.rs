@@ -513,21 +513,6 @@ fn unverified_reason(manifest_bytes: &[u8], keys: &[VerifyingKey]) -> SealError 
     }
 }
 
-/// Paths of the two seal files for `digest` in `seals_dir`.
-pub fn seal_paths(seals_dir: &Path, digest: &Digest) -> (PathBuf, PathBuf) {
-    let hex = digest.to_hex();
-    (
-        seals_dir.join(format!("{hex}.json")),
-        seals_dir.join(format!("{hex}.sig")),
-    )
-}
-
-/// The seal files of `digest`, relative to the repository's `composefs/`.
-pub fn seal_rel(digest: &Digest) -> (String, String) {
-    let hex = digest.to_hex();
-    (format!("seals/{hex}.json"), format!("seals/{hex}.sig"))
-}
-
 /// Read `seals/<hex>.json` and `seals/<hex>.sig` beneath the repository's
 /// `composefs/` directory fd, the way the boot does: opened with
 /// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`,
@@ -538,19 +523,20 @@ pub fn read_seal_pair(
     composefs: impl std::os::fd::AsFd,
     digest: &Digest,
 ) -> Result<(Vec<u8>, Vec<u8>), crate::boot::mount::ImageError> {
-    use crate::boot::mount::{read_beneath, Follow, REPO_DIR};
+    use crate::boot::mount::{read_beneath, Follow};
+    use crate::layout::{seal_rel, shown};
     let (json_rel, sig_rel) = seal_rel(digest);
     let manifest = read_beneath(
         &composefs,
         &json_rel,
-        &format!("{REPO_DIR}/{json_rel}"),
+        &shown(&json_rel),
         MAX_MANIFEST_SIZE,
         Follow::Never,
     )?;
     let sig = read_beneath(
         &composefs,
         &sig_rel,
-        &format!("{REPO_DIR}/{sig_rel}"),
+        &shown(&sig_rel),
         SIGNATURE_SIZE,
         Follow::Never,
     )?;
@@ -600,32 +586,33 @@ pub fn check_repository_seal(
     let (manifest, sig) = read_seal_pair(&composefs, digest).map_err(RepoSealError::File)?;
     let verified = verify_seal(&manifest, &sig, keys, digest, serial_floor).map_err(|error| {
         RepoSealError::Rejected {
-            path: format!("{}/{}", crate::boot::mount::REPO_DIR, seal_rel(digest).0),
+            path: crate::layout::shown(&crate::layout::seal_rel(digest).0),
             error,
         }
     })?;
     Ok(CheckedSeal { verified, manifest })
 }
 
-/// Read `<hex>.json` and `<hex>.sig` from `seals_dir` on the tool side,
-/// with exactly the rules of [`read_seal_pair`] (the directory itself is
-/// opened by path). Returns (manifest bytes, signature bytes).
-pub fn read_seal_files(seals_dir: &Path, digest: &Digest) -> Result<(Vec<u8>, Vec<u8>), SealError> {
+/// Read a seal's two files from a repository's `composefs/` directory on
+/// the tool side, with exactly the rules of [`read_seal_pair`] (only the
+/// `composefs/` directory itself is opened by path). Returns (manifest
+/// bytes, signature bytes).
+pub fn read_seal_files(composefs: &Path, digest: &Digest) -> Result<(Vec<u8>, Vec<u8>), SealError> {
     use crate::boot::mount::ImageError;
-    let (json, sig) = seal_paths(seals_dir, digest);
+    let (json_rel, sig_rel) = crate::layout::seal_rel(digest);
+    let (json, sig) = (composefs.join(&json_rel), composefs.join(&sig_rel));
     let dir = rustix::fs::open(
-        seals_dir,
+        composefs,
         rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
     .map_err(|errno| match errno {
         rustix::io::Errno::NOENT => SealError::Missing { path: json.clone() },
         errno => SealError::Read {
-            path: seals_dir.to_path_buf(),
+            path: composefs.to_path_buf(),
             error: std::io::Error::from_raw_os_error(errno.raw_os_error()),
         },
     })?;
-    let hex = digest.to_hex();
     let read = |name: &str, path: &Path, limit: usize| {
         crate::boot::mount::read_beneath(
             &dir,
@@ -653,9 +640,9 @@ pub fn read_seal_files(seals_dir: &Path, digest: &Digest) -> Result<(Vec<u8>, Ve
             },
         })
     };
-    let manifest = read(&format!("{hex}.json"), &json, MAX_MANIFEST_SIZE)?;
+    let manifest = read(&json_rel, &json, MAX_MANIFEST_SIZE)?;
     check_manifest_size(manifest.len() as u64)?;
-    let signature = read(&format!("{hex}.sig"), &sig, SIGNATURE_SIZE)?;
+    let signature = read(&sig_rel, &sig, SIGNATURE_SIZE)?;
     if signature.len() != SIGNATURE_SIZE {
         return Err(SealError::SignatureWrongSize {
             size: signature.len() as u64,

@@ -121,7 +121,7 @@ fn external(size: u64, fill: u8) -> (Inode, Digest) {
         InodeKind::Regular(RegularFile {
             size,
             inline: None,
-            payload: Some(d.object_path().into_bytes().into()),
+            payload: Some(sealroot::layout::object_name(&d).into_bytes().into()),
             digest: Some(d),
         }),
         0o644,

@@ -76,7 +76,7 @@ fn check_target(t: &Repo) -> usize {
             assert!(!fname.starts_with('.'), "temp inside {name}/: {fname}");
             let d = fsverity::digest_bytes(HashAlgorithm::Sha256, &fs::read(f.path()).unwrap());
             assert_eq!(
-                d.object_path(),
+                sealroot::layout::object_name(&d),
                 format!("{name}/{fname}"),
                 "wrong content under a digest name"
             );

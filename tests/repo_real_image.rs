@@ -31,7 +31,7 @@ fn real_repo(dir: &Path, n: usize) -> (Repo, Digest, Vec<Digest>) {
         fs::write(&p, &data).unwrap();
         dump.push_str(&format!(
             "/data/f{i:03} {len} 100644 1 0 0 0 0.0 {} - {}\n",
-            d.object_path(),
+            sealroot::layout::object_name(&d),
             d.to_hex()
         ));
         objects.push(d);

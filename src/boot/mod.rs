@@ -230,7 +230,7 @@ pub fn prepare(req: &PrepareRequest<'_>) -> Result<Prepared, BootError> {
 
     let t = Instant::now();
     let image = mount::open_image(&repo, &digest).map_err(BootError::Image)?;
-    let shown = format!("{}/{}", mount::REPO_DIR, mount::image_rel(&digest));
+    let shown = crate::layout::shown(&crate::layout::image_rel(&digest));
     let measured = mount::measure(&image, &digest, &shown).map_err(BootError::Image)?;
     let measure_us = us_since(t);
     log::notice(&format!("measured {measured} on {shown}"));

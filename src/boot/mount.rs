@@ -54,8 +54,7 @@ use crate::boot::config::{EtcMode, VarMode};
 use crate::boot::log::errno_name;
 use crate::digest::Digest;
 
-/// Repository directory on the physical root.
-pub const REPO_DIR: &str = "composefs";
+use crate::layout::{self, REPO_DIR};
 
 /// Errors opening or measuring the image, or reading a repository file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -481,15 +480,10 @@ pub(crate) fn is_dir(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// `composefs/images/<hex>` for `digest`, relative to the repository.
-pub fn image_rel(digest: &Digest) -> String {
-    format!("images/{}", digest.to_hex())
-}
-
 /// Open the image for `digest` beneath the repository.
 pub fn open_image(repo: impl AsFd, digest: &Digest) -> Result<OwnedFd, ImageError> {
-    let rel = image_rel(digest);
-    open_beneath(repo, &rel, &format!("{REPO_DIR}/{rel}"), Follow::Beneath)
+    let rel = layout::image_rel(digest);
+    open_beneath(repo, &rel, &layout::shown(&rel), Follow::Beneath)
 }
 
 /// Measure the image fd and compare the full digest with `expected`.
@@ -813,12 +807,6 @@ impl Drop for Scratch {
     }
 }
 
-/// The state directory of a deployment, `state/deploy/<hex>`, relative to
-/// the physical root.
-pub fn deploy_rel(digest: &Digest) -> String {
-    format!("state/deploy/{}", digest.to_hex())
-}
-
 /// Open (creating what is missing, mode 0755) the directory `rel` beneath
 /// the physical root fd, one component at a time, with
 /// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`:
@@ -947,13 +935,13 @@ fn mount_etc(
         return Ok(());
     }
     let etc = need_dir(root, "etc")?;
-    let deploy = deploy_rel(req.digest);
-    let upper_rel = format!("{deploy}/etc/upper");
+    let deploy = layout::deploy_rel(req.digest);
+    let upper_rel = format!("{deploy}/{}", layout::ETC_UPPER);
     match req.etc {
         EtcMode::None => Ok(()),
         EtcMode::Persistent => {
             let upper = open_state_dir(sysroot, &upper_rel)?;
-            let work = open_state_dir(sysroot, &format!("{deploy}/etc/work"))?;
+            let work = open_state_dir(sysroot, &format!("{deploy}/{}", layout::ETC_WORK))?;
             etc_overlay(&etc, &upper, &work, &upper_rel)
         }
         EtcMode::Transient => {
@@ -991,7 +979,7 @@ fn mount_var(req: &ComposeRequest<'_>, sysroot: &OwnedFd, root: &Path) -> Result
         VarMode::None => Ok(()),
         VarMode::Bind => {
             let var = need_dir(root, "var")?;
-            let rel = format!("{}/var", deploy_rel(req.digest));
+            let rel = format!("{}/{}", layout::deploy_rel(req.digest), layout::VAR);
             let src = open_state_dir(sysroot, &rel)?;
             bind_state(&src, &var, "/var", &rel, req.var_noexec)
         }
@@ -1018,7 +1006,7 @@ pub fn compose(req: ComposeRequest<'_>) -> Result<Composed, MountError> {
     let mount_erofs_us = us_since(t);
 
     let t = Instant::now();
-    let objects = req.sysroot.join(REPO_DIR).join("objects");
+    let objects = req.sysroot.join(REPO_DIR).join(layout::OBJECTS_DIR);
     let (overlay, overlay_how) = mount_overlay(&erofs_dir, &objects)?;
     let root = scratch.sub("root");
     attach(&overlay, &root).map_err(|errno| MountError::Overlay {

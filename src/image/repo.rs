@@ -46,6 +46,7 @@ use crate::digest::{Digest, DigestParseError, HashAlgorithm};
 use crate::image::fsverity;
 use crate::image::progress::Progress;
 use crate::image::store::{ObjectStore, StoreError};
+use crate::layout;
 use crate::seal::{self, Manifest, SealError};
 
 /// Prefix of every temporary file this module creates.
@@ -252,32 +253,34 @@ impl Repo {
         &self.root
     }
     pub fn composefs_dir(&self) -> PathBuf {
-        self.root.join("composefs")
+        self.root.join(layout::REPO_DIR)
     }
     pub fn objects_dir(&self) -> PathBuf {
-        self.composefs_dir().join("objects")
+        self.composefs_dir().join(layout::OBJECTS_DIR)
     }
     pub fn object_path(&self, digest: &Digest) -> PathBuf {
-        self.objects_dir().join(digest.object_path())
+        self.composefs_dir().join(layout::object_rel(digest))
     }
     pub fn images_dir(&self) -> PathBuf {
-        self.composefs_dir().join("images")
+        self.composefs_dir().join(layout::IMAGES_DIR)
     }
     pub fn image_path(&self, digest: &Digest) -> PathBuf {
-        self.images_dir().join(digest.to_hex())
+        self.composefs_dir().join(layout::image_rel(digest))
     }
     pub fn seals_dir(&self) -> PathBuf {
-        self.composefs_dir().join("seals")
+        self.composefs_dir().join(layout::SEALS_DIR)
     }
     /// (`<hex>.json`, `<hex>.sig`)
     pub fn seal_paths(&self, digest: &Digest) -> (PathBuf, PathBuf) {
-        seal::seal_paths(&self.seals_dir(), digest)
+        let (json, sig) = layout::seal_rel(digest);
+        let dir = self.composefs_dir();
+        (dir.join(json), dir.join(sig))
     }
     pub fn deploy_dir(&self, digest: &Digest) -> PathBuf {
-        self.root.join("state").join("deploy").join(digest.to_hex())
+        self.root.join(layout::deploy_rel(digest))
     }
     pub fn meta_path(&self) -> PathBuf {
-        self.composefs_dir().join(crate::repo_meta::FILE_NAME)
+        self.composefs_dir().join(layout::META_FILE)
     }
 
     /// The parsed `meta.json`, `None` when there is none.
@@ -680,7 +683,7 @@ pub fn publish_image(
 
 /// `../objects/XX/<rest>`: where `images/<hex>` points.
 pub fn image_link_target(digest: &Digest) -> PathBuf {
-    Path::new("../objects").join(digest.object_path())
+    PathBuf::from(layout::image_link_target(digest))
 }
 
 // ---------------------------------------------------------------------------
@@ -929,7 +932,7 @@ fn verify_seal_files(
     report: &mut VerifyReport,
 ) {
     let (json_path, sig_path) = repo.seal_paths(digest);
-    let (json, sig) = match seal::read_seal_files(&repo.seals_dir(), digest) {
+    let (json, sig) = match seal::read_seal_files(&repo.composefs_dir(), digest) {
         Ok(pair) => pair,
         Err(SealError::Missing { path }) => {
             // Without keys an unsealed image is not a problem by itself.
@@ -1089,7 +1092,7 @@ pub fn install_with_objects(
     publish_image(target, image, digest.algorithm())?;
     report.seal_installed = install_seal(source, target, digest)?;
     let deploy = target.deploy_dir(digest);
-    for sub in ["etc/upper", "etc/work", "var"] {
+    for sub in layout::STATE_SUBDIRS {
         create_dir_all(&deploy.join(sub))?;
     }
     for dir in [deploy.join("etc"), deploy.clone()] {
@@ -1125,12 +1128,12 @@ fn enable_meta_verity(target: &Repo, alg: HashAlgorithm) -> Result<(), RepoError
 }
 
 fn install_seal(source: &Repo, target: &Repo, digest: &Digest) -> Result<bool, RepoError> {
-    let (json, sig) = match seal::read_seal_files(&source.seals_dir(), digest) {
+    let (json, sig) = match seal::read_seal_files(&source.composefs_dir(), digest) {
         Ok(pair) => pair,
         Err(SealError::Missing { .. }) => return Ok(false),
         Err(e) => return Err(e.into()),
     };
-    let existing = seal::read_seal_files(&target.seals_dir(), digest).ok();
+    let existing = seal::read_seal_files(&target.composefs_dir(), digest).ok();
     if existing.as_ref() != Some(&(json.clone(), sig.clone())) {
         create_dir_all(&target.seals_dir())?;
         remove_stale_temps(&target.seals_dir())?;

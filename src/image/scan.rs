@@ -445,7 +445,11 @@ fn finish_files(
             InodeKind::Regular(r) => {
                 r.inline = f.inline;
                 if let Some(d) = f.digest {
-                    r.payload = Some(d.object_path().into_bytes().into_boxed_slice());
+                    r.payload = Some(
+                        crate::layout::object_name(&d)
+                            .into_bytes()
+                            .into_boxed_slice(),
+                    );
                     r.digest = Some(d);
                 }
             }
@@ -583,7 +587,10 @@ mod tests {
                 assert!(r.inline.is_none());
                 let d = crate::image::fsverity::digest_bytes(HashAlgorithm::Sha256, &[b'y'; 65]);
                 assert_eq!(r.digest, Some(d));
-                assert_eq!(r.payload.as_deref(), Some(d.object_path().as_bytes()));
+                assert_eq!(
+                    r.payload.as_deref(),
+                    Some(crate::layout::object_name(&d).as_bytes())
+                );
             }
             k => panic!("{k:?}"),
         }

@@ -189,14 +189,18 @@ impl ObjectStore {
 
     /// Where the object with this digest lives (whether or not it exists).
     pub fn path_of(&self, digest: &Digest) -> PathBuf {
-        self.root.join(digest.object_path())
+        self.root.join(crate::layout::object_name(digest))
     }
 
     /// Whether a regular file exists under this digest's name.
     pub fn contains(&self, digest: &Digest) -> bool {
-        rustix::fs::statat(&self.dir, digest.object_path(), AtFlags::SYMLINK_NOFOLLOW)
-            .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
-            .unwrap_or(false)
+        rustix::fs::statat(
+            &self.dir,
+            crate::layout::object_name(digest),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
+        .unwrap_or(false)
     }
 
     /// Start a batch of additions.
@@ -535,7 +539,7 @@ impl Batch<'_> {
         let mut touched = [false; 256];
         let mut created_dir = false;
         for p in &pending {
-            let rel = p.digest.object_path();
+            let rel = crate::layout::object_name(&p.digest);
             let first = p.digest.as_bytes().first().copied().unwrap_or(0);
             let prefix = rel.get(..2).unwrap_or("00");
             if !touched[usize::from(first)] {

@@ -255,7 +255,7 @@ pub fn objects_named_by_content(r: &Repo, alg: HashAlgorithm) -> usize {
             let fname = f.file_name().into_string().unwrap();
             let d = fsverity::digest_bytes(alg, &std::fs::read(f.path()).unwrap());
             assert_eq!(
-                d.object_path(),
+                sealroot::layout::object_name(&d),
                 format!("{name}/{fname}"),
                 "wrong content under a digest name"
             );
