@@ -236,7 +236,7 @@ impl RepoMeta {
 pub enum BootMetaError {
     /// The file exists but cannot be read as a regular file beneath
     /// `composefs/` (symlink, FIFO, too large, I/O error).
-    File(crate::boot::mount::ImageError),
+    File(crate::boot::io::FileError),
     Invalid(MetaError),
 }
 
@@ -261,15 +261,15 @@ pub fn check_for_boot(
     alg: HashAlgorithm,
 ) -> Result<Option<RepoMeta>, BootMetaError> {
     let shown = crate::layout::shown(FILE_NAME);
-    let bytes = match crate::boot::mount::read_beneath(
+    let bytes = match crate::boot::io::read_beneath(
         &composefs,
         FILE_NAME,
         &shown,
         MAX_SIZE,
-        crate::boot::mount::Follow::Never,
+        crate::boot::io::Follow::Never,
     ) {
         Ok(b) => b,
-        Err(crate::boot::mount::ImageError::Missing { .. }) => return Ok(None),
+        Err(crate::boot::io::FileError::Missing { .. }) => return Ok(None),
         Err(e) => return Err(BootMetaError::File(e)),
     };
     let meta = RepoMeta::parse(&bytes).map_err(BootMetaError::Invalid)?;

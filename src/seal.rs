@@ -522,8 +522,8 @@ fn unverified_reason(manifest_bytes: &[u8], keys: &[VerifyingKey]) -> SealError 
 pub fn read_seal_pair(
     composefs: impl std::os::fd::AsFd,
     digest: &Digest,
-) -> Result<(Vec<u8>, Vec<u8>), crate::boot::mount::ImageError> {
-    use crate::boot::mount::{read_beneath, Follow};
+) -> Result<(Vec<u8>, Vec<u8>), crate::boot::io::FileError> {
+    use crate::boot::io::{read_beneath, Follow};
     use crate::layout::{seal_rel, shown};
     let (json_rel, sig_rel) = seal_rel(digest);
     let manifest = read_beneath(
@@ -548,7 +548,7 @@ pub fn read_seal_pair(
 pub enum RepoSealError {
     /// A seal file is missing, not a regular file, behind a symlink, too
     /// large or unreadable.
-    File(crate::boot::mount::ImageError),
+    File(crate::boot::io::FileError),
     /// The files were read and the seal does not verify.
     Rejected { path: String, error: SealError },
 }
@@ -598,7 +598,7 @@ pub fn check_repository_seal(
 /// `composefs/` directory itself is opened by path). Returns (manifest
 /// bytes, signature bytes).
 pub fn read_seal_files(composefs: &Path, digest: &Digest) -> Result<(Vec<u8>, Vec<u8>), SealError> {
-    use crate::boot::mount::ImageError;
+    use crate::boot::io::FileError;
     let (json_rel, sig_rel) = crate::layout::seal_rel(digest);
     let (json, sig) = (composefs.join(&json_rel), composefs.join(&sig_rel));
     let dir = rustix::fs::open(
@@ -614,23 +614,23 @@ pub fn read_seal_files(composefs: &Path, digest: &Digest) -> Result<(Vec<u8>, Ve
         },
     })?;
     let read = |name: &str, path: &Path, limit: usize| {
-        crate::boot::mount::read_beneath(
+        crate::boot::io::read_beneath(
             &dir,
             name,
             &path.display().to_string(),
             limit,
-            crate::boot::mount::Follow::Never,
+            crate::boot::io::Follow::Never,
         )
         .map_err(|e| match e {
-            ImageError::Missing { .. } => SealError::Missing {
+            FileError::Missing { .. } => SealError::Missing {
                 path: path.to_path_buf(),
             },
-            ImageError::TooLarge { .. } if limit == SIGNATURE_SIZE => {
+            FileError::TooLarge { .. } if limit == SIGNATURE_SIZE => {
                 SealError::SignatureWrongSize {
                     size: file_size(path),
                 }
             }
-            ImageError::TooLarge { .. } => SealError::ManifestTooLarge {
+            FileError::TooLarge { .. } => SealError::ManifestTooLarge {
                 size: file_size(path),
                 limit: MAX_MANIFEST_SIZE,
             },

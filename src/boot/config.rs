@@ -206,7 +206,7 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<Config, ConfigError> {
 /// Load the config at `path`: `Ok(None)` if there is no such file.
 pub fn load(path: &Path) -> Result<Option<Config>, ConfigError> {
     let name = path.display().to_string();
-    let bytes = match crate::boot::mount::read_file_limited(path, MAX_CONFIG as usize) {
+    let bytes = match crate::boot::io::read_file_limited(path, MAX_CONFIG as usize) {
         Ok(b) => b,
         Err(Some(rustix::io::Errno::NOENT)) => return Ok(None),
         Err(Some(errno)) => {

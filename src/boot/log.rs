@@ -136,53 +136,10 @@ pub fn info(message: &str) {
 pub fn console(message: &str) {
     let text = format!("{}\n", line(message));
     if let Some(f) = open_wronly("/dev/console") {
-        let _ = crate::boot::mount::write_all(&f, text.as_bytes());
+        let _ = crate::boot::io::write_all(&f, text.as_bytes());
     } else {
         let _ = std::io::stderr().lock().write_all(text.as_bytes());
     }
-}
-
-/// The symbolic name of an errno (`ENOENT`), for log lines that must not
-/// depend on the C library's message table; unknown ones as `errno N`.
-pub fn errno_name(e: rustix::io::Errno) -> String {
-    use rustix::io::Errno;
-    let name = match e {
-        Errno::PERM => "EPERM",
-        Errno::NOENT => "ENOENT",
-        Errno::INTR => "EINTR",
-        Errno::IO => "EIO",
-        Errno::NXIO => "ENXIO",
-        Errno::BADF => "EBADF",
-        Errno::AGAIN => "EAGAIN",
-        Errno::NOMEM => "ENOMEM",
-        Errno::ACCESS => "EACCES",
-        Errno::NOTBLK => "ENOTBLK",
-        Errno::BUSY => "EBUSY",
-        Errno::EXIST => "EEXIST",
-        Errno::XDEV => "EXDEV",
-        Errno::NODEV => "ENODEV",
-        Errno::NOTDIR => "ENOTDIR",
-        Errno::ISDIR => "EISDIR",
-        Errno::INVAL => "EINVAL",
-        Errno::NOTTY => "ENOTTY",
-        Errno::FBIG => "EFBIG",
-        Errno::NOSPC => "ENOSPC",
-        Errno::ROFS => "EROFS",
-        Errno::NAMETOOLONG => "ENAMETOOLONG",
-        Errno::NOSYS => "ENOSYS",
-        Errno::LOOP => "ELOOP",
-        Errno::NODATA => "ENODATA",
-        Errno::OVERFLOW => "EOVERFLOW",
-        Errno::NOEXEC => "ENOEXEC",
-        Errno::OPNOTSUPP => "EOPNOTSUPP",
-        Errno::MSGSIZE => "EMSGSIZE",
-        Errno::STALE => "ESTALE",
-        Errno::UCLEAN => "EUCLEAN",
-        Errno::KEYREJECTED => "EKEYREJECTED",
-        Errno::BADMSG => "EBADMSG",
-        _ => return format!("errno {}", e.raw_os_error()),
-    };
-    name.to_string()
 }
 
 #[cfg(test)]
@@ -195,14 +152,6 @@ mod tests {
             line("a\nsealroot: forged\r\x1b[0m"),
             "sealroot: a sealroot: forged  [0m"
         );
-    }
-
-    #[test]
-    fn errno_names() {
-        use rustix::io::Errno;
-        assert_eq!(errno_name(Errno::OPNOTSUPP), "EOPNOTSUPP");
-        assert_eq!(errno_name(Errno::from_raw_os_error(61)), "ENODATA");
-        assert_eq!(errno_name(Errno::from_raw_os_error(4095)), "errno 4095");
     }
 
     #[test]

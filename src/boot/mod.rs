@@ -28,6 +28,7 @@
 
 pub mod cmdline;
 pub mod config;
+pub mod io;
 pub mod log;
 pub mod mount;
 pub mod policy;
@@ -214,7 +215,7 @@ pub fn prepare(req: &PrepareRequest<'_>) -> Result<Prepared, BootError> {
         source.name()
     ));
 
-    if !mount::is_dir(req.sysroot) {
+    if !crate::boot::io::is_dir(req.sysroot) {
         return Err(BootError::Sysroot {
             path: req.sysroot.display().to_string(),
         });
@@ -407,7 +408,7 @@ pub fn write_status(dir: &Path, text: &str) -> Result<PathBuf, BootError> {
         path: path.display().to_string(),
         error: std::io::Error::from_raw_os_error(errno.raw_os_error()),
     };
-    mount::mkdir_all(dir, 0o755).map_err(err)?;
+    crate::boot::io::mkdir_all(dir, 0o755).map_err(err)?;
     let tmp = dir.join(".status.json.tmp");
     let fd = rustix::fs::open(
         &tmp,
@@ -419,7 +420,7 @@ pub fn write_status(dir: &Path, text: &str) -> Result<PathBuf, BootError> {
         rustix::fs::Mode::from_raw_mode(0o644),
     )
     .map_err(err)?;
-    mount::write_all(&fd, text.as_bytes()).map_err(err)?;
+    crate::boot::io::write_all(&fd, text.as_bytes()).map_err(err)?;
     drop(fd);
     rustix::fs::rename(&tmp, &path).map_err(err)?;
     Ok(path)
@@ -471,7 +472,10 @@ pub fn parse_prepare_args(args: &[String]) -> Result<PrepareArgs, String> {
 
 fn proc_cmdline() -> Result<String, BootError> {
     // Over-long input is cut here and refused by the parser's own check.
-    let bytes = match mount::read_file_limited(Path::new("/proc/cmdline"), cmdline::MAX_CMDLINE) {
+    let bytes = match crate::boot::io::read_file_limited(
+        Path::new("/proc/cmdline"),
+        cmdline::MAX_CMDLINE,
+    ) {
         Ok(b) => b,
         Err(None) => vec![b' '; cmdline::MAX_CMDLINE + 1],
         Err(Some(errno)) => {
@@ -555,7 +559,7 @@ fn pid1_fail(policy: FailurePolicy, reason: &str) -> ! {
             let e = crate::sys::execve(sh, &[sh.to_owned()], &env);
             log::err(&format!(
                 "cannot start /bin/sh: {}; powering off",
-                log::errno_name(e)
+                crate::boot::io::errno_name(e)
             ));
         }
         FailurePolicy::Shell => log::err("failure policy shell: no /bin/sh; powering off"),

@@ -42,7 +42,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rustix::fs::{FileType, Mode, OFlags, ResolveFlags, CWD};
+use rustix::fs::{Mode, OFlags, CWD};
 use rustix::io::Errno;
 use rustix::mount::{
     fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
@@ -51,7 +51,9 @@ use rustix::mount::{
 };
 
 use crate::boot::config::{EtcMode, VarMode};
-use crate::boot::log::errno_name;
+use crate::boot::io::{
+    errno_name, is_dir, mkdir_all, open_beneath, openat2_retrying, FileError, Follow,
+};
 use crate::digest::Digest;
 
 use crate::layout::{self, REPO_DIR};
@@ -59,31 +61,8 @@ use crate::layout::{self, REPO_DIR};
 /// Errors opening or measuring the image, or reading a repository file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageError {
-    Missing {
-        path: String,
-    },
-    OutsideRepository {
-        path: String,
-    },
-    NotRegularFile {
-        path: String,
-    },
-    /// A symlink where none may be (seal files, state directories).
-    Symlink {
-        path: String,
-    },
-    Open {
-        path: String,
-        errno: Errno,
-    },
-    TooLarge {
-        path: String,
-        max: usize,
-    },
-    Read {
-        path: String,
-        errno: Errno,
-    },
+    /// Opening or reading the file itself (missing, symlink, too large, …).
+    File(FileError),
     /// The file has no fs-verity (ENODATA).
     VerityMissing {
         path: String,
@@ -104,28 +83,16 @@ pub enum ImageError {
     },
 }
 
+impl From<FileError> for ImageError {
+    fn from(e: FileError) -> Self {
+        ImageError::File(e)
+    }
+}
+
 impl fmt::Display for ImageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ImageError::Missing { path } => write!(f, "{path} does not exist"),
-            ImageError::OutsideRepository { path } => write!(
-                f,
-                "{path} resolves outside the repository (symlink escaping {REPO_DIR}/)"
-            ),
-            ImageError::NotRegularFile { path } => write!(f, "{path} is not a regular file"),
-            ImageError::Symlink { path } => write!(
-                f,
-                "{path} is a symlink or has one in its path; refusing to follow it"
-            ),
-            ImageError::Open { path, errno } => {
-                write!(f, "cannot open {path}: {}", errno_name(*errno))
-            }
-            ImageError::TooLarge { path, max } => {
-                write!(f, "{path} is larger than {max} bytes")
-            }
-            ImageError::Read { path, errno } => {
-                write!(f, "cannot read {path}: {}", errno_name(*errno))
-            }
+            ImageError::File(e) => e.fmt(f),
             ImageError::VerityMissing { path } => {
                 write!(f, "image {path} has no fs-verity (ENODATA)")
             }
@@ -298,192 +265,25 @@ pub fn open_repo(sysroot: &Path) -> Result<OwnedFd, ImageError> {
         Mode::empty(),
     )
     .map_err(|errno| match errno {
-        Errno::NOENT => ImageError::Missing {
+        Errno::NOENT => ImageError::File(FileError::Missing {
             path: path.display().to_string(),
-        },
-        errno => ImageError::Open {
+        }),
+        errno => ImageError::File(FileError::Open {
             path: path.display().to_string(),
             errno,
-        },
+        }),
     })
-}
-
-/// Which symlinks a beneath-open may follow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Follow {
-    /// Symlinks that stay beneath the directory fd (an image named by a
-    /// relative link into `objects/`, as composefs-rs stores it).
-    Beneath,
-    /// None at all (seal files, state directories): ELOOP is refused.
-    Never,
-}
-
-impl Follow {
-    fn resolve_flags(self) -> ResolveFlags {
-        match self {
-            Follow::Beneath => ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
-            Follow::Never => {
-                ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_SYMLINKS
-            }
-        }
-    }
-}
-
-/// `openat2` with `RESOLVE_BENEATH` answers EAGAIN when a `..` component
-/// (an image link `../objects/XX/…`) was resolved while a rename or mount
-/// happened anywhere in the system, which a systemd initrd does all the
-/// time; the kernel documents a retry as the answer. Bounded, so a
-/// persistent EAGAIN still ends as an error.
-fn openat2_retrying(mut open: impl FnMut() -> Result<OwnedFd, Errno>) -> Result<OwnedFd, Errno> {
-    let mut attempts = 0;
-    loop {
-        match open() {
-            Err(Errno::AGAIN) if attempts < 100 => {
-                attempts += 1;
-                std::thread::yield_now();
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Open `rel` beneath the repository fd as a read-only regular file.
-/// `shown` names it in errors (e.g. `composefs/images/<hex>`).
-pub fn open_beneath(
-    repo: impl AsFd,
-    rel: &str,
-    shown: &str,
-    follow: Follow,
-) -> Result<OwnedFd, ImageError> {
-    let path = shown.to_string();
-    let fd = openat2_retrying(|| {
-        rustix::fs::openat2(
-            repo.as_fd(),
-            rel,
-            // NONBLOCK so that a FIFO planted under the name cannot hang the
-            // boot before the type check below.
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
-            Mode::empty(),
-            follow.resolve_flags(),
-        )
-    })
-    .map_err(|errno| match errno {
-        Errno::NOENT => ImageError::Missing { path: path.clone() },
-        Errno::XDEV => ImageError::OutsideRepository { path: path.clone() },
-        Errno::LOOP if follow == Follow::Never => ImageError::Symlink { path: path.clone() },
-        errno => ImageError::Open {
-            path: path.clone(),
-            errno,
-        },
-    })?;
-    let st = rustix::fs::fstat(&fd).map_err(|errno| ImageError::Open {
-        path: path.clone(),
-        errno,
-    })?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-        return Err(ImageError::NotRegularFile { path });
-    }
-    Ok(fd)
-}
-
-/// Read a whole repository file of at most `max` bytes.
-pub fn read_beneath(
-    repo: impl AsFd,
-    rel: &str,
-    shown: &str,
-    max: usize,
-    follow: Follow,
-) -> Result<Vec<u8>, ImageError> {
-    let fd = open_beneath(repo, rel, shown, follow)?;
-    read_fd_limited(&fd, max).map_err(|e| match e {
-        Some(errno) => ImageError::Read {
-            path: shown.to_string(),
-            errno,
-        },
-        None => ImageError::TooLarge {
-            path: shown.to_string(),
-            max,
-        },
-    })
-}
-
-// Small file helpers on rustix. The boot binary avoids `std::fs` to stay
-// within its size budget; these are all it needs.
-
-/// Read all of `fd`; `Err(None)` if it holds more than `max` bytes.
-pub(crate) fn read_fd_limited(fd: impl AsFd, max: usize) -> Result<Vec<u8>, Option<Errno>> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = match rustix::io::read(fd.as_fd(), &mut buf) {
-            Ok(n) => n,
-            Err(Errno::INTR) => continue,
-            Err(errno) => return Err(Some(errno)),
-        };
-        if n == 0 {
-            return Ok(out);
-        }
-        if out.len() + n > max {
-            return Err(None);
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-}
-
-/// Read the file at `path`; `Err(None)` if it is larger than `max`.
-pub(crate) fn read_file_limited(path: &Path, max: usize) -> Result<Vec<u8>, Option<Errno>> {
-    let fd = rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
-        Mode::empty(),
-    )
-    .map_err(Some)?;
-    read_fd_limited(&fd, max)
-}
-
-/// Write all of `bytes` to `fd`.
-pub(crate) fn write_all(fd: impl AsFd, mut bytes: &[u8]) -> Result<(), Errno> {
-    while !bytes.is_empty() {
-        match rustix::io::write(fd.as_fd(), bytes) {
-            Ok(0) => return Err(Errno::IO),
-            Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// `mkdir -p` with `mode` for the directories it creates.
-pub(crate) fn mkdir_all(path: &Path, mode: u32) -> Result<(), Errno> {
-    if is_dir(path) {
-        return Ok(());
-    }
-    if let Some(parent) = path.parent() {
-        if !parent.as_os_str().is_empty() {
-            mkdir_all(parent, mode)?;
-        }
-    }
-    match rustix::fs::mkdir(path, Mode::from_raw_mode(mode)) {
-        Ok(()) => Ok(()),
-        Err(Errno::EXIST) if is_dir(path) => Ok(()),
-        // Something that is not a directory is in the way.
-        Err(Errno::EXIST) => Err(Errno::NOTDIR),
-        Err(e) => Err(e),
-    }
-}
-
-/// Whether `path` (symlinks followed) is a directory.
-pub(crate) fn is_dir(path: &Path) -> bool {
-    rustix::fs::stat(path)
-        .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
-        .unwrap_or(false)
 }
 
 /// Open the image for `digest` beneath the repository.
 pub fn open_image(repo: impl AsFd, digest: &Digest) -> Result<OwnedFd, ImageError> {
     let rel = layout::image_rel(digest);
-    open_beneath(repo, &rel, &layout::shown(&rel), Follow::Beneath)
+    Ok(open_beneath(
+        repo,
+        &rel,
+        &layout::shown(&rel),
+        Follow::Beneath,
+    )?)
 }
 
 /// Measure the image fd and compare the full digest with `expected`.
@@ -1120,19 +920,6 @@ mod tests {
                 ..
             })
         ));
-    }
-
-    #[test]
-    fn read_limits() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f");
-        std::fs::write(&p, vec![7u8; 10000]).unwrap();
-        assert_eq!(read_file_limited(&p, 10000).unwrap().len(), 10000);
-        assert_eq!(read_file_limited(&p, 9999), Err(None));
-        assert_eq!(
-            read_file_limited(&dir.path().join("nope"), 1),
-            Err(Some(Errno::NOENT))
-        );
     }
 
     #[test]

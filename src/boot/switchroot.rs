@@ -43,7 +43,8 @@ use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::mount::MountFlags;
 
-use crate::boot::log::{self, errno_name};
+use crate::boot::io::errno_name;
+use crate::boot::log;
 
 /// `MODULE_INIT_COMPRESSED_FILE`
 const MODULE_INIT_COMPRESSED_FILE: i32 = 4;
@@ -160,7 +161,7 @@ fn mount_one(
     flags: MountFlags,
     data: Option<&std::ffi::CStr>,
 ) -> Result<(), SwitchError> {
-    let _ = crate::boot::mount::mkdir_all(Path::new(path), 0o755);
+    let _ = crate::boot::io::mkdir_all(Path::new(path), 0o755);
     match rustix::mount::mount(source, path, fstype, flags, data) {
         Ok(()) | Err(Errno::BUSY) => Ok(()),
         Err(errno) => Err(SwitchError::ApiMount { path, errno }),
@@ -198,7 +199,7 @@ fn is_compressed(path: &str) -> bool {
 /// Load the modules named in `list` (see the module docs). Returns the
 /// number loaded and already present.
 pub fn load_modules(list: &Path) -> (usize, usize) {
-    let text = match crate::boot::mount::read_file_limited(list, MAX_MODULE_LIST) {
+    let text = match crate::boot::io::read_file_limited(list, MAX_MODULE_LIST) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(None) => {
             log::warning(&format!(
@@ -306,7 +307,7 @@ pub fn mount_physical_root(
     if FileType::from_raw_mode(st.st_mode) != FileType::BlockDevice {
         return Err(SwitchError::RootNotBlockDevice { device });
     }
-    let _ = crate::boot::mount::mkdir_all(target, 0o755);
+    let _ = crate::boot::io::mkdir_all(target, 0o755);
     let types: Vec<&str> = match rootfstype {
         Some(t) => t.split(',').filter(|s| !s.is_empty()).collect(),
         None => vec!["ext4", "btrfs", "f2fs"],
@@ -456,7 +457,7 @@ enum Never {}
 fn switch_root_inner(new_root: &Path, init: &str, env: &[&str]) -> Result<Never, SwitchError> {
     for api in ["/dev", "/proc", "/sys", "/run"] {
         let target = new_root.join(&api[1..]);
-        if !crate::boot::mount::is_dir(&target) {
+        if !crate::boot::io::is_dir(&target) {
             return Err(SwitchError::MissingMountPoint {
                 path: api.to_string(),
             });
