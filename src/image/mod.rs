@@ -11,6 +11,7 @@
 
 pub mod dumpfile;
 pub mod erofs;
+pub mod fileio;
 pub mod fsverity;
 pub mod progress;
 pub mod repo;

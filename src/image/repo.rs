@@ -34,15 +34,14 @@
 //! filesystem cannot do it.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{self, File};
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use ed25519_dalek::SigningKey;
 
 use crate::digest::{Digest, DigestParseError, HashAlgorithm};
+use crate::image::fileio::{self, FileIoError};
 use crate::image::fsverity;
 use crate::image::progress::Progress;
 use crate::image::store::{ObjectStore, StoreError};
@@ -50,7 +49,7 @@ use crate::layout;
 use crate::seal::{self, Manifest, SealError};
 
 /// Prefix of every temporary file this module creates.
-pub const TEMP_PREFIX: &str = ".tmp-sealctl-";
+pub use crate::image::fileio::TEMP_PREFIX;
 
 /// Largest image `sealctl` reads into memory.
 pub const MAX_IMAGE_SIZE: u64 = 4 << 30;
@@ -63,6 +62,8 @@ pub enum RepoError {
         path: PathBuf,
         error: std::io::Error,
     },
+    /// Reading or atomically replacing a file (see [`fileio`]).
+    File(FileIoError),
     BadDigestArgument {
         text: String,
         error: DigestParseError,
@@ -138,6 +139,7 @@ impl fmt::Display for RepoError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RepoError::Io { op, path, error } => write!(f, "{op} {}: {error}", path.display()),
+            RepoError::File(e) => e.fmt(f),
             RepoError::Meta { path, error } => write!(f, "{}: {error}", path.display()),
             RepoError::MetaMissing { repo } => write!(
                 f,
@@ -234,6 +236,12 @@ impl From<SealError> for RepoError {
     }
 }
 
+impl From<FileIoError> for RepoError {
+    fn from(e: FileIoError) -> Self {
+        RepoError::File(e)
+    }
+}
+
 pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RepoError {
     let path = path.to_path_buf();
     move |error| RepoError::Io { op, path, error }
@@ -293,12 +301,18 @@ impl Repo {
         &self,
     ) -> Result<Option<(crate::repo_meta::RepoMeta, Vec<u8>)>, RepoError> {
         let path = self.meta_path();
-        let bytes = match read_limited_file(&path, crate::repo_meta::MAX_SIZE) {
+        let bytes = match fileio::read_bounded(&path, crate::repo_meta::MAX_SIZE as u64) {
             Ok(b) => b,
-            Err(RepoError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(None)
+            Err(FileIoError::Missing { .. }) => return Ok(None),
+            Err(FileIoError::TooLarge { size, limit, .. }) => {
+                return Err(RepoError::Meta {
+                    path,
+                    error: crate::repo_meta::MetaError::Malformed {
+                        reason: format!("{size} bytes, more than the {limit}-byte limit"),
+                    },
+                })
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         crate::repo_meta::RepoMeta::parse(&bytes)
             .map(|meta| Some((meta, bytes)))
@@ -358,7 +372,7 @@ impl Repo {
             None => crate::repo_meta::RepoMeta::new(alg).to_bytes(),
         };
         create_dir_all(&self.composefs_dir())?;
-        write_file_atomic(&path, &bytes)
+        Ok(fileio::write_atomic(&path, &bytes, 0o644)?)
     }
 
     fn has_content(&self) -> bool {
@@ -376,7 +390,11 @@ impl Repo {
             return Err(RepoError::MetaExists { path });
         }
         create_dir_all(&self.composefs_dir())?;
-        write_file_atomic(&path, &crate::repo_meta::RepoMeta::new(alg).to_bytes())
+        Ok(fileio::write_atomic(
+            &path,
+            &crate::repo_meta::RepoMeta::new(alg).to_bytes(),
+            0o644,
+        )?)
     }
 }
 
@@ -429,24 +447,6 @@ pub fn upgrade_repo(repo: &Repo, alg: Option<HashAlgorithm>) -> Result<HashAlgor
     Ok(alg)
 }
 
-/// Read a whole file of at most `max` bytes.
-fn read_limited_file(path: &Path, max: usize) -> Result<Vec<u8>, RepoError> {
-    let file = File::open(path).map_err(io_err("open", path))?;
-    let mut out = Vec::new();
-    file.take(max as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(io_err("read", path))?;
-    if out.len() > max {
-        return Err(RepoError::Meta {
-            path: path.to_path_buf(),
-            error: crate::repo_meta::MetaError::Malformed {
-                reason: format!("larger than {max} bytes"),
-            },
-        });
-    }
-    Ok(out)
-}
-
 /// A digest as a user types it: `<hex>` (64 → sha256, 128 → sha512),
 /// `v1-sha256-12:<hex>` (command-line form) or `sha256:<hex>` (what
 /// `fsverity digest` and `sealctl build` print).
@@ -475,33 +475,11 @@ pub fn read_checked_image(repo: &Repo, digest: &Digest) -> Result<Vec<u8>, RepoE
 
 /// Read an image file whole, bounded by [`MAX_IMAGE_SIZE`].
 pub fn read_image_file(path: &Path) -> Result<Vec<u8>, RepoError> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(RepoError::ImageMissing {
-                path: path.to_path_buf(),
-            })
-        }
-        Err(e) => return Err(io_err("open", path)(e)),
-    };
-    let size = file.metadata().map_err(io_err("stat", path))?.len();
-    if size > MAX_IMAGE_SIZE {
-        return Err(RepoError::ImageTooLarge {
-            path: path.to_path_buf(),
-            size,
-        });
-    }
-    let mut data = Vec::with_capacity(size as usize);
-    file.take(MAX_IMAGE_SIZE + 1)
-        .read_to_end(&mut data)
-        .map_err(io_err("read", path))?;
-    if data.len() as u64 > MAX_IMAGE_SIZE {
-        return Err(RepoError::ImageTooLarge {
-            path: path.to_path_buf(),
-            size: data.len() as u64,
-        });
-    }
-    Ok(data)
+    fileio::read_bounded(path, MAX_IMAGE_SIZE).map_err(|e| match e {
+        FileIoError::Missing { path } => RepoError::ImageMissing { path },
+        FileIoError::TooLarge { path, size, .. } => RepoError::ImageTooLarge { path, size },
+        other => RepoError::File(other),
+    })
 }
 
 /// Seal the image `manifest.digest` of `repo` with `key`: checks the image
@@ -540,8 +518,8 @@ pub fn write_seal(
     let dir = repo.seals_dir();
     create_dir_all(&dir)?;
     let (json_path, sig_path) = repo.seal_paths(digest);
-    write_file_atomic(&sig_path, sig)?;
-    write_file_atomic(&json_path, json)?;
+    fileio::write_atomic(&sig_path, sig, 0o644)?;
+    fileio::write_atomic(&json_path, json, 0o644)?;
     Ok((json_path, sig_path))
 }
 
@@ -670,13 +648,13 @@ pub fn publish_image(
     }
     let dir = repo.images_dir();
     create_dir_all(&dir)?;
-    remove_stale_temps(&dir)?;
+    fileio::remove_stale_temps(&dir)?;
     let link = repo.image_path(&digest);
     let target = image_link_target(&digest);
     if fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
-        let tmp = temp_path_for(&link);
+        let tmp = fileio::temp_path_for(&link);
         std::os::unix::fs::symlink(&target, &tmp).map_err(io_err("symlink", &tmp))?;
-        publish(&tmp, &link)?;
+        fileio::publish(&tmp, &link)?;
     }
     Ok(digest)
 }
@@ -1096,7 +1074,7 @@ pub fn install_with_objects(
         create_dir_all(&deploy.join(sub))?;
     }
     for dir in [deploy.join("etc"), deploy.clone()] {
-        fsync_dir(&dir)?;
+        fileio::fsync_dir(&dir)?;
     }
     if opts.copy_only {
         return Ok(report);
@@ -1136,7 +1114,7 @@ fn install_seal(source: &Repo, target: &Repo, digest: &Digest) -> Result<bool, R
     let existing = seal::read_seal_files(&target.composefs_dir(), digest).ok();
     if existing.as_ref() != Some(&(json.clone(), sig.clone())) {
         create_dir_all(&target.seals_dir())?;
-        remove_stale_temps(&target.seals_dir())?;
+        fileio::remove_stale_temps(&target.seals_dir())?;
         write_seal(target, digest, &json, &sig)?;
     }
     Ok(true)
@@ -1170,7 +1148,7 @@ fn enable_and_check(target: &Repo, path: &Path, expected: &Digest) -> Result<(),
         drop(file);
         let _ = fs::remove_file(path);
         if let Some(dir) = path.parent() {
-            let _ = fsync_dir(dir);
+            let _ = fileio::fsync_dir(dir);
         }
         return Err(RepoError::VerityDigestMismatch {
             path: path.to_path_buf(),
@@ -1186,92 +1164,6 @@ fn enable_and_check(target: &Repo, path: &Path, expected: &Digest) -> Result<(),
 
 pub(crate) fn create_dir_all(dir: &Path) -> Result<(), RepoError> {
     fs::create_dir_all(dir).map_err(io_err("create directory", dir))
-}
-
-pub(crate) fn fsync_dir(dir: &Path) -> Result<(), RepoError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync directory", dir))
-}
-
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A fresh temporary path next to `final_path`.
-pub(crate) fn temp_path_for(final_path: &Path) -> PathBuf {
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = final_path.parent().unwrap_or(Path::new("."));
-    dir.join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()))
-}
-
-/// Create a new temporary file next to `final_path` (mode 0644, O_EXCL).
-pub(crate) fn create_temp(final_path: &Path) -> Result<(PathBuf, File), RepoError> {
-    let tmp = temp_path_for(final_path);
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&tmp)
-        .map_err(io_err("create", &tmp))?;
-    Ok((tmp, file))
-}
-
-/// Move a fully written and fsync'd temp file to its final name
-/// (replacing), then fsync the directory.
-pub(crate) fn publish(tmp: &Path, final_path: &Path) -> Result<(), RepoError> {
-    if let Err(e) = fs::rename(tmp, final_path) {
-        let _ = fs::remove_file(tmp);
-        return Err(io_err("rename", final_path)(e));
-    }
-    match final_path.parent() {
-        Some(dir) => fsync_dir(dir),
-        None => Ok(()),
-    }
-}
-
-/// Write `data` to `final_path` through a temp file, fsync, rename.
-pub(crate) fn write_file_atomic(final_path: &Path, data: &[u8]) -> Result<(), RepoError> {
-    let (tmp, mut file) = create_temp(final_path)?;
-    let result = file
-        .write_all(data)
-        .and_then(|()| file.sync_all())
-        .map_err(io_err("write", &tmp));
-    drop(file);
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    publish(&tmp, final_path)
-}
-
-/// Remove temp files left by a killed run in `dir` (non-recursive). Only
-/// files of processes that no longer exist are removed, so two sealctl
-/// runs on one repository do not delete each other's work. Liveness is
-/// read from `/proc/<pid>`; without a mounted /proc every owner looks dead,
-/// which is only wrong if two runs share a repository there.
-pub(crate) fn remove_stale_temps(dir: &Path) -> Result<(), RepoError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err("read directory", dir)(e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(io_err("read directory", dir))?;
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TEMP_PREFIX)) else {
-            continue;
-        };
-        let pid = rest.split('-').next().unwrap_or("");
-        let alive = !pid.is_empty() && Path::new("/proc").join(pid).exists();
-        if !alive || pid == std::process::id().to_string() {
-            let path = entry.path();
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("remove stale temp", &path)(e)),
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -1296,29 +1188,5 @@ mod tests {
             let e = parse_digest_arg(&bad).unwrap_err();
             assert!(matches!(e, RepoError::BadDigestArgument { .. }), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn atomic_write_and_stale_temp_cleanup() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("x");
-        write_file_atomic(&target, b"one").unwrap();
-        assert_eq!(fs::read(&target).unwrap(), b"one");
-        write_file_atomic(&target, b"three").unwrap();
-        assert_eq!(fs::read(&target).unwrap(), b"three");
-        // A temp of a process that cannot exist (pid above pid_max) is
-        // removed; one of a live process (pid 1) stays.
-        let stale = dir.path().join(format!("{TEMP_PREFIX}999999999-0"));
-        fs::write(&stale, b"junk").unwrap();
-        let live = dir.path().join(format!("{TEMP_PREFIX}1-0"));
-        fs::write(&live, b"pid 1 is alive").unwrap();
-        remove_stale_temps(dir.path()).unwrap();
-        assert!(!stale.exists());
-        assert!(live.exists());
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names.len(), 2);
     }
 }

@@ -25,9 +25,9 @@
 //!
 //! `--show` prints the trust anchor a binary carries without writing.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use sealroot::image::fileio;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -85,10 +85,8 @@ pub enum EmbedError {
         path: PathBuf,
         error: std::io::Error,
     },
-    BinaryTooLarge {
-        path: PathBuf,
-        size: u64,
-    },
+    /// Reading the binary or writing the output (missing, too large, I/O).
+    File(fileio::FileIoError),
     NotElf {
         path: PathBuf,
     },
@@ -132,11 +130,7 @@ impl std::fmt::Display for EmbedError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             EmbedError::Io { op, path, error } => write!(f, "{op} {}: {error}", path.display()),
-            EmbedError::BinaryTooLarge { path, size } => write!(
-                f,
-                "{}: {size} bytes is larger than the {MAX_BINARY}-byte limit",
-                path.display()
-            ),
+            EmbedError::File(e) => e.fmt(f),
             EmbedError::NotElf { path } => write!(f, "{}: not an ELF file", path.display()),
             EmbedError::UnsupportedElf { class, data } => write!(
                 f,
@@ -188,25 +182,13 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Embed
 }
 
 fn read_binary(path: &Path) -> Result<(Vec<u8>, u32), EmbedError> {
-    let file = File::open(path).map_err(io_err("open", path))?;
-    let meta = file.metadata().map_err(io_err("stat", path))?;
-    if meta.len() > MAX_BINARY {
-        return Err(EmbedError::BinaryTooLarge {
-            path: path.to_path_buf(),
-            size: meta.len(),
-        });
-    }
-    let mut data = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_BINARY + 1)
-        .read_to_end(&mut data)
-        .map_err(io_err("read", path))?;
-    if data.len() as u64 > MAX_BINARY {
-        return Err(EmbedError::BinaryTooLarge {
-            path: path.to_path_buf(),
-            size: data.len() as u64,
-        });
-    }
-    Ok((data, meta.permissions().mode() & 0o7777))
+    let data = fileio::read_bounded(path, MAX_BINARY).map_err(EmbedError::File)?;
+    let mode = std::fs::metadata(path)
+        .map_err(io_err("stat", path))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    Ok((data, mode))
 }
 
 fn get<'a>(data: &'a [u8], at: u64, len: u64, what: &'static str) -> Result<&'a [u8], EmbedError> {
@@ -367,40 +349,6 @@ fn build_policy(args: &Args) -> Result<TrustPolicy, EmbedError> {
     })
 }
 
-/// Write `data` to `out` via a temporary file beside it, with `mode`.
-fn write_atomic(out: &Path, data: &[u8], mode: u32) -> Result<(), EmbedError> {
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "sealroot".into());
-    let tmp = dir.join(format!(".{name}.tmp-embed-{}", std::process::id()));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err("create", &tmp))?;
-        file.write_all(data).map_err(io_err("write", &tmp))?;
-        // Set after writing: umask must not strip the exec bits we copy.
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(io_err("chmod", &tmp))?;
-        file.sync_all().map_err(io_err("fsync", &tmp))?;
-        fs::rename(&tmp, out).map_err(io_err("rename", out))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("fsync", &dir))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
 fn show(args: &Args) -> Result<String, EmbedError> {
     let (data, _) = read_binary(&args.binary)?;
     let offset = locate_area(&args.binary, &data)?;
@@ -434,7 +382,7 @@ fn embed(args: &Args, output: &Path) -> Result<String, EmbedError> {
     let offset = locate_area(&args.binary, &data)?;
     trust::decode_area(&data[offset..offset + AREA_SIZE]).map_err(EmbedError::ExistingArea)?;
     data[offset..offset + AREA_SIZE].copy_from_slice(&area);
-    write_atomic(output, &data, mode)?;
+    fileio::write_atomic(output, &data, mode).map_err(EmbedError::File)?;
     Ok(format!(
         "{}wrote {} (trust area at offset {offset:#x}, {} payload bytes)\n",
         trust::describe(&policy),

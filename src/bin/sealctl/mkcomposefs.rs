@@ -136,7 +136,8 @@ fn run_inner(args: Args) -> Result<(), String> {
                 .and_then(|()| out.flush())
                 .map_err(|e| format!("writing stdout: {e}"))?;
         } else {
-            write_atomic(Path::new(img), &bytes)?;
+            sealroot::image::fileio::write_atomic(Path::new(img), &bytes, 0o644)
+                .map_err(|e| e.to_string())?;
         }
     }
     if args.print_digest || args.print_digest_only {
@@ -144,53 +145,4 @@ fn run_inner(args: Args) -> Result<(), String> {
         println!("{}", d.to_hex());
     }
     Ok(())
-}
-
-/// Write `data` to a fresh temporary file beside `path`, sync it and rename
-/// it over `path`. The temporary file is removed on failure.
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| format!("{}: not a file path", path.display()))?;
-    let mut last_err = None;
-    for attempt in 0..100u32 {
-        let mut tmp_name = OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".tmp{}.{attempt}", std::process::id()));
-        let tmp = dir.join(&tmp_name);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp);
-        let mut file = match file {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                last_err = Some(e);
-                continue;
-            }
-            Err(e) => return Err(format!("{}: {e}", tmp.display())),
-        };
-        let res = file
-            .write_all(data)
-            .and_then(|()| file.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, path));
-        return match res {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                Err(format!("{}: {e}", path.display()))
-            }
-        };
-    }
-    Err(format!(
-        "{}: cannot create a temporary file: {}",
-        path.display(),
-        last_err.map(|e| e.to_string()).unwrap_or_default()
-    ))
 }

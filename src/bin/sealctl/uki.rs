@@ -9,7 +9,7 @@
 //! requested repository check passed; 1 otherwise (the report is still
 //! printed, then one `sealctl uki: ...` line says what failed).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -48,18 +48,7 @@ pub fn run(command: Command) -> ExitCode {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
-    let mut data = Vec::new();
-    file.take(MAX_UKI + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| format!("read {}: {e}", path.display()))?;
-    if data.len() as u64 > MAX_UKI {
-        return Err(format!(
-            "{}: larger than the {MAX_UKI}-byte limit",
-            path.display()
-        ));
-    }
-    Ok(data)
+    sealroot::image::fileio::read_bounded(path, MAX_UKI).map_err(|e| e.to_string())
 }
 
 /// Result of the repository checks, each `Ok(description)` or `Err(reason)`.
