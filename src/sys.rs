@@ -1,9 +1,15 @@
 //! The only module with `unsafe`: ioctls and raw syscalls rustix lacks.
 //!
-//! Every block carries a `// SAFETY:` line. Wrappers are thin and typed: they
-//! return [`rustix::io::Errno`] and leave the meaning of each errno to callers.
+//! Every block carries a `// SAFETY:` line. Wrappers are thin and typed: the
+//! fs-verity ioctls return [`VerityError`], whose variants name the errno
+//! conditions the kernel documents; the loop ioctls return the
+//! [`rustix::io::Errno`] and leave its meaning to the mount sequence.
 //!
-//! Kernel facts relied on (x86-64 numbers; `_IOWR`/`_IOW` encode the size):
+//! Ioctl numbers are derived here from the kernel's generic `_IOC`
+//! encoding (`include/uapi/asm-generic/ioctl.h`: number bits 0–7, type bits
+//! 8–15, argument size bits 16–29, direction bits 30–31 with write = 1 and
+//! read = 2), which x86-64 and arm64 share; unit tests pin the x86-64
+//! values below. Kernel facts relied on:
 //! - `FS_IOC_MEASURE_VERITY` = `_IOWR('f', 134, struct fsverity_digest)` =
 //!   0xC0046686. `struct fsverity_digest { u16 digest_algorithm; u16
 //!   digest_size; u8 digest[]; }`: `digest_size` is the buffer size in, the
@@ -30,8 +36,80 @@ use rustix::io::Errno;
 
 use crate::digest::{Digest, HashAlgorithm};
 
-const FS_IOC_ENABLE_VERITY: libc::c_ulong = 0x4080_6685;
-const FS_IOC_MEASURE_VERITY: libc::c_ulong = 0xC004_6686;
+/// `_IOC(dir, type, nr, size)` of the generic ioctl encoding.
+const fn ioc(dir: u32, ty: u8, nr: u8, size: usize) -> libc::c_ulong {
+    const SIZE_BITS: u32 = 14;
+    assert!(
+        size < (1 << SIZE_BITS),
+        "ioctl argument too large to encode"
+    );
+    ((dir << 30) | ((size as u32) << 16) | ((ty as u32) << 8) | nr as u32) as libc::c_ulong
+}
+const IOC_NONE: u32 = 0;
+const IOC_WRITE: u32 = 1;
+const IOC_READ: u32 = 2;
+
+/// `_IO(type, nr)`: no argument.
+const fn io(ty: u8, nr: u8) -> libc::c_ulong {
+    ioc(IOC_NONE, ty, nr, 0)
+}
+/// `_IOW(type, nr, T)`: the kernel reads a `T`.
+const fn iow<T>(ty: u8, nr: u8) -> libc::c_ulong {
+    ioc(IOC_WRITE, ty, nr, std::mem::size_of::<T>())
+}
+/// `_IOWR(type, nr, T)`: the kernel reads and writes a `T`.
+const fn iowr<T>(ty: u8, nr: u8) -> libc::c_ulong {
+    ioc(IOC_READ | IOC_WRITE, ty, nr, std::mem::size_of::<T>())
+}
+
+/// `struct fsverity_digest` without its flexible array: what `_IOWR` sizes.
+#[repr(C)]
+struct FsverityDigestHeader {
+    digest_algorithm: u16,
+    digest_size: u16,
+}
+
+const FS_IOC_ENABLE_VERITY: libc::c_ulong = iow::<FsverityEnableArg>(b'f', 133);
+const FS_IOC_MEASURE_VERITY: libc::c_ulong = iowr::<FsverityDigestHeader>(b'f', 134);
+
+/// Why an fs-verity ioctl did not do what was asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerityError {
+    /// `ENODATA` from measuring: the file has no fs-verity.
+    NotEnabled,
+    /// `EEXIST` from enabling: the file already has fs-verity.
+    AlreadyEnabled,
+    /// `EOPNOTSUPP` / `ENOTTY`: the kernel or filesystem cannot do fs-verity.
+    Unsupported(Errno),
+    /// The kernel reported a digest algorithm number this code does not know.
+    UnknownAlgorithm(u16),
+    /// The kernel reported a digest size that does not fit its algorithm.
+    BadDigestSize(u16),
+    /// Any other errno.
+    Os(Errno),
+}
+
+impl VerityError {
+    fn from_errno(errno: Errno) -> Self {
+        match errno {
+            Errno::NODATA => VerityError::NotEnabled,
+            Errno::EXIST => VerityError::AlreadyEnabled,
+            Errno::OPNOTSUPP | Errno::NOTTY => VerityError::Unsupported(errno),
+            errno => VerityError::Os(errno),
+        }
+    }
+
+    /// The errno this condition came from (`EINVAL` for the two that the
+    /// kernel did not report but this code found).
+    pub fn errno(self) -> Errno {
+        match self {
+            VerityError::NotEnabled => Errno::NODATA,
+            VerityError::AlreadyEnabled => Errno::EXIST,
+            VerityError::Unsupported(e) | VerityError::Os(e) => e,
+            VerityError::UnknownAlgorithm(_) | VerityError::BadDigestSize(_) => Errno::INVAL,
+        }
+    }
+}
 
 #[repr(C)]
 struct FsverityEnableArg {
@@ -66,9 +144,8 @@ fn errno_of(ret: libc::c_int) -> Result<libc::c_int, Errno> {
 }
 
 /// `FS_IOC_MEASURE_VERITY` on `fd`: the file's fs-verity digest as the kernel
-/// holds it. A digest of an algorithm this code does not know is reported as
-/// `EINVAL`.
-pub fn measure_verity(fd: impl AsFd) -> Result<Digest, Errno> {
+/// holds it.
+pub fn measure_verity(fd: impl AsFd) -> Result<Digest, VerityError> {
     let mut buf = FsverityDigestBuf {
         digest_algorithm: 0,
         digest_size: 64,
@@ -83,18 +160,19 @@ pub fn measure_verity(fd: impl AsFd) -> Result<Digest, Errno> {
             &mut buf as *mut FsverityDigestBuf,
         )
     };
-    errno_of(ret)?;
-    let algorithm = HashAlgorithm::from_number(buf.digest_algorithm.into()).ok_or(Errno::INVAL)?;
-    let size = usize::from(buf.digest_size);
-    if size > buf.digest.len() {
-        return Err(Errno::OVERFLOW);
-    }
-    Digest::from_bytes(algorithm, &buf.digest[..size]).ok_or(Errno::INVAL)
+    errno_of(ret).map_err(VerityError::from_errno)?;
+    let algorithm = HashAlgorithm::from_number(buf.digest_algorithm.into())
+        .ok_or(VerityError::UnknownAlgorithm(buf.digest_algorithm))?;
+    let digest = buf
+        .digest
+        .get(..usize::from(buf.digest_size))
+        .ok_or(VerityError::BadDigestSize(buf.digest_size))?;
+    Digest::from_bytes(algorithm, digest).ok_or(VerityError::BadDigestSize(buf.digest_size))
 }
 
 /// `FS_IOC_ENABLE_VERITY` on a read-only `fd`, 4096-byte blocks, no salt, no
 /// signature.
-pub fn enable_verity(fd: impl AsFd, algorithm: HashAlgorithm) -> Result<(), Errno> {
+pub fn enable_verity(fd: impl AsFd, algorithm: HashAlgorithm) -> Result<(), VerityError> {
     let arg = FsverityEnableArg {
         version: 1,
         hash_algorithm: algorithm.number().into(),
@@ -116,11 +194,11 @@ pub fn enable_verity(fd: impl AsFd, algorithm: HashAlgorithm) -> Result<(), Errn
             &arg as *const FsverityEnableArg,
         )
     };
-    errno_of(ret).map(|_| ())
+    errno_of(ret).map(|_| ()).map_err(VerityError::from_errno)
 }
 
-const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
-const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LOOP_CTL_GET_FREE: libc::c_ulong = io(b'L', 0x82);
+const LOOP_CONFIGURE: libc::c_ulong = io(b'L', 0x0A);
 /// `LO_FLAGS_READ_ONLY`
 pub const LO_FLAGS_READ_ONLY: u32 = 1;
 /// `LO_FLAGS_AUTOCLEAR`
@@ -226,4 +304,49 @@ pub fn execve(
     // them. On success the call does not return.
     unsafe { libc::execve(path.as_ptr(), arg_ptrs.as_ptr(), env_ptrs.as_ptr()) };
     Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ioctl_numbers_match_the_kernel_headers() {
+        // The values <linux/fsverity.h> and <linux/loop.h> give on x86-64.
+        assert_eq!(FS_IOC_ENABLE_VERITY, 0x4080_6685);
+        assert_eq!(FS_IOC_MEASURE_VERITY, 0xC004_6686);
+        assert_eq!(LOOP_CTL_GET_FREE, 0x4C82);
+        assert_eq!(LOOP_CONFIGURE, 0x4C0A);
+    }
+
+    #[test]
+    fn verity_errors_name_the_condition() {
+        assert_eq!(
+            VerityError::from_errno(Errno::NODATA),
+            VerityError::NotEnabled
+        );
+        assert_eq!(
+            VerityError::from_errno(Errno::EXIST),
+            VerityError::AlreadyEnabled
+        );
+        assert_eq!(
+            VerityError::from_errno(Errno::NOTTY),
+            VerityError::Unsupported(Errno::NOTTY)
+        );
+        assert_eq!(
+            VerityError::from_errno(Errno::IO),
+            VerityError::Os(Errno::IO)
+        );
+        assert_eq!(VerityError::UnknownAlgorithm(9).errno(), Errno::INVAL);
+    }
+
+    #[test]
+    fn measuring_a_file_without_verity_fails_closed() {
+        // tmpfs (and the host kernel) cannot do fs-verity: never a digest.
+        let f = tempfile::tempfile().unwrap();
+        assert!(matches!(
+            measure_verity(&f),
+            Err(VerityError::Unsupported(_) | VerityError::NotEnabled)
+        ));
+    }
 }

@@ -57,6 +57,7 @@ use crate::boot::io::{
 use crate::digest::Digest;
 
 use crate::layout::{self, REPO_DIR};
+use crate::sys::VerityError;
 
 /// Errors opening or measuring the image, or reading a repository file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,15 +290,15 @@ pub fn open_image(repo: impl AsFd, digest: &Digest) -> Result<OwnedFd, ImageErro
 /// Measure the image fd and compare the full digest with `expected`.
 pub fn measure(image: impl AsFd, expected: &Digest, shown: &str) -> Result<Digest, ImageError> {
     let path = shown.to_string();
-    let found = crate::sys::measure_verity(image).map_err(|errno| match errno {
-        Errno::NODATA => ImageError::VerityMissing { path: path.clone() },
-        Errno::OPNOTSUPP | Errno::NOTTY => ImageError::VerityUnsupported {
+    let found = crate::sys::measure_verity(image).map_err(|e| match e {
+        VerityError::NotEnabled => ImageError::VerityMissing { path: path.clone() },
+        VerityError::Unsupported(errno) => ImageError::VerityUnsupported {
             path: path.clone(),
             errno,
         },
-        errno => ImageError::Measure {
+        other => ImageError::Measure {
             path: path.clone(),
-            errno,
+            errno: other.errno(),
         },
     })?;
     if &found != expected {

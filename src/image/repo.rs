@@ -47,6 +47,7 @@ use crate::image::progress::Progress;
 use crate::image::store::{ObjectStore, StoreError};
 use crate::layout;
 use crate::seal::{self, Manifest, SealError};
+use crate::sys::VerityError;
 
 /// Prefix of every temporary file this module creates.
 pub use crate::image::fileio::TEMP_PREFIX;
@@ -1092,16 +1093,18 @@ pub fn install_with_objects(
 }
 
 fn enable_meta_verity(target: &Repo, alg: HashAlgorithm) -> Result<(), RepoError> {
-    use rustix::io::Errno;
     let path = target.meta_path();
     let file = File::open(&path).map_err(io_err("open", &path))?;
     match crate::sys::enable_verity(&file, alg) {
-        Ok(()) | Err(Errno::EXIST) => Ok(()),
-        Err(errno @ (Errno::OPNOTSUPP | Errno::NOTTY)) => Err(RepoError::NoVeritySupport {
+        Ok(()) | Err(VerityError::AlreadyEnabled) => Ok(()),
+        Err(VerityError::Unsupported(errno)) => Err(RepoError::NoVeritySupport {
             target: target.root().to_path_buf(),
             errno,
         }),
-        Err(errno) => Err(RepoError::EnableVerity { path, errno }),
+        Err(e) => Err(RepoError::EnableVerity {
+            path,
+            errno: e.errno(),
+        }),
     }
 }
 
@@ -1123,26 +1126,25 @@ fn install_seal(source: &Repo, target: &Repo, digest: &Digest) -> Result<bool, R
 /// Enable fs-verity on `path` (already enabled is fine), then check that
 /// the kernel measures `expected`. A file that measures otherwise is removed.
 fn enable_and_check(target: &Repo, path: &Path, expected: &Digest) -> Result<(), RepoError> {
-    use rustix::io::Errno;
     let file = File::open(path).map_err(io_err("open", path))?;
     match crate::sys::enable_verity(&file, expected.algorithm()) {
-        Ok(()) | Err(Errno::EXIST) => {}
-        Err(errno @ (Errno::OPNOTSUPP | Errno::NOTTY)) => {
+        Ok(()) | Err(VerityError::AlreadyEnabled) => {}
+        Err(VerityError::Unsupported(errno)) => {
             return Err(RepoError::NoVeritySupport {
                 target: target.root().to_path_buf(),
                 errno,
             })
         }
-        Err(errno) => {
+        Err(e) => {
             return Err(RepoError::EnableVerity {
                 path: path.to_path_buf(),
-                errno,
+                errno: e.errno(),
             })
         }
     }
-    let found = crate::sys::measure_verity(&file).map_err(|errno| RepoError::MeasureVerity {
+    let found = crate::sys::measure_verity(&file).map_err(|e| RepoError::MeasureVerity {
         path: path.to_path_buf(),
-        errno,
+        errno: e.errno(),
     })?;
     if found != *expected {
         drop(file);

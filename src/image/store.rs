@@ -236,14 +236,11 @@ impl ObjectStore {
             let pid = name
                 .to_str()
                 .and_then(|n| n.split('-').next())
-                .and_then(|p| p.parse::<i32>().ok())
-                .and_then(rustix::process::Pid::from_raw);
+                .and_then(|p| p.parse::<i32>().ok());
+            // Our own batches are live (they clean up on drop).
             let alive = match pid {
-                Some(pid) if pid.as_raw_nonzero().get() == std::process::id() as i32 => {
-                    // Our own batches are live (they clean up on drop).
-                    true
-                }
-                Some(pid) => !matches!(rustix::process::test_kill_process(pid), Err(Errno::SRCH)),
+                Some(pid) if pid == std::process::id() as i32 => true,
+                Some(pid) => crate::image::fileio::process_alive(pid),
                 None => false,
             };
             if !alive {
