@@ -127,7 +127,7 @@ pub enum MountError {
         errno: Errno,
     },
     Erofs {
-        step: &'static str,
+        step: String,
         errno: Errno,
         kernel: String,
     },
@@ -385,20 +385,67 @@ fn attach(fd: impl AsFd, target: &Path) -> Result<(), Errno> {
     )
 }
 
-fn erofs_context(source: &str) -> Result<OwnedFd, (Errno, &'static str, String)> {
-    let fs =
-        fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| (e, "fsopen", String::new()))?;
-    let fail = |e: Errno, step: &'static str, fs: &OwnedFd| (e, step, kernel_messages(fs));
-    fsconfig_set_string(&fs, "source", source).map_err(|e| fail(e, "source", &fs))?;
-    fsconfig_set_flag(&fs, "ro").map_err(|e| fail(e, "ro", &fs))?;
-    fsconfig_create(&fs).map_err(|e| fail(e, "create", &fs))?;
-    let mnt = fsmount(
-        &fs,
-        FsMountFlags::FSMOUNT_CLOEXEC,
-        MountAttrFlags::MOUNT_ATTR_RDONLY | MountAttrFlags::MOUNT_ATTR_NODEV,
-    )
-    .map_err(|e| fail(e, "fsmount", &fs))?;
-    Ok(mnt)
+/// A filesystem context (an `fsopen` fd) being configured. Every step
+/// that fails reports which step, the errno, and the messages the kernel
+/// queued on the context (read from the fd, up to three), so the caller
+/// never has to remember to drain them.
+struct FsContext {
+    fd: OwnedFd,
+}
+
+/// A failed [`FsContext`] step.
+struct StepError {
+    step: String,
+    errno: Errno,
+    kernel: String,
+}
+
+impl FsContext {
+    fn open(fstype: &str) -> Result<FsContext, StepError> {
+        let fd = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC).map_err(|errno| StepError {
+            step: "fsopen".into(),
+            errno,
+            kernel: String::new(),
+        })?;
+        Ok(FsContext { fd })
+    }
+
+    fn failed(&self, step: &str) -> impl FnOnce(Errno) -> StepError + '_ {
+        let step = step.to_string();
+        move |errno| StepError {
+            step,
+            errno,
+            kernel: kernel_messages(&self.fd),
+        }
+    }
+
+    /// `fsconfig(FSCONFIG_SET_STRING)`; the step is named `key=value`
+    /// for short values and `key` for paths.
+    fn set(&self, key: &str, value: &std::ffi::CStr) -> Result<(), StepError> {
+        fsconfig_set_string(&self.fd, key, value).map_err(self.failed(key))
+    }
+
+    fn flag(&self, key: &str) -> Result<(), StepError> {
+        fsconfig_set_flag(&self.fd, key).map_err(self.failed(key))
+    }
+
+    /// `FSCONFIG_CMD_CREATE` then `fsmount`: a detached mount fd.
+    fn mount(self, attrs: MountAttrFlags) -> Result<OwnedFd, StepError> {
+        fsconfig_create(&self.fd).map_err(self.failed("create"))?;
+        fsmount(&self.fd, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(self.failed("fsmount"))
+    }
+}
+
+fn erofs_context(source: &str) -> Result<OwnedFd, StepError> {
+    let source = CString::new(source).map_err(|_| StepError {
+        step: "source".into(),
+        errno: Errno::INVAL,
+        kernel: String::new(),
+    })?;
+    let fs = FsContext::open("erofs")?;
+    fs.set("source", &source)?;
+    fs.flag("ro")?;
+    fs.mount(MountAttrFlags::MOUNT_ATTR_RDONLY | MountAttrFlags::MOUNT_ATTR_NODEV)
 }
 
 /// A read-only, auto-clearing loop device bound to `image`.
@@ -453,74 +500,59 @@ fn loop_device(image: impl AsFd) -> Result<(OwnedFd, String), MountError> {
 /// Mount EROFS from the measured fd; detached mount fd.
 fn mount_erofs(image: &OwnedFd) -> Result<(OwnedFd, ErofsHow), MountError> {
     let source = format!("/proc/self/fd/{}", image.as_raw_fd());
+    let erofs_err = |e: StepError| MountError::Erofs {
+        step: e.step,
+        errno: e.errno,
+        kernel: e.kernel,
+    };
     match erofs_context(&source) {
         Ok(m) => Ok((m, ErofsHow::FileBacked)),
-        Err((Errno::NOTBLK, _, _)) => {
+        Err(StepError {
+            errno: Errno::NOTBLK,
+            ..
+        }) => {
             let (dev, name) = loop_device(image)?;
-            let m = erofs_context(&name).map_err(|(errno, step, kernel)| MountError::Erofs {
-                step,
-                errno,
-                kernel,
-            })?;
+            let m = erofs_context(&name).map_err(erofs_err)?;
             // The mount holds the device now; AUTOCLEAR detaches it when
             // the mount goes away.
             drop(dev);
             Ok((m, ErofsHow::Loop(name)))
         }
-        Err((errno, step, kernel)) => Err(MountError::Erofs {
-            step,
-            errno,
-            kernel,
-        }),
+        Err(e) => Err(erofs_err(e)),
     }
 }
 
-fn overlay_err<'a>(step: &str, fs: &'a OwnedFd) -> impl FnOnce(Errno) -> MountError + 'a {
-    let step = step.to_string();
-    move |errno| MountError::Overlay {
-        step,
-        errno,
-        kernel: kernel_messages(fs),
+fn overlay_err(e: StepError) -> MountError {
+    MountError::Overlay {
+        step: e.step,
+        errno: e.errno,
+        kernel: e.kernel,
     }
 }
 
-fn overlay_common(fs: &OwnedFd) -> Result<(), MountError> {
-    fsconfig_set_string(fs, "metacopy", "on").map_err(overlay_err("metacopy=on", fs))?;
-    fsconfig_set_string(fs, "redirect_dir", "on").map_err(overlay_err("redirect_dir=on", fs))?;
-    fsconfig_set_string(fs, "verity", "require").map_err(|errno| {
-        MountError::VerityRequireRejected {
-            errno,
-            kernel: kernel_messages(fs),
-        }
-    })?;
-    fsconfig_set_flag(fs, "ro").map_err(overlay_err("ro", fs))?;
-    fsconfig_create(fs).map_err(overlay_err("create", fs))?;
-    Ok(())
-}
-
-/// The verified overlay: detached mount fd.
+/// The verified overlay: detached mount fd. New kernels take the layers one
+/// by one (`lowerdir+`, `datadir+`: Linux 6.8); older ones refuse
+/// `lowerdir+` with EINVAL and get the string form `lower::data` in a fresh
+/// context (a context that saw a failed step cannot be reused).
 fn mount_overlay(lower: &Path, objects: &Path) -> Result<(OwnedFd, OverlayHow), MountError> {
     let lower_c = cstr_path(lower)?;
     let objects_c = cstr_path(objects)?;
     let open = || {
-        let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|errno| {
-            MountError::Overlay {
-                step: "fsopen".into(),
-                errno,
-                kernel: String::new(),
-            }
-        })?;
-        let _ = fsconfig_set_string(&fs, "source", "composefs");
+        let fs = FsContext::open("overlay").map_err(overlay_err)?;
+        // Only a label in mountinfo; an old kernel that refuses it is fine.
+        let _ = fs.set("source", c"composefs");
         Ok::<_, MountError>(fs)
     };
     let fs = open()?;
-    let how = match fsconfig_set_string(&fs, "lowerdir+", lower_c.as_c_str()) {
+    let (fs, how) = match fs.set("lowerdir+", &lower_c) {
         Ok(()) => {
-            fsconfig_set_string(&fs, "datadir+", objects_c.as_c_str())
-                .map_err(overlay_err("datadir+", &fs))?;
-            OverlayHow::LayerAppend
+            fs.set("datadir+", &objects_c).map_err(overlay_err)?;
+            (fs, OverlayHow::LayerAppend)
         }
-        Err(Errno::INVAL) => {
+        Err(StepError {
+            errno: Errno::INVAL,
+            ..
+        }) => {
             drop(fs);
             for p in [lower, objects] {
                 let s = p.as_os_str().as_encoded_bytes();
@@ -530,34 +562,28 @@ fn mount_overlay(lower: &Path, objects: &Path) -> Result<(OwnedFd, OverlayHow), 
                     });
                 }
             }
-            let fs2 = open()?;
-            let value = format!("{}::{}", lower.display(), objects.display());
-            fsconfig_set_string(&fs2, "lowerdir", value.as_str())
-                .map_err(overlay_err("lowerdir=", &fs2))?;
-            overlay_common(&fs2)?;
-            let m = fsmount(
-                &fs2,
-                FsMountFlags::FSMOUNT_CLOEXEC,
-                MountAttrFlags::MOUNT_ATTR_RDONLY | MountAttrFlags::MOUNT_ATTR_NODEV,
-            )
-            .map_err(overlay_err("fsmount", &fs2))?;
-            return Ok((m, OverlayHow::StringForm));
+            let fs = open()?;
+            let value = cstr_path(Path::new(&format!(
+                "{}::{}",
+                lower.display(),
+                objects.display()
+            )))?;
+            fs.set("lowerdir", &value).map_err(overlay_err)?;
+            (fs, OverlayHow::StringForm)
         }
-        Err(errno) => {
-            return Err(MountError::Overlay {
-                step: "lowerdir+".into(),
-                errno,
-                kernel: kernel_messages(&fs),
-            })
-        }
+        Err(e) => return Err(overlay_err(e)),
     };
-    overlay_common(&fs)?;
-    let m = fsmount(
-        &fs,
-        FsMountFlags::FSMOUNT_CLOEXEC,
-        MountAttrFlags::MOUNT_ATTR_RDONLY | MountAttrFlags::MOUNT_ATTR_NODEV,
-    )
-    .map_err(overlay_err("fsmount", &fs))?;
+    fs.set("metacopy", c"on").map_err(overlay_err)?;
+    fs.set("redirect_dir", c"on").map_err(overlay_err)?;
+    fs.set("verity", c"require")
+        .map_err(|e| MountError::VerityRequireRejected {
+            errno: e.errno,
+            kernel: e.kernel,
+        })?;
+    fs.flag("ro").map_err(overlay_err)?;
+    let m = fs
+        .mount(MountAttrFlags::MOUNT_ATTR_RDONLY | MountAttrFlags::MOUNT_ATTR_NODEV)
+        .map_err(overlay_err)?;
     Ok((m, how))
 }
 
@@ -716,13 +742,13 @@ fn etc_overlay(etc: &Path, upper: &OwnedFd, work: &OwnedFd, shown: &str) -> Resu
         path: shown.to_string(),
         errno,
     };
-    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(err)?;
-    let _ = fsconfig_set_string(&fs, "source", "sealroot-etc");
-    fsconfig_set_string(&fs, "lowerdir", cstr_path(etc)?.as_c_str()).map_err(err)?;
-    fsconfig_set_string(&fs, "upperdir", fd_path(upper).as_c_str()).map_err(err)?;
-    fsconfig_set_string(&fs, "workdir", fd_path(work).as_c_str()).map_err(err)?;
-    fsconfig_create(&fs).map_err(err)?;
-    let m = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, STATE_ATTRS).map_err(err)?;
+    let step_err = |e: StepError| err(e.errno);
+    let fs = FsContext::open("overlay").map_err(step_err)?;
+    let _ = fs.set("source", c"sealroot-etc");
+    fs.set("lowerdir", &cstr_path(etc)?).map_err(step_err)?;
+    fs.set("upperdir", &fd_path(upper)).map_err(step_err)?;
+    fs.set("workdir", &fd_path(work)).map_err(step_err)?;
+    let m = fs.mount(STATE_ATTRS).map_err(step_err)?;
     attach(&m, etc).map_err(err)
 }
 
@@ -799,7 +825,7 @@ pub fn compose(req: ComposeRequest<'_>) -> Result<Composed, MountError> {
     let (erofs, erofs_how) = mount_erofs(&req.image)?;
     let erofs_dir = scratch.sub("erofs");
     attach(&erofs, &erofs_dir).map_err(|errno| MountError::Erofs {
-        step: "move_mount",
+        step: "move_mount".into(),
         errno,
         kernel: String::new(),
     })?;
@@ -927,7 +953,7 @@ mod tests {
     fn erofs_eio_names_altered_data() {
         let line = |errno| {
             MountError::Erofs {
-                step: "create",
+                step: "create".into(),
                 errno,
                 kernel: String::new(),
             }
