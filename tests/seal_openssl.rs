@@ -165,7 +165,7 @@ fn sign_and_cmdline_errors_are_specific() {
                 r.into(),
                 hex.clone(),
             ],
-            "nope.pem: No such file",
+            "nope.pem does not exist",
         ),
         (
             vec!["cmdline".into(), "--repo".into(), r.into(), missing.clone()],
