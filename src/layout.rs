@@ -20,9 +20,11 @@
 //! except the image link target, which is exactly what composefs writes).
 //! The boot side opens them beneath a directory fd (`openat2` with
 //! `RESOLVE_BENEATH`); the tool side joins them onto a path. No other module
-//! spells these names.
+//! spells these names. The `*_name_digest` functions read them back (for
+//! `sealctl gc`, which lists directories): each accepts exactly the names
+//! the forward function gives for a digest of the algorithm, nothing else.
 
-use crate::digest::Digest;
+use crate::digest::{Digest, HashAlgorithm};
 
 /// The repository directory, relative to the physical root (or to a build
 /// repository's root).
@@ -84,6 +86,43 @@ pub fn deploy_rel(digest: &Digest) -> String {
     format!("{DEPLOY_DIR}/{}", digest.to_hex())
 }
 
+/// `XX`: whether `name` can be an object directory (two lowercase hex
+/// digits).
+pub fn is_object_prefix(name: &str) -> bool {
+    name.len() == 2
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+}
+
+/// The digest of the object `<prefix>/<name>` in [`OBJECTS_DIR`].
+pub fn object_name_digest(prefix: &str, name: &str, alg: HashAlgorithm) -> Option<Digest> {
+    let d = Digest::parse_hex(alg, &format!("{prefix}{name}")).ok()?;
+    (object_name(&d) == format!("{prefix}/{name}")).then_some(d)
+}
+
+/// The digest an entry `name` of [`IMAGES_DIR`] names.
+pub fn image_name_digest(name: &str, alg: HashAlgorithm) -> Option<Digest> {
+    let d = Digest::parse_hex(alg, name).ok()?;
+    (image_rel(&d) == format!("{IMAGES_DIR}/{name}")).then_some(d)
+}
+
+/// The digest whose seal file (manifest or signature) `name` in
+/// [`SEALS_DIR`] is.
+pub fn seal_name_digest(name: &str, alg: HashAlgorithm) -> Option<Digest> {
+    let (hex, _) = name.split_once('.')?;
+    let d = Digest::parse_hex(alg, hex).ok()?;
+    let rel = format!("{SEALS_DIR}/{name}");
+    let (json, sig) = seal_rel(&d);
+    (json == rel || sig == rel).then_some(d)
+}
+
+/// The digest whose state directory an entry `name` of [`DEPLOY_DIR`] is.
+pub fn deploy_name_digest(name: &str, alg: HashAlgorithm) -> Option<Digest> {
+    let d = Digest::parse_hex(alg, name).ok()?;
+    (deploy_rel(&d) == format!("{DEPLOY_DIR}/{name}")).then_some(d)
+}
+
 /// How a name relative to [`REPO_DIR`] is shown in messages:
 /// `composefs/<rel>`.
 pub fn shown(rel: &str) -> String {
@@ -112,6 +151,33 @@ mod tests {
         );
         assert_eq!(deploy_rel(&d), format!("state/deploy/{HEX}"));
         assert_eq!(shown(&image_rel(&d)), format!("composefs/images/{HEX}"));
+    }
+
+    #[test]
+    fn names_read_back() {
+        let d = Digest::parse_hex_any(HEX).unwrap();
+        let alg = HashAlgorithm::Sha256;
+        assert_eq!(object_name_digest(&HEX[..2], &HEX[2..], alg), Some(d));
+        assert_eq!(image_name_digest(HEX, alg), Some(d));
+        assert_eq!(deploy_name_digest(HEX, alg), Some(d));
+        for name in [format!("{HEX}.json"), format!("{HEX}.sig")] {
+            assert_eq!(seal_name_digest(&name, alg), Some(d), "{name}");
+        }
+        assert!(is_object_prefix("3d") && !is_object_prefix("3D") && !is_object_prefix(".t"));
+        // Anything else is no name of ours.
+        assert_eq!(object_name_digest("3D", &HEX[2..], alg), None);
+        assert_eq!(object_name_digest(&HEX[..3], &HEX[3..], alg), None);
+        assert_eq!(image_name_digest(&HEX.to_uppercase(), alg), None);
+        assert_eq!(image_name_digest(HEX, HashAlgorithm::Sha512), None);
+        assert_eq!(image_name_digest(".tmp-sealctl-1-0", alg), None);
+        for name in [
+            format!("{HEX}.txt"),
+            format!("{HEX}.json.bak"),
+            HEX.to_string(),
+            format!("{}.json", &HEX[..62]),
+        ] {
+            assert_eq!(seal_name_digest(&name, alg), None, "{name}");
+        }
     }
 
     #[test]

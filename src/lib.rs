@@ -28,6 +28,7 @@
 //! | `image::store` | the crash-safe fs-verity object store |
 //! | `image::erofs` | composefs EROFS image format: writer and reader |
 //! | `image::repo` | repository build, offline verify, install |
+//! | `image::gc` | repository garbage collection (`sealctl gc`), crash-safe removal order |
 //! | `image::uki` | PE/UKI section parsing |
 //! | `image::progress` | terminal progress lines for long operations |
 //!

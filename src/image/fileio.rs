@@ -179,29 +179,38 @@ fn temp_owner(name: &str) -> Option<i32> {
     rest.split('-').next()?.parse().ok()
 }
 
-/// Remove temporary files left by a killed run in `dir` (non-recursive).
-/// Only files of processes that no longer exist (or of this process) are
-/// removed, so two sealctl runs on one repository do not delete each
-/// other's work.
-pub fn remove_stale_temps(dir: &Path) -> Result<(), FileIoError> {
+/// The temporary files a killed run left in `dir` (non-recursive): names
+/// `<TEMP_PREFIX><pid>-<n>` whose process no longer exists (or is this
+/// one). What [`remove_stale_temps`] removes and `sealctl gc` counts.
+pub fn stale_temps(dir: &Path) -> Result<Vec<PathBuf>, FileIoError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io_err("read directory", dir)(e)),
     };
     let me = std::process::id() as i32;
+    let mut out = Vec::new();
     for entry in entries {
         let entry = entry.map_err(io_err("read directory", dir))?;
         let Some(owner) = entry.file_name().to_str().and_then(temp_owner) else {
             continue;
         };
         if owner == me || !process_alive(owner) {
-            let path = entry.path();
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("remove stale temp", &path)(e)),
-            }
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
+}
+
+/// Remove the [`stale_temps`] of `dir`. Only files of processes that no
+/// longer exist (or of this process) are removed, so two sealctl runs on
+/// one repository do not delete each other's work.
+pub fn remove_stale_temps(dir: &Path) -> Result<(), FileIoError> {
+    for path in stale_temps(dir)? {
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove stale temp", &path)(e)),
         }
     }
     Ok(())

@@ -6,13 +6,15 @@
 //! Data flows top to bottom: [`scan`] reads a directory into a [`tree`]
 //! (or [`dumpfile`] parses one), [`fsverity`] digests file contents,
 //! [`store`] writes them as objects, [`erofs`] writes (and reads back) the
-//! image, [`repo`] publishes, verifies and installs whole repositories, and
+//! image, [`repo`] publishes, verifies and installs whole repositories,
+//! [`gc`] removes what no kept image of a repository needs, and
 //! [`uki`] reads the digest back out of a unified kernel image.
 
 pub mod dumpfile;
 pub mod erofs;
 pub mod fileio;
 pub mod fsverity;
+pub mod gc;
 pub mod progress;
 pub mod repo;
 pub mod scan;

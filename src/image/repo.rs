@@ -23,6 +23,12 @@
 //! - An image is itself an object; `images/<hex>` is a relative symlink to
 //!   it, made under a temporary name and renamed into place. (sealroot opens
 //!   it beneath `composefs/`, so the link may never lead outside.)
+//! - Writers (`build`, `sign`, `install` on its target) hold a shared
+//!   `flock` on `composefs/` itself while they work, and `install` one on
+//!   its source; `sealctl gc` (crate::image::gc) takes it exclusively and
+//!   without waiting, so it never removes what a writer is adding or
+//!   reading. composefs-rs takes the same shared lock on the same directory
+//!   when it opens a repository.
 //! - `meta.json` is written when a repository is created and checked before
 //!   anything is added; a repository with content but no `meta.json` is
 //!   refused until `sealctl upgrade-repo` writes one.
@@ -248,6 +254,13 @@ pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Erro
     move |error| RepoError::Io { op, path, error }
 }
 
+/// A held repository lock ([`Repo::lock_for_write`], [`Repo::lock_shared`],
+/// [`Repo::try_lock_exclusive`]); dropping it unlocks.
+#[derive(Debug)]
+pub struct RepoLock {
+    _dir: std::os::fd::OwnedFd,
+}
+
 /// Paths of one repository (a build repository or a target sysroot).
 #[derive(Clone, Debug)]
 pub struct Repo {
@@ -288,8 +301,64 @@ impl Repo {
     pub fn deploy_dir(&self, digest: &Digest) -> PathBuf {
         self.root.join(layout::deploy_rel(digest))
     }
+    /// `state/deploy`, the parent of every [`Repo::deploy_dir`].
+    pub fn deploy_root(&self) -> PathBuf {
+        self.root.join(layout::DEPLOY_DIR)
+    }
     pub fn meta_path(&self) -> PathBuf {
         self.composefs_dir().join(layout::META_FILE)
+    }
+
+    /// Take the writers' lock: a shared `flock` on the `composefs/`
+    /// directory itself (created if missing), waiting while `sealctl gc`
+    /// holds it exclusively. composefs-rs takes the same shared lock when
+    /// it opens a repository. Held until the returned guard is dropped.
+    pub fn lock_for_write(&self) -> Result<RepoLock, RepoError> {
+        create_dir_all(&self.composefs_dir())?;
+        // A waiting lock never answers EWOULDBLOCK; if it did, fail.
+        self.lock(rustix::fs::FlockOperation::LockShared)?
+            .ok_or_else(|| {
+                io_err("lock", &self.composefs_dir())(std::io::ErrorKind::WouldBlock.into())
+            })
+    }
+
+    /// The shared lock on an existing repository (the source of an install,
+    /// the repository `sign` adds a seal to), so `sealctl gc` cannot remove
+    /// what is being read or sealed. Never creates anything: `Ok(None)`
+    /// when there is no `composefs/` (the caller's own checks then fail).
+    pub fn lock_shared(&self) -> Result<Option<RepoLock>, RepoError> {
+        match self.lock(rustix::fs::FlockOperation::LockShared) {
+            Err(RepoError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    /// Try to take the exclusive lock garbage collection needs, without
+    /// waiting: `Ok(None)` while a writer (or another gc) holds the
+    /// repository. `composefs/` must exist.
+    pub fn try_lock_exclusive(&self) -> Result<Option<RepoLock>, RepoError> {
+        self.lock(rustix::fs::FlockOperation::NonBlockingLockExclusive)
+    }
+
+    fn lock(&self, op: rustix::fs::FlockOperation) -> Result<Option<RepoLock>, RepoError> {
+        use rustix::fs::{Mode, OFlags};
+        let dir = self.composefs_dir();
+        let fd = rustix::fs::open(
+            &dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err("open", &dir)(e.into()))?;
+        loop {
+            match rustix::fs::flock(&fd, op) {
+                Ok(()) => return Ok(Some(RepoLock { _dir: fd })),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+                Err(e) => return Err(io_err("lock", &dir)(e.into())),
+            }
+        }
     }
 
     /// The parsed `meta.json`, `None` when there is none.
@@ -492,6 +561,7 @@ pub fn sign_image(
     manifest: &Manifest,
 ) -> Result<(PathBuf, PathBuf), RepoError> {
     manifest_check(manifest)?;
+    let _lock = repo.lock_shared()?;
     read_checked_image(repo, &manifest.digest)?;
     let (json, sig) = seal::sign(key, manifest);
     write_seal(repo, &manifest.digest, &json, &sig)
@@ -595,6 +665,7 @@ pub struct BuildReport {
 /// the objects (durable, then published under their names), then publish
 /// the image. Nothing is signed here.
 pub fn build(rootfs: &Path, repo: &Repo, opts: &BuildOptions) -> Result<BuildReport, RepoError> {
+    let _lock = repo.lock_for_write()?;
     repo.prepare_meta_for_write(opts.hash)?;
     let store =
         ObjectStore::open(&repo.objects_dir()).map_err(|e| RepoError::Store(Box::new(e)))?;
@@ -1032,6 +1103,8 @@ pub fn install_with_objects(
         objects: objects.len() as u64,
         ..InstallReport::default()
     };
+    let _source_lock = source.lock_shared()?;
+    let _lock = target.lock_for_write()?;
     target.prepare_meta_for_install(source, digest.algorithm())?;
     // Phase 1: copy. The store hashes each object as it copies it and
     // publishes it under its name only if the digest matches.

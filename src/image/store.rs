@@ -226,40 +226,51 @@ impl ObjectStore {
     /// directory of a live process (another batch at work) is left alone.
     fn clean_stale_temps(&self) -> Result<(), StoreError> {
         let temp = self.root.join(TEMP_DIR);
-        let entries = match std::fs::read_dir(&temp) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => return Err(StoreError::OpenStore { path: temp, source }),
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let pid = name
-                .to_str()
-                .and_then(|n| n.split('-').next())
-                .and_then(|p| p.parse::<i32>().ok());
-            // Our own batches are live (they clean up on drop).
-            let alive = match pid {
-                Some(pid) if pid == std::process::id() as i32 => true,
-                Some(pid) => crate::image::fileio::process_alive(pid),
-                None => false,
-            };
-            if !alive {
-                let path = entry.path();
-                std::fs::remove_dir_all(&path)
-                    .or_else(|e| {
-                        if e.kind() == io::ErrorKind::NotFound {
-                            Ok(())
-                        } else {
-                            Err(e)
-                        }
-                    })
-                    .map_err(|source| StoreError::OpenStore { path, source })?;
-            }
+        for path in stale_temp_dirs(&self.root)? {
+            std::fs::remove_dir_all(&path)
+                .or_else(|e| {
+                    if e.kind() == io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .map_err(|source| StoreError::OpenStore { path, source })?;
         }
         // Empty now (nothing live): remove it too; harmless if in use.
         let _ = std::fs::remove_dir(&temp);
         Ok(())
     }
+}
+
+/// The batch directories under `objects_dir` (`.tmp/<pid>-<n>`) whose
+/// process no longer exists: what [`ObjectStore::open`] removes and what
+/// `sealctl gc` counts as garbage. A name that is not `<pid>-<n>` is stale
+/// too; this process's own batches are live (they clean up on drop).
+pub fn stale_temp_dirs(objects_dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let temp = objects_dir.join(TEMP_DIR);
+    let entries = match std::fs::read_dir(&temp) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(StoreError::OpenStore { path: temp, source }),
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok());
+        let alive = match pid {
+            Some(pid) if pid == std::process::id() as i32 => true,
+            Some(pid) => crate::image::fileio::process_alive(pid),
+            None => false,
+        };
+        if !alive {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
 }
 
 struct Pending {

@@ -71,6 +71,12 @@ pub fn run(args: Args) -> ExitCode {
         None => None,
     };
     let r = repo::Repo::new(&args.repo);
+    // Held across build and sign, so `sealctl gc` cannot drop the image
+    // between the two (unsealed, it is not kept by default).
+    let _lock = match r.lock_for_write() {
+        Ok(l) => l,
+        Err(e) => return crate::fail("build", e),
+    };
     let opts = repo::BuildOptions {
         mtimes,
         threads: args.threads,

@@ -14,6 +14,7 @@ mod cmdline;
 mod digest;
 mod dump;
 mod embed;
+mod gc;
 mod install;
 mod keygen;
 mod mkcomposefs;
@@ -60,6 +61,8 @@ enum Command {
     EmbedKeys(embed::Args),
     /// Add composefs/meta.json to a repository an older sealctl made.
     UpgradeRepo(upgrade::Args),
+    /// Remove images, seals, state and objects no kept (by default: sealed) image needs.
+    Gc(gc::Args),
 }
 
 /// Print one error line for a failed subcommand and return failure.
@@ -92,5 +95,6 @@ fn main() -> ExitCode {
         Command::Uki(c) => uki::run(c),
         Command::EmbedKeys(a) => embed::run(a),
         Command::UpgradeRepo(a) => upgrade::run(a),
+        Command::Gc(a) => gc::run(a),
     }
 }
