@@ -37,7 +37,6 @@ pub mod trust;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Instant;
 
 use crate::boot::cmdline::{Cmdline, CmdlineError};
@@ -434,42 +433,6 @@ pub struct PrepareArgs {
     pub config: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: sealroot prepare [--sysroot DIR] [--cmdline TEXT] [--config FILE]\n       sealroot --version\n(as PID 1 it boots: see docs/boot-sequence.md)";
-
-/// Parse the arguments after `prepare`.
-pub fn parse_prepare_args(args: &[String]) -> Result<PrepareArgs, String> {
-    let mut out = PrepareArgs::default();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let (name, inline) = match a.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
-            _ => (a.as_str(), None),
-        };
-        let slot = match name {
-            "--sysroot" => 0,
-            "--cmdline" => 1,
-            "--config" => 2,
-            other => return Err(format!("unknown argument {other:?}")),
-        };
-        let value = match inline {
-            Some(v) => v,
-            None => it
-                .next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value"))?,
-        };
-        let dup = match slot {
-            0 => out.sysroot.replace(PathBuf::from(value)).is_some(),
-            1 => out.cmdline.replace(value).is_some(),
-            _ => out.config.replace(PathBuf::from(value)).is_some(),
-        };
-        if dup {
-            return Err(format!("{name} given twice"));
-        }
-    }
-    Ok(out)
-}
-
 fn proc_cmdline() -> Result<String, BootError> {
     // Over-long input is cut here and refused by the parser's own check.
     let bytes = match crate::boot::io::read_file_limited(
@@ -487,7 +450,9 @@ fn proc_cmdline() -> Result<String, BootError> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-fn run_prepare(args: PrepareArgs, started: Instant) -> Result<(), BootError> {
+/// `sealroot prepare`: [`prepare`] on a physical root someone else mounted,
+/// then the status file.
+pub fn run_prepare(args: PrepareArgs, started: Instant) -> Result<(), BootError> {
     let sysroot = args.sysroot.unwrap_or_else(|| PathBuf::from(PID1_SYSROOT));
     log::info(&format!(
         "sealroot {VERSION} preparing {}",
@@ -577,7 +542,10 @@ fn pid1_fail(policy: FailurePolicy, reason: &str) -> ! {
     }
 }
 
-fn run_pid1(started: Instant) -> ! {
+/// PID 1: API filesystems, modules, the physical root, [`prepare`], then
+/// switch root into the init the boot policy allows. Never returns: a
+/// refusal follows the config's failure policy.
+pub fn run_pid1(started: Instant) -> ! {
     if let Err(e) = switchroot::mount_api_filesystems() {
         let reason = e.to_string();
         log::err(&format!("refusing to boot: {reason}"));
@@ -641,62 +609,9 @@ fn run_pid1(started: Instant) -> ! {
     fail(BootError::Switch(e))
 }
 
-/// Entry point of the `sealroot` binary.
-pub fn main() -> ExitCode {
-    let started = Instant::now();
-    let args: Vec<String> = std::env::args_os()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    let rest = args.get(1..).unwrap_or(&[]).to_vec();
-    if rustix::process::getpid() == rustix::process::Pid::INIT {
-        // The kernel hands init the words of the command line it did not
-        // consume, as arguments and environment: untrusted, so ignored here
-        // and never passed on (the boot policy refuses them under signed).
-        run_pid1(started);
-    }
-    // `--show-trust` / `check-seal`: inspection only, never reached as PID 1.
-    if let Some(code) = crate::boot::trust::tool_main(&rest) {
-        return code;
-    }
-    match rest.first().map(String::as_str) {
-        Some("prepare") => {
-            let pa = match parse_prepare_args(&rest[1..]) {
-                Ok(a) => a,
-                Err(msg) => {
-                    eprintln!("sealroot prepare: {msg}\n{USAGE}");
-                    return ExitCode::from(2);
-                }
-            };
-            match run_prepare(pa, started) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    log::err(&format!("refusing to boot: {e}"));
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Some("--version") => {
-            println!("sealroot {VERSION}");
-            ExitCode::SUCCESS
-        }
-        Some("--help") | Some("-h") => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        _ => {
-            eprintln!("{USAGE}");
-            ExitCode::from(2)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn s(v: &[&str]) -> Vec<String> {
-        v.iter().map(|x| x.to_string()).collect()
-    }
 
     fn prepared(trusted: Trusted) -> Prepared {
         Prepared {
@@ -769,19 +684,5 @@ mod tests {
         let p = write_status(dir.path(), "{}\n").unwrap();
         assert_eq!(std::fs::read_to_string(p).unwrap(), "{}\n");
         assert!(!dir.path().join(".status.json.tmp").exists());
-    }
-
-    #[test]
-    fn prepare_args() {
-        assert_eq!(parse_prepare_args(&[]).unwrap(), PrepareArgs::default());
-        let a = parse_prepare_args(&s(&["--sysroot", "/x", "--cmdline=a b", "--config", "/c"]))
-            .unwrap();
-        assert_eq!(a.sysroot.as_deref(), Some(Path::new("/x")));
-        assert_eq!(a.cmdline.as_deref(), Some("a b"));
-        assert_eq!(a.config.as_deref(), Some(Path::new("/c")));
-        assert!(parse_prepare_args(&s(&["--sysroot"])).is_err());
-        assert!(parse_prepare_args(&s(&["--sysroot", "/a", "--sysroot", "/b"])).is_err());
-        assert!(parse_prepare_args(&s(&["--policy", "x"])).is_err());
-        assert!(parse_prepare_args(&s(&["/x"])).is_err());
     }
 }

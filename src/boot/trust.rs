@@ -554,8 +554,9 @@ pub fn show() -> Result<String, TrustError> {
 pub enum CheckSealError {
     /// No usable trust policy in this binary.
     Trust(TrustError),
-    /// Wrong arguments.
-    Usage(String),
+    /// The config sets a serial floor, but the sealed-digest policy checks
+    /// no seal (the boot refuses this combination).
+    FloorWithoutSeal { floor: u64 },
     /// The config named by `--config` is unusable.
     Config(crate::boot::config::ConfigError),
     /// The repository directory cannot be opened.
@@ -569,7 +570,10 @@ impl fmt::Display for CheckSealError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CheckSealError::Trust(e) => write!(f, "{e}"),
-            CheckSealError::Usage(e) => write!(f, "{e}"),
+            CheckSealError::FloorWithoutSeal { floor } => write!(
+                f,
+                "config sets serial_floor {floor} but the policy is sealed-digest, which checks no seal; the boot refuses this"
+            ),
             CheckSealError::Config(e) => write!(f, "{e}"),
             CheckSealError::Repo(e) => write!(f, "repository: {e}"),
             CheckSealError::Seal(e) => write!(f, "{e}"),
@@ -595,10 +599,9 @@ pub fn check_seal(
     let policy = load().map_err(CheckSealError::Trust)?;
     if let TrustPolicy::SealedDigest { .. } = policy {
         if config.serial_floor > 0 {
-            return Err(CheckSealError::Usage(format!(
-                "config sets serial_floor {} but the policy is sealed-digest, which checks no seal; the boot refuses this",
-                config.serial_floor
-            )));
+            return Err(CheckSealError::FloorWithoutSeal {
+                floor: config.serial_floor,
+            });
         }
         return Ok(format!(
             "policy sealed-digest: no seal needed for {}\n",
@@ -620,57 +623,6 @@ pub fn check_seal(
         checked.verified.manifest.serial,
         checked.verified.key_fingerprint
     ))
-}
-
-/// `sealroot --show-trust` and `sealroot check-seal --repo DIR [--config
-/// FILE] DIGEST`: inspection entry points that never mount anything. `args`
-/// excludes argv[0]. `None` when the arguments are not one of these. Only
-/// [`crate::boot::main`] calls it, after its PID 1 branch, because argv of
-/// init comes from the kernel command line and must never steer the boot.
-pub fn tool_main(args: &[String]) -> Option<std::process::ExitCode> {
-    const USAGE: &str =
-        "usage: sealroot check-seal --repo DIR [--config FILE] <hex | v1-sha256-12:hex>";
-    let result = match args.first().map(String::as_str) {
-        Some("--show-trust") if args.len() == 1 => show().map_err(CheckSealError::Trust),
-        Some("check-seal") => {
-            let (dir, config_path, digest) = match args.get(1..) {
-                Some([flag, dir, digest]) if flag == "--repo" => (dir, None, digest),
-                Some([flag, dir, cflag, config, digest])
-                    if flag == "--repo" && cflag == "--config" =>
-                {
-                    (dir, Some(config), digest)
-                }
-                _ => return Some(report(Err(CheckSealError::Usage(USAGE.into())))),
-            };
-            let config = match config_path {
-                None => Ok(crate::boot::config::Config::default()),
-                Some(p) => crate::boot::config::load(std::path::Path::new(p))
-                    .map_err(CheckSealError::Config)
-                    .and_then(|c| {
-                        c.ok_or_else(|| CheckSealError::Usage(format!("config {p}: no such file")))
-                    }),
-            };
-            config.and_then(|config| match crate::digest::Digest::parse_user(digest) {
-                Ok(d) => check_seal(std::path::Path::new(dir), &d, &config),
-                Err(e) => Err(CheckSealError::Usage(format!("digest {digest:?}: {e}"))),
-            })
-        }
-        _ => return None,
-    };
-    Some(report(result))
-}
-
-fn report(result: Result<String, CheckSealError>) -> std::process::ExitCode {
-    match result {
-        Ok(text) => {
-            print!("{text}");
-            std::process::ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("sealroot: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
 }
 
 #[cfg(test)]
