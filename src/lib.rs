@@ -28,7 +28,7 @@
 //! | `image::store` | the crash-safe fs-verity object store |
 //! | `image::erofs` | composefs EROFS image format: writer and reader |
 //! | `image::repo` | repository build, offline verify, install |
-//! | `image::uki` | PE/UKI section parsing |
+//! | `image::uki` | UKI sections and the digest they seal (PE read by `object`) |
 //! | `image::progress` | terminal progress lines for long operations |
 //!
 //! The `image` side exists only with the `tool` feature; the boot binary is
