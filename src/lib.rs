@@ -29,7 +29,7 @@
 //! | `image::erofs` | composefs EROFS image format: writer and reader |
 //! | `image::repo` | repository build, offline verify, install |
 //! | `image::uki` | UKI sections and the digest they seal (PE read by `object`) |
-//! | `image::progress` | terminal progress lines for long operations |
+//! | `image::progress` | the progress line of long operations (drawn by `indicatif`) |
 //!
 //! The `image` side exists only with the `tool` feature; the boot binary is
 //! built with `--no-default-features`, so the compiler (not a table) keeps
