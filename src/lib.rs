@@ -29,8 +29,9 @@
 //! | `image::erofs` | composefs EROFS image format: writer and reader |
 //! | `image::repo` | repository build, offline verify, install |
 //! | `image::gc` | repository garbage collection (`sealctl gc`), crash-safe removal order |
-//! | `image::uki` | PE/UKI section parsing |
-//! | `image::progress` | terminal progress lines for long operations |
+//! | `image::fileio` | the tool's one bounded read and one atomic write |
+//! | `image::uki` | UKI sections and the digest they seal (PE read by `object`) |
+//! | `image::progress` | the progress line of long operations (drawn by `indicatif`) |
 //!
 //! The `image` side exists only with the `tool` feature; the boot binary is
 //! built with `--no-default-features`, so the compiler (not a table) keeps

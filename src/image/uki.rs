@@ -1,16 +1,28 @@
 //! Unified kernel images: PE/COFF section parsing and the digest a UKI seals.
 //!
 //! Contract:
-//! - [`parse_pe`] reads a PE/COFF file from a byte slice, checking every
-//!   offset against the slice before use: the DOS header (`MZ`, `e_lfanew` at
-//!   0x3c), the `PE\0\0` signature, the 20-byte COFF header, the optional
-//!   header (magic 0x10b PE32 or 0x20b PE32+, size as the COFF header states)
-//!   and the section table (40 bytes per section, at most [`MAX_SECTIONS`],
-//!   the PE specification's loader limit). Malformed input is a typed
-//!   [`PeError`], never a panic; allocation is bounded by the section count.
-//! - A section's content is its raw data cut to the virtual size when that is
-//!   smaller: the linker and ukify pad raw data to the file alignment, and the
-//!   loader (systemd-stub) only sees `VirtualSize` bytes.
+//! - The `object` crate reads the PE headers from a byte slice
+//!   ([`object::read::pe`], read-only, no allocation of its own): the DOS
+//!   header (`MZ`, `e_lfanew`), the `PE\0\0` signature, the COFF header, the
+//!   optional header (magic 0x10b PE32 or 0x20b PE32+, at least the fixed
+//!   fields for that magic, data directories within its declared size), the
+//!   section table, the COFF string table and section names (`/<decimal>`
+//!   and `//<base64>` long names). Whatever it refuses is
+//!   [`PeError::Malformed`], naming the structure and carrying its error.
+//! - This module checks what `object` leaves to callers: at least one
+//!   section and at most [`MAX_SECTIONS`] (the PE specification's loader
+//!   limit, checked before the table is read, so allocation is bounded by
+//!   it); every section's raw data (`PointerToRawData`, `SizeOfRawData`)
+//!   inside the file; text sections are UTF-8. Malformed input is a typed
+//!   [`PeError`], never a panic.
+//! - A section's content is `object`'s PE view of it: raw data cut to
+//!   `VirtualSize` (`min(VirtualSize, SizeOfRawData)`): the linker and
+//!   ukify pad raw data to the file alignment, and the loader (systemd-stub)
+//!   only sees `VirtualSize` bytes. A section with `VirtualSize` 0 has no
+//!   content.
+//! - Names are printable: bytes outside printable ASCII become `\xNN`; a long
+//!   name whose string-table entry is missing or malformed is shown as its
+//!   raw 8-byte form (`/4`), at most 256 bytes of a long name are shown.
 //! - A UKI (systemd's UAPI.5 format) is a PE whose sections include `.linux`
 //!   and carry text in `.cmdline`, `.osrel` and `.uname`. Multi-profile UKIs
 //!   repeat sections after `.profile`; the first occurrence is the base
@@ -22,37 +34,51 @@
 
 use std::fmt;
 
+use object::pe::{ImageDosHeader, ImageNtHeaders32, ImageNtHeaders64, ImageSectionHeader};
+use object::read::pe::{ImageNtHeaders, SectionTable};
+use object::{LittleEndian as LE, ReadRef};
+
 use crate::boot::cmdline::{CmdlineError, DigestKey};
 use crate::digest::Digest;
 
 /// The PE specification's limit on the number of sections.
 pub const MAX_SECTIONS: usize = 96;
 
-const DOS_HEADER_LEN: usize = 64;
-const COFF_HEADER_LEN: usize = 20;
-const SECTION_HEADER_LEN: usize = 40;
-const SYMBOL_LEN: u64 = 18;
-const PE32_MAGIC: u16 = 0x10b;
-const PE32_PLUS_MAGIC: u16 = 0x20b;
+/// Longest long section name shown, in bytes.
+const MAX_NAME: usize = 256;
+
+/// The PE structure `object` refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeStructure {
+    /// The 64-byte DOS header and its `MZ` magic.
+    DosHeader,
+    /// The `PE\0\0` signature, COFF header and optional header.
+    NtHeaders,
+    /// The section table.
+    SectionTable,
+}
+
+impl fmt::Display for PeStructure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PeStructure::DosHeader => "DOS header",
+            PeStructure::NtHeaders => "PE headers",
+            PeStructure::SectionTable => "section table",
+        })
+    }
+}
 
 /// Why a file is not a well-formed PE image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeError {
-    /// A structure runs past the end of the file.
-    Truncated {
-        what: &'static str,
-        offset: u64,
-        needed: u64,
-        file_len: usize,
+    /// `object` refused a header structure (bad magic or signature, too
+    /// small, or running past the end of the file).
+    Malformed {
+        structure: PeStructure,
+        error: object::read::Error,
     },
-    /// The file does not start with `MZ`.
-    NotMz { found: [u8; 2] },
-    /// The 4 bytes at `e_lfanew` are not `PE\0\0`.
-    NotPe { offset: u32, found: [u8; 4] },
     /// The optional header magic is neither PE32 nor PE32+.
     BadOptionalMagic { found: u16 },
-    /// The COFF header declares an optional header too small for its magic.
-    OptionalHeaderTooSmall { size: u16 },
     /// More sections than [`MAX_SECTIONS`].
     TooManySections { count: u16 },
     /// No sections at all.
@@ -71,31 +97,13 @@ pub enum PeError {
 impl fmt::Display for PeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PeError::Truncated {
-                what,
-                offset,
-                needed,
-                file_len,
-            } => write!(
-                f,
-                "truncated PE: {what} needs {needed} bytes at offset {offset}, file is {file_len} bytes"
-            ),
-            PeError::NotMz { found } => write!(
-                f,
-                "not a PE file: starts with {:02x} {:02x}, expected \"MZ\"",
-                found[0], found[1]
-            ),
-            PeError::NotPe { offset, found } => write!(
-                f,
-                "not a PE file: signature at {offset:#x} is {found:02x?}, expected \"PE\\0\\0\""
-            ),
+            PeError::Malformed { structure, error } => {
+                write!(f, "not a well-formed PE file: {structure}: {error}")
+            }
             PeError::BadOptionalMagic { found } => write!(
                 f,
                 "PE optional header magic is {found:#x}, expected 0x10b (PE32) or 0x20b (PE32+)"
             ),
-            PeError::OptionalHeaderTooSmall { size } => {
-                write!(f, "PE optional header size {size} is too small for its magic")
-            }
             PeError::TooManySections { count } => write!(
                 f,
                 "PE declares {count} sections, more than the limit of {MAX_SECTIONS}"
@@ -132,13 +140,10 @@ pub struct Section {
 }
 
 impl Section {
-    /// Bytes of content in the file: raw data, cut to the virtual size.
+    /// Bytes of content in the file: raw data cut to the virtual size
+    /// (`object`'s `pe_file_range`).
     pub fn content_len(&self) -> u32 {
-        if self.virtual_size == 0 {
-            self.raw_size
-        } else {
-            self.virtual_size.min(self.raw_size)
-        }
+        self.virtual_size.min(self.raw_size)
     }
 }
 
@@ -146,132 +151,70 @@ impl Section {
 #[derive(Debug, Clone)]
 pub struct PeFile<'a> {
     data: &'a [u8],
+    table: SectionTable<'a>,
     pub machine: u16,
     /// PE32+ (64-bit optional header).
     pub pe32_plus: bool,
     pub sections: Vec<Section>,
 }
 
-fn slice<'a>(
-    data: &'a [u8],
-    offset: u64,
-    len: u64,
-    what: &'static str,
-) -> Result<&'a [u8], PeError> {
-    let truncated = || PeError::Truncated {
-        what,
-        offset,
-        needed: len,
-        file_len: data.len(),
-    };
-    let start = usize::try_from(offset).map_err(|_| truncated())?;
-    let len_usize = usize::try_from(len).map_err(|_| truncated())?;
-    let end = start.checked_add(len_usize).ok_or_else(truncated)?;
-    data.get(start..end).ok_or_else(truncated)
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    // Callers pass slices whose length they checked; a short slice reads 0
-    // rather than panicking.
-    match b.get(at..at + 2) {
-        Some(s) => u16::from_le_bytes([s[0], s[1]]),
-        None => 0,
-    }
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    match b.get(at..at + 4) {
-        Some(s) => u32::from_le_bytes([s[0], s[1], s[2], s[3]]),
-        None => 0,
-    }
+fn malformed(structure: PeStructure) -> impl FnOnce(object::read::Error) -> PeError {
+    move |error| PeError::Malformed { structure, error }
 }
 
 /// Parse the headers and section table of a PE file.
 pub fn parse_pe(data: &[u8]) -> Result<PeFile<'_>, PeError> {
-    let dos = slice(data, 0, DOS_HEADER_LEN as u64, "DOS header")?;
-    if &dos[..2] != b"MZ" {
-        return Err(PeError::NotMz {
-            found: [dos[0], dos[1]],
-        });
+    let dos = object::pe::ImageDosHeader::parse(data).map_err(malformed(PeStructure::DosHeader))?;
+    // The optional header's magic picks the header layout.
+    let magic =
+        object::read::pe::optional_header_magic(data).map_err(malformed(PeStructure::NtHeaders))?;
+    match magic {
+        object::pe::IMAGE_NT_OPTIONAL_HDR32_MAGIC => parse_as::<ImageNtHeaders32>(data, dos),
+        object::pe::IMAGE_NT_OPTIONAL_HDR64_MAGIC => parse_as::<ImageNtHeaders64>(data, dos),
+        found => Err(PeError::BadOptionalMagic { found }),
     }
-    let pe_offset = u32_at(dos, 0x3c);
-    let sig = slice(data, u64::from(pe_offset), 4, "PE signature")?;
-    if sig != b"PE\0\0" {
-        return Err(PeError::NotPe {
-            offset: pe_offset,
-            found: [sig[0], sig[1], sig[2], sig[3]],
-        });
-    }
-    let coff_offset = u64::from(pe_offset) + 4;
-    let coff = slice(data, coff_offset, COFF_HEADER_LEN as u64, "COFF header")?;
-    let machine = u16_at(coff, 0);
-    let section_count = u16_at(coff, 2);
-    let symbol_table = u32_at(coff, 8);
-    let symbol_count = u32_at(coff, 12);
-    let optional_size = u16_at(coff, 16);
+}
 
-    let optional_offset = coff_offset + COFF_HEADER_LEN as u64;
-    if optional_size < 2 {
-        return Err(PeError::OptionalHeaderTooSmall {
-            size: optional_size,
-        });
-    }
-    let optional = slice(
-        data,
-        optional_offset,
-        u64::from(optional_size),
-        "optional header",
-    )?;
-    let magic = u16_at(optional, 0);
-    // The standard fields plus the Windows-specific fields up to
-    // NumberOfRvaAndSizes: 96 bytes for PE32, 112 for PE32+.
-    let (pe32_plus, min_size) = match magic {
-        PE32_MAGIC => (false, 96),
-        PE32_PLUS_MAGIC => (true, 112),
-        found => return Err(PeError::BadOptionalMagic { found }),
-    };
-    if optional_size < min_size {
-        return Err(PeError::OptionalHeaderTooSmall {
-            size: optional_size,
-        });
-    }
-
-    if section_count == 0 {
+fn parse_as<'a, Pe: ImageNtHeaders>(
+    data: &'a [u8],
+    dos: &ImageDosHeader,
+) -> Result<PeFile<'a>, PeError> {
+    let mut offset = u64::from(dos.nt_headers_offset());
+    let (nt, _) = Pe::parse(data, &mut offset).map_err(malformed(PeStructure::NtHeaders))?;
+    let header = nt.file_header();
+    let count = header.number_of_sections.get(LE);
+    if count == 0 {
         return Err(PeError::NoSections);
     }
-    if usize::from(section_count) > MAX_SECTIONS {
-        return Err(PeError::TooManySections {
-            count: section_count,
-        });
+    if usize::from(count) > MAX_SECTIONS {
+        return Err(PeError::TooManySections { count });
     }
-    let table_offset = optional_offset + u64::from(optional_size);
-    let table = slice(
-        data,
-        table_offset,
-        u64::from(section_count) * SECTION_HEADER_LEN as u64,
-        "section table",
-    )?;
-    let string_table = coff_string_table(data, symbol_table, symbol_count);
+    let table = nt
+        .sections(data, offset)
+        .map_err(malformed(PeStructure::SectionTable))?;
+    // As object's PeFile does: a broken COFF symbol table (deprecated in
+    // images) means no long names, not a broken file.
+    let strings = nt.symbols(data).map(|s| s.strings()).unwrap_or_default();
 
-    let mut sections = Vec::with_capacity(usize::from(section_count));
-    for raw in table.chunks_exact(SECTION_HEADER_LEN) {
-        let name = section_name(&raw[..8], string_table);
+    let mut sections = Vec::with_capacity(table.len());
+    for raw in table.iter() {
+        // A long name object cannot resolve is shown in its raw form.
+        let name = raw.name(strings).unwrap_or_else(|_| raw.raw_name());
+        let name = printable(&name[..name.len().min(MAX_NAME)]);
         let section = Section {
             name,
-            virtual_size: u32_at(raw, 8),
-            virtual_address: u32_at(raw, 12),
-            raw_size: u32_at(raw, 16),
-            raw_offset: u32_at(raw, 20),
-            characteristics: u32_at(raw, 36),
+            virtual_size: raw.virtual_size.get(LE),
+            virtual_address: raw.virtual_address.get(LE),
+            raw_size: raw.size_of_raw_data.get(LE),
+            raw_offset: raw.pointer_to_raw_data.get(LE),
+            characteristics: raw.characteristics.get(LE).0,
         };
+        // object checks only the range it reads (cut to VirtualSize); the
+        // whole raw extent must be in the file, or the file is truncated.
         if section.raw_size != 0
-            && slice(
-                data,
-                u64::from(section.raw_offset),
-                u64::from(section.raw_size),
-                "section data",
-            )
-            .is_err()
+            && data
+                .read_bytes_at(u64::from(section.raw_offset), u64::from(section.raw_size))
+                .is_err()
         {
             return Err(PeError::SectionOutOfBounds {
                 name: section.name,
@@ -284,37 +227,11 @@ pub fn parse_pe(data: &[u8]) -> Result<PeFile<'_>, PeError> {
     }
     Ok(PeFile {
         data,
-        machine,
-        pe32_plus,
+        table,
+        machine: header.machine.get(LE).0,
+        pe32_plus: nt.is_type_64(),
         sections,
     })
-}
-
-/// The COFF string table (long section names), if present and in bounds.
-fn coff_string_table(data: &[u8], symbol_table: u32, symbol_count: u32) -> Option<&[u8]> {
-    if symbol_table == 0 {
-        return None;
-    }
-    let start = u64::from(symbol_table) + u64::from(symbol_count) * SYMBOL_LEN;
-    let size_field = slice(data, start, 4, "string table").ok()?;
-    let size = u32_at(size_field, 0);
-    slice(data, start, u64::from(size), "string table").ok()
-}
-
-/// An 8-byte name, NUL padded; `/<decimal>` refers to the string table.
-fn section_name(raw: &[u8], string_table: Option<&[u8]>) -> String {
-    let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    let short = &raw[..len];
-    if let (Some(rest), Some(table)) = (short.strip_prefix(b"/"), string_table) {
-        let offset = std::str::from_utf8(rest)
-            .ok()
-            .and_then(|s| s.parse::<usize>().ok());
-        if let Some(long) = offset.and_then(|o| table.get(o..)) {
-            let end = long.iter().position(|&b| b == 0).unwrap_or(long.len());
-            return printable(&long[..end.min(256)]);
-        }
-    }
-    printable(short)
 }
 
 /// Names as text: bytes outside printable ASCII become `\xNN`.
@@ -331,30 +248,38 @@ fn printable(bytes: &[u8]) -> String {
 }
 
 impl<'a> PeFile<'a> {
-    /// The first section with this name.
-    pub fn section(&self, name: &str) -> Option<&Section> {
-        self.sections.iter().find(|s| s.name == name)
+    /// The first section with this name, and its header.
+    fn find(&self, name: &str) -> Option<(&Section, &'a ImageSectionHeader)> {
+        self.sections
+            .iter()
+            .zip(self.table.iter())
+            .find(|(s, _)| s.name == name)
     }
 
-    /// A section's content bytes (see [`Section::content_len`]).
+    /// The first section with this name.
+    pub fn section(&self, name: &str) -> Option<&Section> {
+        self.find(name).map(|(s, _)| s)
+    }
+
+    /// A section's content bytes (see [`Section::content_len`]); empty for a
+    /// section not of this file.
     pub fn content(&self, section: &Section) -> &'a [u8] {
-        if section.raw_size == 0 {
-            return &[];
-        }
-        let start = section.raw_offset as usize;
-        let end = start.saturating_add(section.content_len() as usize);
-        // In bounds: parse_pe checked raw_offset + raw_size, and
-        // content_len <= raw_size.
-        self.data.get(start..end).unwrap_or(&[])
+        self.sections
+            .iter()
+            .zip(self.table.iter())
+            .find(|(s, _)| *s == section)
+            .and_then(|(_, raw)| raw.pe_data(self.data).ok())
+            .unwrap_or(&[])
     }
 
     /// A text section, trailing NULs and whitespace removed. `Ok(None)` if
     /// the section is absent.
     pub fn text(&self, name: &str) -> Result<Option<String>, PeError> {
-        let Some(section) = self.section(name) else {
+        let Some((_, raw)) = self.find(name) else {
             return Ok(None);
         };
-        let bytes = self.content(section);
+        // In bounds: parse_pe checked the whole raw extent.
+        let bytes = raw.pe_data(self.data).unwrap_or(&[]);
         let text = std::str::from_utf8(bytes).map_err(|e| PeError::NotText {
             section: name.to_string(),
             offset: e.valid_up_to(),
@@ -524,6 +449,14 @@ mod tests {
         assert!(info.uname.is_none());
     }
 
+    /// The structure and message of an error object reported.
+    fn malformed(err: PeError) -> (PeStructure, String) {
+        match err {
+            PeError::Malformed { structure, error } => (structure, error.to_string()),
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+    }
+
     #[test]
     fn every_truncation_fails_typed() {
         let pe = tiny_pe(&[(b".cmdline", b"quiet"), (b".linux\0\0", &[1; 10])]);
@@ -533,10 +466,13 @@ mod tests {
             assert!(
                 matches!(
                     err,
-                    PeError::Truncated { .. } | PeError::SectionOutOfBounds { .. }
+                    PeError::Malformed { .. } | PeError::SectionOutOfBounds { .. }
                 ),
                 "len {len}: {err:?}"
             );
+            if len < 64 {
+                assert_eq!(malformed(err).0, PeStructure::DosHeader, "len {len}");
+            }
         }
     }
 
@@ -545,43 +481,49 @@ mod tests {
         let good = tiny_pe(&[(b".cmdline", b"quiet")]);
         let mut pe = good.clone();
         pe[0] = b'Z';
-        assert_eq!(parse_pe(&pe).unwrap_err(), PeError::NotMz { found: *b"ZZ" });
+        assert_eq!(
+            malformed(parse_pe(&pe).unwrap_err()),
+            (PeStructure::DosHeader, "Invalid DOS magic".into())
+        );
+        // e_lfanew far past the end.
         let mut pe = good.clone();
         pe[0x3c..0x40].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(
-            parse_pe(&pe),
-            Err(PeError::Truncated {
-                what: "PE signature",
-                ..
-            })
-        ));
+        assert_eq!(
+            malformed(parse_pe(&pe).unwrap_err()).0,
+            PeStructure::NtHeaders
+        );
         let mut pe = good.clone();
         pe[0x42] = b'X';
-        assert!(matches!(
-            parse_pe(&pe),
-            Err(PeError::NotPe { offset: 0x40, .. })
-        ));
+        assert_eq!(
+            malformed(parse_pe(&pe).unwrap_err()),
+            (PeStructure::NtHeaders, "Invalid PE magic".into())
+        );
         let mut pe = good.clone();
         pe[0x58] = 0x07;
-        assert!(matches!(
-            parse_pe(&pe),
-            Err(PeError::BadOptionalMagic { .. })
-        ));
+        assert_eq!(
+            parse_pe(&pe).unwrap_err(),
+            PeError::BadOptionalMagic { found: 0x207 }
+        );
+        // Smaller than PE32+'s fixed optional header fields (112 bytes).
         let mut pe = good.clone();
         pe[0x54..0x56].copy_from_slice(&40u16.to_le_bytes());
         assert_eq!(
-            parse_pe(&pe).unwrap_err(),
-            PeError::OptionalHeaderTooSmall { size: 40 }
+            malformed(parse_pe(&pe).unwrap_err()),
+            (
+                PeStructure::NtHeaders,
+                "PE optional header size is too small".into()
+            )
         );
+        // Larger than the file.
         let mut pe = good.clone();
         pe[0x54..0x56].copy_from_slice(&u16::MAX.to_le_bytes());
-        assert!(matches!(
-            parse_pe(&pe),
-            Err(PeError::Truncated {
-                what: "optional header",
-                ..
-            })
-        ));
+        assert_eq!(
+            malformed(parse_pe(&pe).unwrap_err()),
+            (
+                PeStructure::NtHeaders,
+                "Invalid PE optional header size".into()
+            )
+        );
         let mut pe = good.clone();
         pe[0x46..0x48].copy_from_slice(&0u16.to_le_bytes());
         assert_eq!(parse_pe(&pe).unwrap_err(), PeError::NoSections);
@@ -591,15 +533,13 @@ mod tests {
             parse_pe(&pe).unwrap_err(),
             PeError::TooManySections { count: u16::MAX }
         );
+        // 60 declared sections do not fit before the end of the file.
         let mut pe = good.clone();
         pe[0x46..0x48].copy_from_slice(&60u16.to_le_bytes());
-        assert!(matches!(
-            parse_pe(&pe),
-            Err(PeError::Truncated {
-                what: "section table",
-                ..
-            })
-        ));
+        assert_eq!(
+            malformed(parse_pe(&pe).unwrap_err()).0,
+            PeStructure::SectionTable
+        );
         // Section data pointing past the end, with offset + size overflowing u32.
         let mut pe = good.clone();
         let sec = 0x58 + 112;
@@ -619,6 +559,52 @@ mod tests {
         );
     }
 
+    /// The loader sees `VirtualSize` bytes of a section, never more than its
+    /// raw data: the padding up to the file alignment is not content.
+    #[test]
+    fn content_is_cut_to_virtual_size() {
+        let good = tiny_pe(&[(b".cmdline", b"quiet splash"), (b".linux\0\0", &[7; 3])]);
+        let sec = 0x58 + 112;
+        let set_vsize = |pe: &mut Vec<u8>, v: u32| {
+            pe[sec + 8..sec + 12].copy_from_slice(&v.to_le_bytes());
+        };
+        let pe = parse_pe(&good).unwrap();
+        assert_eq!(pe.sections[0].raw_size, 512);
+        assert_eq!(pe.content(&pe.sections[0]), b"quiet splash");
+        assert_eq!(pe.content(&pe.sections[1]), &[7; 3]);
+
+        // VirtualSize < the text: the rest of the raw data is not seen.
+        let mut cut = good.clone();
+        set_vsize(&mut cut, 5);
+        assert_eq!(inspect(&cut).unwrap().cmdline.as_deref(), Some("quiet"));
+        // VirtualSize > SizeOfRawData: only the raw data is in the file.
+        let mut big = good.clone();
+        set_vsize(&mut big, 4096);
+        let pe = parse_pe(&big).unwrap();
+        assert_eq!(pe.sections[0].content_len(), 512);
+        assert_eq!(pe.content(&pe.sections[0]).len(), 512);
+        // VirtualSize 0: nothing is loaded.
+        let mut empty = good.clone();
+        set_vsize(&mut empty, 0);
+        assert_eq!(inspect(&empty).unwrap().cmdline.as_deref(), Some(""));
+    }
+
+    /// Multi-profile UKIs repeat sections after `.profile`; the first
+    /// occurrence is the base profile's.
+    #[test]
+    fn first_occurrence_is_the_base_profile() {
+        let pe = tiny_pe(&[
+            (b".cmdline", b"base"),
+            (b".linux\0\0", &[1; 4]),
+            (b".profile", b"ID=second"),
+            (b".cmdline", b"second"),
+        ]);
+        let info = inspect(&pe).unwrap();
+        assert_eq!(info.cmdline.as_deref(), Some("base"));
+        let parsed = parse_pe(&pe).unwrap();
+        assert_eq!(parsed.content(&parsed.sections[3]), b"second");
+    }
+
     #[test]
     fn long_and_odd_section_names() {
         let mut pe = tiny_pe(&[(b"/4\0\0\0\0\0\0", b"x"), (b"a\x01b\0\0\0\0\0", b"y")]);
@@ -633,6 +619,9 @@ mod tests {
         let parsed = parse_pe(&pe).unwrap();
         assert_eq!(parsed.sections[0].name, ".verylongname");
         assert_eq!(parsed.sections[1].name, "a\\x01b");
+        // Without a string table the long name stays in its raw form.
+        pe[0x4c..0x50].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(parse_pe(&pe).unwrap().sections[0].name, "/4");
     }
 
     /// ukify, as scripts/setup.d/30-uki provides it: `$UKIFY`, `ukify` on

@@ -11,7 +11,12 @@
 //! - when the ELF has section headers, checks that the magic sits at the
 //!   start of `.sealroot_trust` and that the section holds the whole area
 //!   (`strip` keeps section headers; only tools like `sstrip` drop them, and
-//!   then the magic alone locates the area, bounded by the file size);
+//!   then the magic alone locates the area, bounded by the file size). The
+//!   `object` crate reads the ELF header, the section header table and the
+//!   section names, refusing what is truncated or inconsistent; this module
+//!   checks the class and encoding (64-bit little-endian, what sealroot is
+//!   built as), that the name table lies in the file, and the section's type
+//!   and size;
 //! - checks the current area decodes (a byte run that merely looks like the
 //!   magic would not);
 //! - writes the new area and the rest of the file unchanged to OUT through a
@@ -25,6 +30,9 @@
 //!
 //! `--show` prints the trust anchor a binary carries without writing.
 
+use object::elf;
+use object::read::elf::{FileHeader, SectionHeader};
+use object::{LittleEndian, ReadRef, SectionIndex};
 use sealroot::image::fileio;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -94,8 +102,10 @@ pub enum EmbedError {
         class: u8,
         data: u8,
     },
-    ElfTruncated {
+    /// `object` refused an ELF structure (truncated, bad sizes or indices).
+    Elf {
         what: &'static str,
+        error: object::read::Error,
     },
     SectionMissing,
     SectionTooSmall {
@@ -136,7 +146,7 @@ impl std::fmt::Display for EmbedError {
                 f,
                 "ELF class {class} / data encoding {data}: only 64-bit little-endian binaries are supported"
             ),
-            EmbedError::ElfTruncated { what } => write!(f, "truncated ELF: {what} lies outside the file"),
+            EmbedError::Elf { what, error } => write!(f, "malformed ELF: {what}: {error}"),
             EmbedError::SectionMissing => write!(
                 f,
                 "no {SECTION_NAME} section: not a sealroot binary, or one too old to carry a trust area"
@@ -191,98 +201,56 @@ fn read_binary(path: &Path) -> Result<(Vec<u8>, u32), EmbedError> {
     Ok((data, mode))
 }
 
-fn get<'a>(data: &'a [u8], at: u64, len: u64, what: &'static str) -> Result<&'a [u8], EmbedError> {
-    let start = usize::try_from(at).map_err(|_| EmbedError::ElfTruncated { what })?;
-    let len = usize::try_from(len).map_err(|_| EmbedError::ElfTruncated { what })?;
-    let end = start
-        .checked_add(len)
-        .ok_or(EmbedError::ElfTruncated { what })?;
-    data.get(start..end)
-        .ok_or(EmbedError::ElfTruncated { what })
-}
-
-fn le_u16(b: &[u8], at: usize) -> u16 {
-    b.get(at..at + 2)
-        .map(|s| u16::from_le_bytes([s[0], s[1]]))
-        .unwrap_or(0)
-}
-
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4)
-        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        .unwrap_or(0)
-}
-
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8)
-        .and_then(|s| s.try_into().ok())
-        .map(u64::from_le_bytes)
-        .unwrap_or(0)
+fn elf_err(what: &'static str) -> impl FnOnce(object::read::Error) -> EmbedError {
+    move |error| EmbedError::Elf { what, error }
 }
 
 /// File offset and size of `.sealroot_trust`, or `None` when the ELF has no
-/// section headers at all.
+/// section headers at all. `object` reads the ELF header, the section
+/// header table (extended numbering included) and the names; this checks
+/// the class and encoding sealroot is built for and the section's size.
 fn trust_section(path: &Path, data: &[u8]) -> Result<Option<(u64, u64)>, EmbedError> {
-    const SHT_NOBITS: u32 = 8;
-    let ident = get(data, 0, 64, "ELF header").map_err(|_| EmbedError::NotElf {
+    let not_elf = || EmbedError::NotElf {
         path: path.to_path_buf(),
-    })?;
-    if &ident[..4] != b"\x7fELF" {
-        return Err(EmbedError::NotElf {
-            path: path.to_path_buf(),
-        });
+    };
+    let raw = data
+        .read_at::<elf::FileHeader64<LittleEndian>>(0)
+        .map_err(|()| not_elf())?;
+    let ident = &raw.e_ident;
+    if ident.magic != elf::ELFMAG {
+        return Err(not_elf());
     }
-    if ident[4] != 2 || ident[5] != 1 {
+    if ident.class != elf::ELFCLASS64 || ident.data != elf::ELFDATA2LSB {
         return Err(EmbedError::UnsupportedElf {
-            class: ident[4],
-            data: ident[5],
+            class: ident.class.0,
+            data: ident.data.0,
         });
     }
-    let shoff = le_u64(ident, 0x28);
-    let shentsize = u64::from(le_u16(ident, 0x3a));
-    let shnum = u64::from(le_u16(ident, 0x3c));
-    let shstrndx = u64::from(le_u16(ident, 0x3e));
-    if shoff == 0 || shnum == 0 {
+    let endian = LittleEndian;
+    let header = elf::FileHeader64::<LittleEndian>::parse(data).map_err(elf_err("ELF header"))?;
+    let sections = header
+        .sections(endian, data)
+        .map_err(elf_err("section header table"))?;
+    if sections.is_empty() {
         return Ok(None);
     }
-    if shentsize < 64 {
-        return Err(EmbedError::ElfTruncated {
-            what: "section header entry",
-        });
-    }
-    let headers = get(data, shoff, shnum * shentsize, "section header table")?;
-    let header = |i: u64| -> &[u8] {
-        let at = (i * shentsize) as usize;
-        headers.get(at..at + 64).unwrap_or(&[])
+    // The names must lie in the file, or "no such section" would be a guess.
+    header
+        .shstrndx(endian, data)
+        .and_then(|i| sections.section(SectionIndex(i as usize)))
+        .and_then(|h| h.data(endian, data))
+        .map_err(elf_err("section name string table"))?;
+    let Some((_, section)) = sections.section_by_name(endian, SECTION_NAME.as_bytes()) else {
+        return Err(EmbedError::SectionMissing);
     };
-    if shstrndx >= shnum {
-        return Err(EmbedError::ElfTruncated {
-            what: "section name string table index",
-        });
+    // SHT_NOBITS has no bytes in the file.
+    let Some((offset, size)) = section.file_range(endian) else {
+        return Err(EmbedError::SectionTooSmall { size: 0 });
+    };
+    if size < AREA_SIZE as u64 {
+        return Err(EmbedError::SectionTooSmall { size });
     }
-    let strtab_header = header(shstrndx);
-    let strtab = get(
-        data,
-        le_u64(strtab_header, 24),
-        le_u64(strtab_header, 32),
-        "section name string table",
-    )?;
-    for i in 0..shnum {
-        let h = header(i);
-        let name_at = le_u32(h, 0) as usize;
-        let name = strtab.get(name_at..).unwrap_or(&[]);
-        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-        if name == SECTION_NAME.as_bytes() {
-            let size = le_u64(h, 32);
-            if le_u32(h, 4) == SHT_NOBITS || size < AREA_SIZE as u64 {
-                return Err(EmbedError::SectionTooSmall {
-                    size: if le_u32(h, 4) == SHT_NOBITS { 0 } else { size },
-                });
-            }
-            return Ok(Some((le_u64(h, 24), size)));
-        }
-    }
-    Err(EmbedError::SectionMissing)
+    Ok(Some((offset, size)))
 }
 
 /// Offset of the one trust area in `data`, checked as the module docs say.
@@ -403,5 +371,73 @@ pub fn run(args: Args) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => crate::fail("embed-keys", e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_section_refusals_are_typed() {
+        let path = Path::new("x");
+        assert!(matches!(
+            trust_section(path, b"#!/bin/sh\n"),
+            Err(EmbedError::NotElf { .. })
+        ));
+        // Any 64-bit little-endian ELF of the host stands in for a binary
+        // without the section.
+        let Ok(elf) = std::fs::read("/bin/true") else {
+            return;
+        };
+        if elf.get(4..6) != Some(&[2, 1][..]) {
+            return;
+        }
+        assert!(matches!(
+            trust_section(path, &elf),
+            Err(EmbedError::SectionMissing)
+        ));
+        let mut class32 = elf.clone();
+        class32[4] = 1;
+        assert!(matches!(
+            trust_section(path, &class32),
+            Err(EmbedError::UnsupportedElf { class: 1, data: 1 })
+        ));
+        // Headers present, section header table cut off.
+        assert!(matches!(
+            trust_section(path, &elf[..64]),
+            Err(EmbedError::Elf {
+                what: "section header table",
+                ..
+            })
+        ));
+        // e_shoff = 0: no section headers, the magic alone locates the area.
+        let mut no_sections = elf.clone();
+        no_sections[0x28..0x30].fill(0);
+        assert!(matches!(trust_section(path, &no_sections), Ok(None)));
+        // e_shstrndx past the table: object refuses the table.
+        let mut bad_index = elf.clone();
+        bad_index[0x3e..0x40].copy_from_slice(&0xfeffu16.to_le_bytes());
+        match trust_section(path, &bad_index) {
+            Err(EmbedError::Elf { what, error }) => {
+                assert_eq!(what, "section header table");
+                assert_eq!(error.to_string(), "Invalid ELF e_shstrndx");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The name table's sh_offset past the end of the file.
+        let le64 = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap()) as usize;
+        let shoff = le64(0x28);
+        let shstrndx = usize::from(u16::from_le_bytes([elf[0x3e], elf[0x3f]]));
+        let at = shoff + shstrndx * 64 + 24;
+        let mut bad_names = elf.clone();
+        bad_names[at..at + 8].copy_from_slice(&(elf.len() as u64).to_le_bytes());
+        assert!(matches!(
+            trust_section(path, &bad_names),
+            Err(EmbedError::Elf {
+                what: "section name string table",
+                ..
+            })
+        ));
     }
 }
