@@ -47,31 +47,41 @@ pub const MAX_DUMP_INLINE: usize = 5000;
 pub const MAX_XATTR_TOTAL: usize = u16::MAX as usize / 2;
 
 /// Why a dumpfile was refused. `line` is 1-based.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DumpfileError {
     /// The input has no lines.
+    #[error("dumpfile is empty")]
     Empty,
     /// Fewer than the 11 fixed fields.
+    #[error("line {line}: missing field {field}")]
     MissingField { line: usize, field: &'static str },
     /// A field failed to parse.
+    #[error("line {line}: invalid {field}: {reason}")]
     BadField {
         line: usize,
         field: &'static str,
         reason: String,
     },
     /// Bad escape sequence.
+    #[error("line {line}: invalid escape in {field}")]
     BadEscape { line: usize, field: &'static str },
     /// Path not absolute/canonical (empty component, `.` or `..`).
+    #[error("line {line}: invalid path {path:?}")]
     BadPath { line: usize, path: String },
     /// The first line must be the root directory.
+    #[error("line {line}: the root directory must come first")]
     RootNotFirst { line: usize },
     /// The root appears twice, or is not a directory.
+    #[error("line {line}: duplicate or non-directory root")]
     BadRoot { line: usize },
     /// Parent directory missing or not a directory.
+    #[error("line {line}: parent directory missing for {path:?}")]
     NoParent { line: usize, path: String },
     /// Duplicate path.
+    #[error("line {line}: path {path:?} already exists")]
     Exists { line: usize, path: String },
     /// A length limit was exceeded.
+    #[error("line {line}: {what} is {len} bytes, limit {max}")]
     TooLong {
         line: usize,
         what: &'static str,
@@ -79,71 +89,31 @@ pub enum DumpfileError {
         max: usize,
     },
     /// Content length differs from SIZE.
+    #[error("line {line}: content is {content} bytes but SIZE is {size}")]
     ContentSize {
         line: usize,
         content: usize,
         size: u64,
     },
     /// Symlink without target.
+    #[error("line {line}: symlink without target")]
     EmptySymlink { line: usize },
     /// Empty xattr name.
+    #[error("line {line}: empty xattr name")]
     EmptyXattrName { line: usize },
     /// Hard link to a directory, or with a directory mode.
+    #[error("line {line}: directories can't be hardlinked")]
     DirectoryHardlink { line: usize },
     /// Hard link whose target does not exist.
+    #[error("line {line}: no target at {target:?} for hardlink")]
     NoHardlinkTarget { line: usize, target: String },
     /// Hard link chain that loops (including a link to itself).
+    #[error("line {line}: hardlink loops back to itself")]
     HardlinkCycle { line: usize },
     /// Strict mode: something the reference only tolerates.
+    #[error("line {line}: {reason} (strict mode)")]
     Strict { line: usize, reason: &'static str },
 }
-
-impl std::fmt::Display for DumpfileError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use DumpfileError::*;
-        match self {
-            Empty => write!(f, "dumpfile is empty"),
-            MissingField { line, field } => write!(f, "line {line}: missing field {field}"),
-            BadField {
-                line,
-                field,
-                reason,
-            } => write!(f, "line {line}: invalid {field}: {reason}"),
-            BadEscape { line, field } => write!(f, "line {line}: invalid escape in {field}"),
-            BadPath { line, path } => write!(f, "line {line}: invalid path {path:?}"),
-            RootNotFirst { line } => write!(f, "line {line}: the root directory must come first"),
-            BadRoot { line } => write!(f, "line {line}: duplicate or non-directory root"),
-            NoParent { line, path } => {
-                write!(f, "line {line}: parent directory missing for {path:?}")
-            }
-            Exists { line, path } => write!(f, "line {line}: path {path:?} already exists"),
-            TooLong {
-                line,
-                what,
-                len,
-                max,
-            } => write!(f, "line {line}: {what} is {len} bytes, limit {max}"),
-            ContentSize {
-                line,
-                content,
-                size,
-            } => write!(
-                f,
-                "line {line}: content is {content} bytes but SIZE is {size}"
-            ),
-            EmptySymlink { line } => write!(f, "line {line}: symlink without target"),
-            EmptyXattrName { line } => write!(f, "line {line}: empty xattr name"),
-            DirectoryHardlink { line } => write!(f, "line {line}: directories can't be hardlinked"),
-            NoHardlinkTarget { line, target } => {
-                write!(f, "line {line}: no target at {target:?} for hardlink")
-            }
-            HardlinkCycle { line } => write!(f, "line {line}: hardlink loops back to itself"),
-            Strict { line, reason } => write!(f, "line {line}: {reason} (strict mode)"),
-        }
-    }
-}
-
-impl std::error::Error for DumpfileError {}
 
 /// Index of CONTENT, the first field a lenient parse lets a line omit.
 const FIRST_OPTIONAL_FIELD: usize = 9;

@@ -16,7 +16,6 @@
 //! fsync'd; `kill(pid, 0)` answers `ESRCH` only for a process that does not
 //! exist.
 
-use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -27,38 +26,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const TEMP_PREFIX: &str = ".tmp-sealctl-";
 
 /// Why a file could not be read or written.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum FileIoError {
-    Missing {
-        path: PathBuf,
-    },
+    #[error("{path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("{path} is {size} bytes, more than the {limit}-byte limit")]
     TooLarge {
         path: PathBuf,
         size: u64,
         limit: u64,
     },
+    #[error("{op} {path}: {error}")]
     Io {
         op: &'static str,
         path: PathBuf,
         error: std::io::Error,
     },
 }
-
-impl fmt::Display for FileIoError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FileIoError::Missing { path } => write!(f, "{} does not exist", path.display()),
-            FileIoError::TooLarge { path, size, limit } => write!(
-                f,
-                "{} is {size} bytes, more than the {limit}-byte limit",
-                path.display()
-            ),
-            FileIoError::Io { op, path, error } => write!(f, "{op} {}: {error}", path.display()),
-        }
-    }
-}
-
-impl std::error::Error for FileIoError {}
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FileIoError {
     let path = path.to_path_buf();

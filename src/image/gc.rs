@@ -70,7 +70,6 @@
 //! before the seals it fails.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -111,94 +110,59 @@ pub struct GcReport {
 
 /// Why gc refused or stopped. Before the first removal every refusal
 /// leaves the repository untouched.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum GcError {
     /// No `composefs/` directory under the given root.
-    NotARepository {
-        path: PathBuf,
-    },
+    #[error("{path}: no such repository directory")]
+    NotARepository { path: PathBuf },
     /// `composefs/` exists but `meta.json` does not.
-    MetaMissing {
-        repo: PathBuf,
-    },
+    #[error(
+        "{repo}: repository has no composefs/meta.json; run `sealctl upgrade-repo --repo {repo}` first"
+    )]
+    MetaMissing { repo: PathBuf },
     /// `meta.json` is malformed, newer, or forbids writing.
-    Meta {
-        path: PathBuf,
-        error: MetaError,
-    },
+    #[error("{path}: {error}")]
+    Meta { path: PathBuf, error: MetaError },
     /// A writer (or another gc) holds the repository lock.
-    Locked {
-        path: PathBuf,
-    },
+    #[error(
+        "{path}: repository is in use by another sealctl (build, sign, install or gc); try again later"
+    )]
+    Locked { path: PathBuf },
     /// Content gc cannot account for (composefs-rs split streams).
-    ForeignContent {
-        path: PathBuf,
-    },
+    #[error(
+        "{path}: holds composefs-rs split streams, whose object references gc cannot read; nothing removed"
+    )]
+    ForeignContent { path: PathBuf },
     /// `--keep` names an image that is not in `images/`.
-    KeepNotInRepo {
-        digest: Box<Digest>,
-        path: PathBuf,
-    },
+    #[error(
+        "--keep {}: no such image ({path} missing); nothing removed",
+        .digest.to_composefs()
+    )]
+    KeepNotInRepo { digest: Box<Digest>, path: PathBuf },
     /// A kept image cannot be read whole or does not have its digest.
+    #[error(
+        "kept image {}: {error}; nothing removed (its objects cannot be listed)",
+        .digest.to_hex()
+    )]
     KeptImage {
         digest: Box<Digest>,
         error: Box<RepoError>,
     },
+    #[error("{op} {path}: {error}")]
     Io {
         op: &'static str,
         path: PathBuf,
         error: std::io::Error,
     },
     /// Another repository error (what the repository code reported).
+    #[error("{0}")]
     Repo(Box<RepoError>),
     /// Listing temporaries failed.
+    #[error("{0}")]
     File(FileIoError),
+    #[error("{0}")]
     Store(Box<StoreError>),
 }
-
-impl fmt::Display for GcError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            GcError::NotARepository { path } => {
-                write!(f, "{}: no such repository directory", path.display())
-            }
-            GcError::MetaMissing { repo } => write!(
-                f,
-                "{}: repository has no composefs/meta.json; run `sealctl upgrade-repo --repo {}` first",
-                repo.display(),
-                repo.display()
-            ),
-            GcError::Meta { path, error } => write!(f, "{}: {error}", path.display()),
-            GcError::Locked { path } => write!(
-                f,
-                "{}: repository is in use by another sealctl (build, sign, install or gc); try again later",
-                path.display()
-            ),
-            GcError::ForeignContent { path } => write!(
-                f,
-                "{}: holds composefs-rs split streams, whose object references gc cannot read; nothing removed",
-                path.display()
-            ),
-            GcError::KeepNotInRepo { digest, path } => write!(
-                f,
-                "--keep {}: no such image ({} missing); nothing removed",
-                digest.to_composefs(),
-                path.display()
-            ),
-            GcError::KeptImage { digest, error } => write!(
-                f,
-                "kept image {}: {error}; nothing removed (its objects cannot be listed)",
-                digest.to_hex()
-            ),
-            GcError::Io { op, path, error } => write!(f, "{op} {}: {error}", path.display()),
-            GcError::Repo(e) => write!(f, "{e}"),
-            GcError::File(e) => write!(f, "{e}"),
-            GcError::Store(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for GcError {}
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> GcError {
     let path = path.to_path_buf();

@@ -39,7 +39,6 @@
 //! when verity is already on, EOPNOTSUPP/ENOTTY where the kernel or the
 //! filesystem cannot do it.
 
-use std::fmt;
 use std::fs::{self, File};
 
 use std::path::{Path, PathBuf};
@@ -62,180 +61,117 @@ pub use crate::image::fileio::TEMP_PREFIX;
 pub const MAX_IMAGE_SIZE: u64 = 4 << 30;
 
 /// Why a repository operation failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum RepoError {
+    #[error("{op} {path}: {error}")]
     Io {
         op: &'static str,
         path: PathBuf,
         error: std::io::Error,
     },
     /// Reading or atomically replacing a file (see [`fileio`]).
+    #[error("{0}")]
     File(FileIoError),
+    #[error("{text:?} is not a digest: {error}")]
     BadDigestArgument {
         text: String,
         error: DigestParseError,
     },
-    ImageMissing {
-        path: PathBuf,
-    },
-    ImageTooLarge {
-        path: PathBuf,
-        size: u64,
-    },
+    #[error("{path}: image not found")]
+    ImageMissing { path: PathBuf },
+    #[error("{path}: image is {size} bytes, larger than the {MAX_IMAGE_SIZE}-byte limit")]
+    ImageTooLarge { path: PathBuf, size: u64 },
+    #[error(
+        "{path}: image content has digest {}, not the {} its name says",
+        .found.to_hex(),
+        .expected.to_hex()
+    )]
     ImageDigestMismatch {
         path: PathBuf,
         expected: Box<Digest>,
         found: Box<Digest>,
     },
+    #[error("{0}")]
     Seal(SealError),
+    #[error("{0}")]
     Store(Box<StoreError>),
+    #[error("{0}")]
     Scan(Box<crate::image::scan::ScanError>),
+    #[error("cannot write the image: {0}")]
     WriteImage(Box<crate::image::erofs::writer::WriteError>),
     /// The image could not be read as a composefs EROFS image.
-    ImageMalformed {
-        path: PathBuf,
-        reason: String,
-    },
-    ObjectMissing {
-        path: PathBuf,
-        digest: Box<Digest>,
-    },
+    #[error("{path}: not a readable composefs image: {reason}")]
+    ImageMalformed { path: PathBuf, reason: String },
+    #[error("{path}: object {} missing", .digest.to_hex())]
+    ObjectMissing { path: PathBuf, digest: Box<Digest> },
     /// Content whose digest is not the one it is (to be) named by.
+    #[error(
+        "{path}: object content has digest {}, expected {}",
+        .found.to_hex(),
+        .expected.to_hex()
+    )]
     ObjectDigestMismatch {
         path: PathBuf,
         expected: Box<Digest>,
         found: Box<Digest>,
     },
     /// EOPNOTSUPP / ENOTTY from `FS_IOC_ENABLE_VERITY`.
+    #[error(
+        "the kernel/filesystem at {target} does not support fs-verity (ext4 needs -O verity and 4096-byte blocks): {errno}"
+    )]
     NoVeritySupport {
         target: PathBuf,
         errno: rustix::io::Errno,
     },
+    #[error("{path}: enabling fs-verity failed: {errno}{}", enable_verity_hint(.errno))]
     EnableVerity {
         path: PathBuf,
         errno: rustix::io::Errno,
     },
+    #[error("{path}: measuring fs-verity failed: {errno}")]
     MeasureVerity {
         path: PathBuf,
         errno: rustix::io::Errno,
     },
     /// The kernel measures other content than the name says; the file was
     /// removed so a rerun copies it again.
+    #[error(
+        "{path}: kernel measures {}, expected {} (file removed; rerun install to copy it again)",
+        .found.to_hex(),
+        .expected.to_hex()
+    )]
     VerityDigestMismatch {
         path: PathBuf,
         expected: Box<Digest>,
         found: Box<Digest>,
     },
     /// `composefs/meta.json` refuses this use.
+    #[error("{path}: {error}")]
     Meta {
         path: PathBuf,
         error: crate::repo_meta::MetaError,
     },
     /// A repository with content but no `meta.json` (made before sealctl
     /// wrote one): never upgraded silently.
-    MetaMissing {
-        repo: PathBuf,
-    },
+    #[error(
+        "{repo}: repository has content but no composefs/meta.json (made by an older sealctl); \
+         run `sealctl upgrade-repo --repo {repo}` once to add it"
+    )]
+    MetaMissing { repo: PathBuf },
     /// `upgrade-repo` on a repository that already has `meta.json`.
-    MetaExists {
-        path: PathBuf,
-    },
+    #[error("{path} already exists; nothing to upgrade")]
+    MetaExists { path: PathBuf },
 }
 
-impl fmt::Display for RepoError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RepoError::Io { op, path, error } => write!(f, "{op} {}: {error}", path.display()),
-            RepoError::File(e) => e.fmt(f),
-            RepoError::Meta { path, error } => write!(f, "{}: {error}", path.display()),
-            RepoError::MetaMissing { repo } => write!(
-                f,
-                "{}: repository has content but no composefs/meta.json (made by an older sealctl); \
-                 run `sealctl upgrade-repo --repo {}` once to add it",
-                repo.display(),
-                repo.display()
-            ),
-            RepoError::MetaExists { path } => {
-                write!(f, "{} already exists; nothing to upgrade", path.display())
-            }
-            RepoError::BadDigestArgument { text, error } => {
-                write!(f, "{text:?} is not a digest: {error}")
-            }
-            RepoError::ImageMissing { path } => write!(f, "{}: image not found", path.display()),
-            RepoError::ImageTooLarge { path, size } => write!(
-                f,
-                "{}: image is {size} bytes, larger than the {MAX_IMAGE_SIZE}-byte limit",
-                path.display()
-            ),
-            RepoError::ImageDigestMismatch {
-                path,
-                expected,
-                found,
-            } => write!(
-                f,
-                "{}: image content has digest {}, not the {} its name says",
-                path.display(),
-                found.to_hex(),
-                expected.to_hex()
-            ),
-            RepoError::Seal(e) => write!(f, "{e}"),
-            RepoError::Store(e) => write!(f, "{e}"),
-            RepoError::Scan(e) => write!(f, "{e}"),
-            RepoError::WriteImage(e) => write!(f, "cannot write the image: {e}"),
-            RepoError::ImageMalformed { path, reason } => {
-                write!(f, "{}: not a readable composefs image: {reason}", path.display())
-            }
-            RepoError::ObjectMissing { path, digest } => write!(
-                f,
-                "{}: object {} missing",
-                path.display(),
-                digest.to_hex()
-            ),
-            RepoError::ObjectDigestMismatch {
-                path,
-                expected,
-                found,
-            } => write!(
-                f,
-                "{}: object content has digest {}, expected {}",
-                path.display(),
-                found.to_hex(),
-                expected.to_hex()
-            ),
-            RepoError::NoVeritySupport { target, errno } => write!(
-                f,
-                "the kernel/filesystem at {} does not support fs-verity (ext4 needs -O verity and 4096-byte blocks): {errno}",
-                target.display()
-            ),
-            RepoError::EnableVerity { path, errno } => {
-                write!(f, "{}: enabling fs-verity failed: {errno}", path.display())?;
-                if *errno == rustix::io::Errno::INVAL {
-                    write!(f, " (ext4 needs 4096-byte blocks: mkfs.ext4 -b 4096 -O verity)")?;
-                }
-                if *errno == rustix::io::Errno::TXTBSY {
-                    write!(f, " (the file is open for writing somewhere)")?;
-                }
-                Ok(())
-            }
-            RepoError::MeasureVerity { path, errno } => {
-                write!(f, "{}: measuring fs-verity failed: {errno}", path.display())
-            }
-            RepoError::VerityDigestMismatch {
-                path,
-                expected,
-                found,
-            } => write!(
-                f,
-                "{}: kernel measures {}, expected {} (file removed; rerun install to copy it again)",
-                path.display(),
-                found.to_hex(),
-                expected.to_hex()
-            ),
-        }
+/// The hint [`RepoError::EnableVerity`] appends for the errnos whose cause
+/// is known.
+fn enable_verity_hint(errno: &rustix::io::Errno) -> &'static str {
+    match *errno {
+        rustix::io::Errno::INVAL => " (ext4 needs 4096-byte blocks: mkfs.ext4 -b 4096 -O verity)",
+        rustix::io::Errno::TXTBSY => " (the file is open for writing somewhere)",
+        _ => "",
     }
 }
-
-impl std::error::Error for RepoError {}
 
 impl From<SealError> for RepoError {
     fn from(e: SealError) -> Self {
@@ -751,33 +687,51 @@ pub fn image_objects(path: &Path, image: &[u8]) -> Result<Vec<Digest>, RepoError
 // Offline verification
 
 /// One thing wrong, with the path it concerns.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {kind}")]
 pub struct Problem {
     pub path: PathBuf,
     pub kind: ProblemKind,
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ProblemKind {
+    #[error("image missing")]
     ImageMissing,
+    #[error("image unreadable: {0}")]
     ImageUnreadable(String),
+    #[error(
+        "image content has digest {}, expected {}",
+        .found.to_hex(),
+        .expected.to_hex()
+    )]
     ImageDigestMismatch {
         expected: Box<Digest>,
         found: Box<Digest>,
     },
+    #[error("image is not a readable composefs image: {0}")]
     ImageMalformed(String),
-    ObjectMissing {
-        digest: Box<Digest>,
-    },
+    #[error("object {} missing", .digest.to_hex())]
+    ObjectMissing { digest: Box<Digest> },
+    #[error("object unreadable: {0}")]
     ObjectUnreadable(String),
+    #[error(
+        "object content has digest {}, expected {}",
+        .found.to_hex(),
+        .expected.to_hex()
+    )]
     ObjectDigestMismatch {
         expected: Box<Digest>,
         found: Box<Digest>,
     },
+    #[error("seal missing")]
     SealMissing,
+    #[error("{0}")]
     Seal(SealError),
     /// No `composefs/meta.json` (composefs-rs 0.8+ refuse such a repository).
+    #[error("no meta.json (composefs-rs refuses such a repository; run sealctl upgrade-repo)")]
     MetaMissing,
+    #[error("{0}")]
     Meta(crate::repo_meta::MetaError),
 }
 
@@ -808,47 +762,6 @@ impl ProblemKind {
                 _ => "seal-invalid",
             },
         }
-    }
-}
-
-impl fmt::Display for ProblemKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ProblemKind::ImageMissing => write!(f, "image missing"),
-            ProblemKind::ImageUnreadable(e) => write!(f, "image unreadable: {e}"),
-            ProblemKind::ImageDigestMismatch { expected, found } => write!(
-                f,
-                "image content has digest {}, expected {}",
-                found.to_hex(),
-                expected.to_hex()
-            ),
-            ProblemKind::ImageMalformed(e) => {
-                write!(f, "image is not a readable composefs image: {e}")
-            }
-            ProblemKind::ObjectMissing { digest } => {
-                write!(f, "object {} missing", digest.to_hex())
-            }
-            ProblemKind::ObjectUnreadable(e) => write!(f, "object unreadable: {e}"),
-            ProblemKind::ObjectDigestMismatch { expected, found } => write!(
-                f,
-                "object content has digest {}, expected {}",
-                found.to_hex(),
-                expected.to_hex()
-            ),
-            ProblemKind::SealMissing => write!(f, "seal missing"),
-            ProblemKind::MetaMissing => write!(
-                f,
-                "no meta.json (composefs-rs refuses such a repository; run sealctl upgrade-repo)"
-            ),
-            ProblemKind::Meta(e) => write!(f, "{e}"),
-            ProblemKind::Seal(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path.display(), self.kind)
     }
 }
 

@@ -54,64 +54,36 @@ pub struct ScanOptions {
 }
 
 /// Why a scan failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ScanError {
     /// An I/O error on `path`.
+    #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     /// The source is not a directory.
+    #[error("{path}: not a directory")]
     NotADirectory { path: PathBuf },
     /// A file changed size between `lstat` and reading it.
+    #[error("{path}: file changed while it was read")]
     Changed { path: PathBuf },
     /// An xattr too long for the format.
+    #[error(
+        "{path}: xattr {:?} is too long for the image format",
+        String::from_utf8_lossy(.name)
+    )]
     XattrTooLong { path: PathBuf, name: Vec<u8> },
     /// The object store refused a file.
+    #[error("{path}: cannot add to object store: {source}")]
     Store {
         path: PathBuf,
         source: Box<StoreError>,
     },
-    /// The names on disk broke a tree invariant (should not happen).
-    Tree { path: PathBuf, source: TreeError },
+    /// The names on disk broke a tree invariant (should not happen). The
+    /// field is not named `source`: this variant has no `source()`.
+    #[error("{path}: {error}")]
+    Tree { path: PathBuf, error: TreeError },
     /// `skip_xattrs` and `user_xattrs` together.
+    #[error("--skip-xattrs and --user-xattrs cannot be combined")]
     ConflictingOptions,
-}
-
-impl std::fmt::Display for ScanError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ScanError::Io { path, source } => write!(f, "{}: {source}", path.display()),
-            ScanError::NotADirectory { path } => write!(f, "{}: not a directory", path.display()),
-            ScanError::Changed { path } => {
-                write!(f, "{}: file changed while it was read", path.display())
-            }
-            ScanError::XattrTooLong { path, name } => write!(
-                f,
-                "{}: xattr {:?} is too long for the image format",
-                path.display(),
-                String::from_utf8_lossy(name)
-            ),
-            ScanError::Store { path, source } => {
-                write!(
-                    f,
-                    "{}: cannot add to object store: {source}",
-                    path.display()
-                )
-            }
-            ScanError::Tree { path, source } => write!(f, "{}: {source}", path.display()),
-            ScanError::ConflictingOptions => {
-                write!(f, "--skip-xattrs and --user-xattrs cannot be combined")
-            }
-        }
-    }
-}
-
-impl std::error::Error for ScanError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ScanError::Io { source, .. } => Some(source),
-            ScanError::Store { source, .. } => Some(&**source),
-            _ => None,
-        }
-    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ScanError + '_ {
@@ -178,9 +150,9 @@ pub fn scan_directory(
             }
             let id = tree
                 .add(dir_id, &name, inode)
-                .map_err(|source| ScanError::Tree {
+                .map_err(|error| ScanError::Tree {
                     path: path.clone(),
-                    source,
+                    error,
                 })?;
             if is_dir {
                 stack.push((id, path));
@@ -563,6 +535,37 @@ fn read_xattrs(path: &Path, src: XattrSource, user_only: bool) -> Result<Vec<Xat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_sources_are_the_io_and_store_errors_only() {
+        use std::error::Error;
+        let path = PathBuf::from("/s");
+        let io = || io::Error::from_raw_os_error(2);
+        let io_err = ScanError::Io {
+            path: path.clone(),
+            source: io(),
+        };
+        assert_eq!(io_err.source().unwrap().to_string(), io().to_string());
+        let store = StoreError::Publish {
+            path: path.clone(),
+            source: io(),
+        };
+        let message = store.to_string();
+        let scan_err = ScanError::Store {
+            path: path.clone(),
+            source: Box::new(store),
+        };
+        let source = scan_err.source().unwrap();
+        assert_eq!(source.to_string(), message);
+        assert!(source.source().is_some());
+        let tree_err = ScanError::Tree {
+            path: path.clone(),
+            error: TreeError::NoSuchInode(1),
+        };
+        assert!(tree_err.source().is_none());
+        assert!(ScanError::Changed { path }.source().is_none());
+        assert!(ScanError::ConflictingOptions.source().is_none());
+    }
 
     #[test]
     fn scans_types_inline_threshold_and_digests() {

@@ -41,7 +41,6 @@
 
 use std::collections::HashSet;
 use std::ffi::OsString;
-use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -64,78 +63,34 @@ pub const TEMP_DIR: &str = ".tmp";
 const COPY_CHUNK: usize = 256 << 10;
 
 /// Why a store operation failed. Every variant names the path involved.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Creating or opening the store or one of its directories.
+    #[error("cannot open object store {path}: {source}")]
     OpenStore { path: PathBuf, source: io::Error },
     /// Opening or reading a source file to add.
+    #[error("cannot read {path}: {source}")]
     ReadSource { path: PathBuf, source: io::Error },
     /// Creating or writing a temporary object.
+    #[error("cannot write temporary object {path}: {source}")]
     WriteTemp { path: PathBuf, source: io::Error },
     /// The content's fs-verity digest is not the one the caller named.
+    #[error(
+        "content of {path} has fs-verity digest {}, expected {}",
+        .found.to_composefs(),
+        .expected.to_composefs()
+    )]
     DigestMismatch {
         expected: Digest,
         found: Digest,
         path: PathBuf,
     },
     /// The durability pass (`syncfs` / `fsync`) failed: nothing published.
+    #[error("cannot make objects durable in {path}: {source}")]
     Sync { path: PathBuf, source: io::Error },
     /// Publishing a temporary under its digest name failed.
+    #[error("cannot publish object {path}: {source}")]
     Publish { path: PathBuf, source: io::Error },
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StoreError::OpenStore { path, source } => {
-                write!(f, "cannot open object store {}: {source}", path.display())
-            }
-            StoreError::ReadSource { path, source } => {
-                write!(f, "cannot read {}: {source}", path.display())
-            }
-            StoreError::WriteTemp { path, source } => {
-                write!(
-                    f,
-                    "cannot write temporary object {}: {source}",
-                    path.display()
-                )
-            }
-            StoreError::DigestMismatch {
-                expected,
-                found,
-                path,
-            } => write!(
-                f,
-                "content of {} has fs-verity digest {}, expected {}",
-                path.display(),
-                found.to_composefs(),
-                expected.to_composefs()
-            ),
-            StoreError::Sync { path, source } => {
-                write!(
-                    f,
-                    "cannot make objects durable in {}: {source}",
-                    path.display()
-                )
-            }
-            StoreError::Publish { path, source } => {
-                write!(f, "cannot publish object {}: {source}", path.display())
-            }
-        }
-    }
-}
-
-impl std::error::Error for StoreError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            StoreError::OpenStore { source, .. }
-            | StoreError::ReadSource { source, .. }
-            | StoreError::WriteTemp { source, .. }
-            | StoreError::Sync { source, .. }
-            | StoreError::Publish { source, .. } => Some(source),
-            StoreError::DigestMismatch { .. } => None,
-        }
-    }
 }
 
 fn io_err(e: Errno) -> io::Error {

@@ -196,43 +196,24 @@ impl Inode {
 }
 
 /// Why a tree operation was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TreeError {
     /// The inode id does not exist.
+    #[error("inode {0} does not exist")]
     NoSuchInode(InodeId),
     /// Entries can only be added to directories.
+    #[error("inode {0} is not a directory")]
     NotADirectory(InodeId),
     /// Empty, `.`, `..`, containing `/` or NUL, or longer than 255 bytes.
+    #[error("invalid file name {:?}", String::from_utf8_lossy(.0))]
     InvalidName(Vec<u8>),
     /// An entry with this name already exists in the directory.
+    #[error("duplicate directory entry {:?}", String::from_utf8_lossy(.0))]
     Exists(Vec<u8>),
     /// Directories cannot be hard-linked (or linked twice).
+    #[error("directory {:?} cannot be hard-linked", String::from_utf8_lossy(.0))]
     DirectoryHardlink(Vec<u8>),
 }
-
-impl std::fmt::Display for TreeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TreeError::NoSuchInode(id) => write!(f, "inode {id} does not exist"),
-            TreeError::NotADirectory(id) => write!(f, "inode {id} is not a directory"),
-            TreeError::InvalidName(n) => {
-                write!(f, "invalid file name {:?}", String::from_utf8_lossy(n))
-            }
-            TreeError::Exists(n) => write!(
-                f,
-                "duplicate directory entry {:?}",
-                String::from_utf8_lossy(n)
-            ),
-            TreeError::DirectoryHardlink(n) => write!(
-                f,
-                "directory {:?} cannot be hard-linked",
-                String::from_utf8_lossy(n)
-            ),
-        }
-    }
-}
-
-impl std::error::Error for TreeError {}
 
 /// Whether `name` is a valid single path component for the image.
 pub fn valid_name(name: &[u8]) -> bool {

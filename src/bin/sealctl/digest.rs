@@ -6,7 +6,6 @@
 //! cannot read; this reports every other file too, prints one error line per
 //! failure on stderr (naming the path), and exits 1 if any file failed.
 
-use std::fmt;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -42,36 +41,24 @@ fn parse_block_size(s: &str) -> Result<u32, String> {
     }
 }
 
-/// Why one file could not be digested.
-#[derive(Debug)]
+/// Why one file could not be digested. (The fields are not named `source`:
+/// the message carries the I/O error, there is no `source()`.)
+#[derive(Debug, thiserror::Error)]
 enum DigestError {
-    Open { path: PathBuf, source: io::Error },
-    Read { path: PathBuf, source: io::Error },
+    #[error("cannot open '{path}' for reading: {error}")]
+    Open { path: PathBuf, error: io::Error },
+    #[error("error reading '{path}': {error}")]
+    Read { path: PathBuf, error: io::Error },
 }
-
-impl fmt::Display for DigestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DigestError::Open { path, source } => {
-                write!(f, "cannot open '{}' for reading: {source}", path.display())
-            }
-            DigestError::Read { path, source } => {
-                write!(f, "error reading '{}': {source}", path.display())
-            }
-        }
-    }
-}
-
-impl std::error::Error for DigestError {}
 
 fn digest_one(alg: HashAlgorithm, path: &Path) -> Result<sealroot::digest::Digest, DigestError> {
-    let file = std::fs::File::open(path).map_err(|source| DigestError::Open {
+    let file = std::fs::File::open(path).map_err(|error| DigestError::Open {
         path: path.to_owned(),
-        source,
+        error,
     })?;
-    fsverity::digest_file(alg, &file).map_err(|source| DigestError::Read {
+    fsverity::digest_file(alg, &file).map_err(|error| DigestError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 

@@ -50,7 +50,6 @@
 //!   `trusted.overlay.metacopy` (`00 24 00 01` + SHA-256 digest).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fmt;
 
 use super::format::{self, xattr_prefix};
 use crate::digest::{Digest, HashAlgorithm};
@@ -100,25 +99,23 @@ const XATTR_USER_WHITEOUTS: &[u8] = b"user.overlay.whiteouts";
 const XATTR_USER_OPAQUE: &[u8] = b"user.overlay.opaque";
 
 /// Why an image could not be read. Offsets are byte offsets into the image.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
     /// The image is shorter than the composefs header plus superblock.
-    TooSmall {
-        len: usize,
-    },
-    BadComposefsMagic {
-        found: u32,
-    },
-    UnsupportedComposefsVersion {
-        found: u32,
-    },
-    BadErofsMagic {
-        found: u32,
-    },
-    UnsupportedBlockSize {
-        blkszbits: u8,
-    },
+    #[error("image is {len} bytes, too small for a composefs header and EROFS superblock")]
+    TooSmall { len: usize },
+    #[error("not a composefs image: header magic {found:#010x}, expected {COMPOSEFS_MAGIC:#010x}")]
+    BadComposefsMagic { found: u32 },
+    #[error("unsupported composefs header version {found} (expected {COMPOSEFS_HEADER_VERSION})")]
+    UnsupportedComposefsVersion { found: u32 },
+    #[error(
+        "no EROFS superblock: magic {found:#010x} at offset 1024, expected {EROFS_MAGIC:#010x}"
+    )]
+    BadErofsMagic { found: u32 },
+    #[error("unsupported block size 2^{blkszbits} (composefs uses 4096-byte blocks)")]
+    UnsupportedBlockSize { blkszbits: u8 },
     /// A region the image points at lies (partly) outside the image.
+    #[error("{what} at offset {offset}, {len} bytes, lies outside the {image_len}-byte image")]
     OutOfBounds {
         what: &'static str,
         offset: u64,
@@ -126,257 +123,107 @@ pub enum ReadError {
         image_len: usize,
     },
     /// A nid whose inode would lie outside the image.
-    InodeOutOfBounds {
-        nid: u64,
-    },
-    UnsupportedLayout {
-        nid: u64,
-        layout: u8,
-    },
+    #[error("inode nid {nid} lies outside the image")]
+    InodeOutOfBounds { nid: u64 },
+    #[error("inode nid {nid}: unsupported data layout {layout} (compressed or unknown)")]
+    UnsupportedLayout { nid: u64, layout: u8 },
     /// The inode's data layout does not fit its file type.
-    LayoutMismatch {
-        nid: u64,
-        mode: u32,
-        layout: u8,
-    },
-    BadFileType {
-        nid: u64,
-        mode: u32,
-    },
-    RootNotDirectory {
-        nid: u64,
-        mode: u32,
-    },
+    #[error("inode nid {nid}: data layout {layout} is not valid for mode {mode:o}")]
+    LayoutMismatch { nid: u64, mode: u32, layout: u8 },
+    #[error("inode nid {nid}: invalid file type in mode {mode:o}")]
+    BadFileType { nid: u64, mode: u32 },
+    #[error("root inode nid {nid} is not a directory (mode {mode:o})")]
+    RootNotDirectory { nid: u64, mode: u32 },
     /// Inline (tail-packed) data crossing a block boundary.
-    InlineCrossesBlock {
-        nid: u64,
-        offset: u64,
-        len: u64,
-    },
+    #[error(
+        "inode nid {nid}: {len} bytes of inline data at offset {offset} cross a block boundary"
+    )]
+    InlineCrossesBlock { nid: u64, offset: u64, len: u64 },
+    #[error("inode nid {nid}: bad xattr at offset {offset}: {reason}")]
     BadXattr {
         nid: u64,
         offset: u64,
         reason: &'static str,
     },
-    BadXattrPrefix {
-        nid: u64,
-        index: u8,
-    },
+    #[error("inode nid {nid}: unknown xattr name index {index}")]
+    BadXattrPrefix { nid: u64, index: u8 },
+    #[error("directory nid {nid}: bad directory block at offset {offset}: {reason}")]
     BadDirectoryBlock {
         nid: u64,
         offset: u64,
         reason: &'static str,
     },
-    BadName {
-        nid: u64,
-        name: Vec<u8>,
-    },
-    DuplicateName {
-        nid: u64,
-        name: Vec<u8>,
-    },
+    #[error("directory nid {nid}: invalid entry name {:?}", String::from_utf8_lossy(.name))]
+    BadName { nid: u64, name: Vec<u8> },
+    #[error("directory nid {nid}: duplicate entry {:?}", String::from_utf8_lossy(.name))]
+    DuplicateName { nid: u64, name: Vec<u8> },
     /// A directory's `.` entry does not point at itself (or is missing).
-    BadDotEntry {
-        nid: u64,
-        found: Option<u64>,
-    },
+    #[error("directory nid {nid}: {}", bad_dot(.found))]
+    BadDotEntry { nid: u64, found: Option<u64> },
     /// A directory's `..` entry does not point at its parent (or is missing).
+    #[error("directory nid {nid}: {}", bad_dot_dot(.expected, .found))]
     BadDotDotEntry {
         nid: u64,
         expected: u64,
         found: Option<u64>,
     },
     /// The directory entry's file type disagrees with the inode's mode.
+    #[error("nid {nid}: directory entry type {dirent_type} disagrees with inode mode {mode:o}")]
     FileTypeMismatch {
         nid: u64,
         dirent_type: u8,
         mode: u32,
     },
     /// A directory reached a second time: a cycle or a directory hardlink.
-    DirectoryRevisited {
-        nid: u64,
-    },
+    #[error("directory nid {nid} is reached twice (a cycle or a directory hardlink)")]
+    DirectoryRevisited { nid: u64 },
     /// A whiteout (char device 0:0) that is hardlinked.
-    HardlinkedWhiteout {
-        nid: u64,
-    },
-    DepthExceeded {
-        nid: u64,
-        depth: usize,
-    },
+    #[error("whiteout nid {nid} is hardlinked")]
+    HardlinkedWhiteout { nid: u64 },
+    #[error("directory nid {nid} is nested {depth} levels deep (limit {MAX_DEPTH})")]
+    DepthExceeded { nid: u64, depth: usize },
     /// More directory entries than the image's size can hold honestly.
-    TooManyEntries {
-        limit: u64,
-    },
+    #[error("more than {limit} directory entries: more than the image size can hold")]
+    TooManyEntries { limit: u64 },
     /// More inline content than the image's size can hold honestly.
-    ContentBudgetExceeded {
-        nid: u64,
-        limit: u64,
-    },
+    #[error("inode nid {nid}: inline file content exceeds {limit} bytes in total, more than the image holds")]
+    ContentBudgetExceeded { nid: u64, limit: u64 },
     /// More xattr bytes than the image's size justifies.
-    XattrBudgetExceeded {
-        nid: u64,
-        limit: u64,
-    },
+    #[error(
+        "inode nid {nid}: xattrs exceed {limit} bytes in total, more than the image justifies"
+    )]
+    XattrBudgetExceeded { nid: u64, limit: u64 },
+    #[error("symlink nid {nid} ({size} bytes): {reason}")]
     BadSymlink {
         nid: u64,
         size: u64,
         reason: &'static str,
     },
-    BadMetacopy {
-        nid: u64,
-        len: usize,
-    },
+    #[error("inode nid {nid}: malformed trusted.overlay.metacopy xattr ({len} bytes)")]
+    BadMetacopy { nid: u64, len: usize },
     /// An external file (chunk-based) whose metacopy xattr is missing.
-    MissingMetacopy {
-        nid: u64,
-    },
+    #[error("inode nid {nid}: external file without a trusted.overlay.metacopy xattr")]
+    MissingMetacopy { nid: u64 },
     /// The rebuilt tree was refused by the tree module.
-    Tree {
-        nid: u64,
-        message: String,
-    },
+    #[error("inode nid {nid}: {message}")]
+    Tree { nid: u64, message: String },
 }
 
-impl fmt::Display for ReadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use ReadError::*;
-        match self {
-            TooSmall { len } => write!(
-                f,
-                "image is {len} bytes, too small for a composefs header and EROFS superblock"
-            ),
-            BadComposefsMagic { found } => write!(
-                f,
-                "not a composefs image: header magic {found:#010x}, expected {COMPOSEFS_MAGIC:#010x}"
-            ),
-            UnsupportedComposefsVersion { found } => write!(
-                f,
-                "unsupported composefs header version {found} (expected {COMPOSEFS_HEADER_VERSION})"
-            ),
-            BadErofsMagic { found } => write!(
-                f,
-                "no EROFS superblock: magic {found:#010x} at offset 1024, expected {EROFS_MAGIC:#010x}"
-            ),
-            UnsupportedBlockSize { blkszbits } => write!(
-                f,
-                "unsupported block size 2^{blkszbits} (composefs uses 4096-byte blocks)"
-            ),
-            OutOfBounds {
-                what,
-                offset,
-                len,
-                image_len,
-            } => write!(
-                f,
-                "{what} at offset {offset}, {len} bytes, lies outside the {image_len}-byte image"
-            ),
-            InodeOutOfBounds { nid } => write!(f, "inode nid {nid} lies outside the image"),
-            UnsupportedLayout { nid, layout } => write!(
-                f,
-                "inode nid {nid}: unsupported data layout {layout} (compressed or unknown)"
-            ),
-            LayoutMismatch { nid, mode, layout } => write!(
-                f,
-                "inode nid {nid}: data layout {layout} is not valid for mode {mode:o}"
-            ),
-            BadFileType { nid, mode } => {
-                write!(f, "inode nid {nid}: invalid file type in mode {mode:o}")
-            }
-            RootNotDirectory { nid, mode } => {
-                write!(f, "root inode nid {nid} is not a directory (mode {mode:o})")
-            }
-            InlineCrossesBlock { nid, offset, len } => write!(
-                f,
-                "inode nid {nid}: {len} bytes of inline data at offset {offset} cross a block boundary"
-            ),
-            BadXattr {
-                nid,
-                offset,
-                reason,
-            } => write!(f, "inode nid {nid}: bad xattr at offset {offset}: {reason}"),
-            BadXattrPrefix { nid, index } => {
-                write!(f, "inode nid {nid}: unknown xattr name index {index}")
-            }
-            BadDirectoryBlock {
-                nid,
-                offset,
-                reason,
-            } => write!(
-                f,
-                "directory nid {nid}: bad directory block at offset {offset}: {reason}"
-            ),
-            BadName { nid, name } => write!(
-                f,
-                "directory nid {nid}: invalid entry name {:?}",
-                String::from_utf8_lossy(name)
-            ),
-            DuplicateName { nid, name } => write!(
-                f,
-                "directory nid {nid}: duplicate entry {:?}",
-                String::from_utf8_lossy(name)
-            ),
-            BadDotEntry { nid, found } => match found {
-                Some(n) => write!(f, "directory nid {nid}: '.' points at nid {n}"),
-                None => write!(f, "directory nid {nid}: no '.' entry"),
-            },
-            BadDotDotEntry {
-                nid,
-                expected,
-                found,
-            } => match found {
-                Some(n) => write!(
-                    f,
-                    "directory nid {nid}: '..' points at nid {n}, expected its parent {expected}"
-                ),
-                None => write!(f, "directory nid {nid}: no '..' entry"),
-            },
-            FileTypeMismatch {
-                nid,
-                dirent_type,
-                mode,
-            } => write!(
-                f,
-                "nid {nid}: directory entry type {dirent_type} disagrees with inode mode {mode:o}"
-            ),
-            DirectoryRevisited { nid } => write!(
-                f,
-                "directory nid {nid} is reached twice (a cycle or a directory hardlink)"
-            ),
-            HardlinkedWhiteout { nid } => write!(f, "whiteout nid {nid} is hardlinked"),
-            DepthExceeded { nid, depth } => write!(
-                f,
-                "directory nid {nid} is nested {depth} levels deep (limit {MAX_DEPTH})"
-            ),
-            TooManyEntries { limit } => write!(
-                f,
-                "more than {limit} directory entries: more than the image size can hold"
-            ),
-            ContentBudgetExceeded { nid, limit } => write!(
-                f,
-                "inode nid {nid}: inline file content exceeds {limit} bytes in total, more than the image holds"
-            ),
-            XattrBudgetExceeded { nid, limit } => write!(
-                f,
-                "inode nid {nid}: xattrs exceed {limit} bytes in total, more than the image justifies"
-            ),
-            BadSymlink { nid, size, reason } => {
-                write!(f, "symlink nid {nid} ({size} bytes): {reason}")
-            }
-            BadMetacopy { nid, len } => write!(
-                f,
-                "inode nid {nid}: malformed trusted.overlay.metacopy xattr ({len} bytes)"
-            ),
-            MissingMetacopy { nid } => write!(
-                f,
-                "inode nid {nid}: external file without a trusted.overlay.metacopy xattr"
-            ),
-            Tree { nid, message } => write!(f, "inode nid {nid}: {message}"),
-        }
+/// The end of [`ReadError::BadDotEntry`]'s message.
+fn bad_dot(found: &Option<u64>) -> String {
+    match found {
+        Some(n) => format!("'.' points at nid {n}"),
+        None => "no '.' entry".to_string(),
     }
 }
 
-impl std::error::Error for ReadError {}
+/// The end of [`ReadError::BadDotDotEntry`]'s message.
+fn bad_dot_dot(expected: &u64, found: &Option<u64>) -> String {
+    match found {
+        Some(n) => format!("'..' points at nid {n}, expected its parent {expected}"),
+        None => "no '..' entry".to_string(),
+    }
+}
 
 fn le16(b: &[u8], off: usize) -> u16 {
     // Callers pass slices already checked to hold `off + 2` bytes.

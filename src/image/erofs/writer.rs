@@ -64,47 +64,30 @@ impl Default for WriteOptions {
 }
 
 /// Why an image could not be written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
     /// A version above [`MAX_FORMAT_VERSION`] was asked for.
+    #[error("format version {version} is not supported (maximum {MAX_FORMAT_VERSION})")]
     UnsupportedVersion { version: u32 },
     /// The tree breaks its own invariants.
+    #[error("invalid tree: {0}")]
     InvalidTree(TreeError),
     /// An external file is larger than the format can describe.
+    #[error(
+        "file (inode {inode}) of {size} bytes is too large (maximum {MAX_EXTERNAL_FILE_SIZE})"
+    )]
     FileTooLarge { inode: InodeId, size: u64 },
     /// Inline content is longer than the file size says, or vice versa.
+    #[error("inline content of inode {inode} does not match its size")]
     InlineSizeMismatch { inode: InodeId },
     /// One inode's xattrs exceed what EROFS can store (`node` is its
     /// breadth-first inode number in the image).
+    #[error("xattrs of image inode {node} do not fit in an EROFS inode")]
     XattrsTooLarge { node: usize },
     /// The image would need more than 2^32 blocks or inodes.
+    #[error("image too large for EROFS")]
     ImageTooLarge,
 }
-
-impl std::fmt::Display for WriteError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            WriteError::UnsupportedVersion { version } => write!(
-                f,
-                "format version {version} is not supported (maximum {MAX_FORMAT_VERSION})"
-            ),
-            WriteError::InvalidTree(e) => write!(f, "invalid tree: {e}"),
-            WriteError::FileTooLarge { inode, size } => write!(
-                f,
-                "file (inode {inode}) of {size} bytes is too large (maximum {MAX_EXTERNAL_FILE_SIZE})"
-            ),
-            WriteError::InlineSizeMismatch { inode } => {
-                write!(f, "inline content of inode {inode} does not match its size")
-            }
-            WriteError::XattrsTooLarge { node } => {
-                write!(f, "xattrs of image inode {node} do not fit in an EROFS inode")
-            }
-            WriteError::ImageTooLarge => write!(f, "image too large for EROFS"),
-        }
-    }
-}
-
-impl std::error::Error for WriteError {}
 
 const OVERLAY_PREFIX: &[u8] = b"trusted.overlay.";
 
