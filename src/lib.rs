@@ -20,6 +20,7 @@
 //! | [`repo`]      | repository layout, build, offline verify, install               | tool    |
 //! | [`repo_meta`] | `composefs/meta.json` (composefs-rs format metadata)            | both    |
 //! | [`uki`]       | PE/UKI section parsing                                          | tool    |
+//! | [`bootcount`] | ESP boot counting names (`name+N-M.efi`), staging UKIs          | tool    |
 //! | [`mount`]     | the mount sequence: measured EROFS fd, overlay `verity=require` | boot    |
 //! | [`switchroot`]| moving API filesystems, freeing the initramfs, chroot + exec    | boot    |
 //! | [`log`]       | the kmsg logger (`<N>sealroot: message`)                        | boot    |
@@ -33,6 +34,7 @@
 
 pub mod boot;
 pub mod boot_policy;
+pub mod bootcount;
 pub mod cmdline;
 pub mod config;
 pub mod digest;
