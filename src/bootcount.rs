@@ -10,8 +10,7 @@
 //! `NAME.efi` once the boot is judged good. An entry with `LEFT` = 0 is
 //! "bad": systemd-boot sorts it after every other entry, so the default
 //! falls back to the next one by itself. An entry without a counter is
-//! "good" (never counted). The entry's identity is `NAME.efi`, the same in
-//! every state.
+//! "good" (never counted). `NAME.efi` identifies the entry in every state.
 //!
 //! [`stage`] writes a new UKI onto the ESP so that a crash leaves either no
 //! entry or the complete one: a temporary name systemd-boot does not list,
@@ -106,8 +105,9 @@ impl EntryName {
         }
     }
 
-    /// The entry's identity (what `LoaderEntrySelected` names and loader.conf
-    /// `default` patterns match): the name without counter.
+    /// The entry's identity, the same in every counter state: the name
+    /// without counter. (systemd-boot 254 reports the file name as found,
+    /// counter included, in `LoaderEntrySelected`; later versions report this.)
     pub fn id(&self) -> String {
         format!("{}.efi", self.stem)
     }
