@@ -30,6 +30,7 @@
 //! | `image::repo` | repository build, offline verify, install |
 //! | `image::gc` | repository garbage collection (`sealctl gc`), crash-safe removal order |
 //! | `image::fileio` | the tool's one bounded read and one atomic write |
+//! | `image::bootcount` | systemd-boot boot counting names (`name+N-M.efi`) and staging a UKI |
 //! | `image::uki` | UKI sections and the digest they seal (PE read by `object`) |
 //! | `image::progress` | the progress line of long operations (drawn by `indicatif`) |
 //!

@@ -10,6 +10,7 @@
 //! [`gc`] removes what no kept image of a repository needs, and
 //! [`uki`] reads the digest back out of a unified kernel image.
 
+pub mod bootcount;
 pub mod dumpfile;
 pub mod erofs;
 pub mod fileio;

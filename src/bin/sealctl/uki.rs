@@ -8,11 +8,22 @@
 //! Exit status: 0 when the file is a UKI sealing a digest and every
 //! requested repository check passed; 1 otherwise (the report is still
 //! printed, then one `sealctl uki: ...` line says what failed).
+//!
+//! `sealctl uki stage FILE.efi --esp ESP [--name NAME] [--tries N]
+//! [--repo REPO --key PUB.pem...]`: the update step of an A/B flow. Checks
+//! that FILE is a UKI whose `.cmdline` seals a digest (and, with `--repo`,
+//! that the image and its seal verify), then writes it atomically as
+//! `ESP/EFI/Linux/NAME+N.efi` (systemd-boot boot counting; no counter
+//! without `--tries`). See docs/uki.md, "A/B updates and automatic fallback".
+//!
+//! `sealctl uki entries --esp ESP [--json]`: the Type #2 entries on an ESP
+//! and what their counters say (good, trying with N left, bad).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use sealroot::image::bootcount;
 use sealroot::image::repo::{self, Repo};
 use sealroot::image::uki::{self, UkiInfo};
 use sealroot::seal;
@@ -24,6 +35,42 @@ const MAX_UKI: u64 = 1 << 30;
 pub enum Command {
     /// Print a UKI's sections and the digest its .cmdline seals.
     Inspect(InspectArgs),
+    /// Place a sealed UKI on an ESP as a Type #2 entry, with boot counting.
+    Stage(StageArgs),
+    /// List the Type #2 entries on an ESP and their boot-counting state.
+    Entries(EntriesArgs),
+}
+
+#[derive(clap::Args)]
+pub struct StageArgs {
+    /// The UKI (PE) file; its .cmdline must seal a digest.
+    file: PathBuf,
+    /// The mounted EFI system partition (the entry goes to ESP/EFI/Linux/).
+    #[arg(long)]
+    esp: PathBuf,
+    /// Entry name without counter and .efi (default: FILE's name without them).
+    #[arg(long)]
+    name: Option<String>,
+    /// Boot tries before systemd-boot gives up on the entry (name+N.efi);
+    /// without it the entry is staged as already good.
+    #[arg(long)]
+    tries: Option<u32>,
+    /// Repository root (holds composefs/): the sealed image must be there and verify.
+    #[arg(long)]
+    repo: Option<PathBuf>,
+    /// Public key (PEM) the seal must verify under; repeatable. Needs --repo.
+    #[arg(long = "key", value_name = "PUB.pem", requires = "repo")]
+    keys: Vec<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct EntriesArgs {
+    /// The mounted EFI system partition.
+    #[arg(long)]
+    esp: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -44,6 +91,8 @@ pub struct InspectArgs {
 pub fn run(command: Command) -> ExitCode {
     match command {
         Command::Inspect(args) => inspect(args),
+        Command::Stage(args) => stage(args),
+        Command::Entries(args) => entries(args),
     }
 }
 
@@ -264,5 +313,112 @@ fn inspect(args: InspectArgs) -> ExitCode {
             return crate::fail("uki", format!("seal: {e}"));
         }
     }
+    ExitCode::SUCCESS
+}
+
+fn stage(args: StageArgs) -> ExitCode {
+    let data = match read_file(&args.file) {
+        Ok(d) => d,
+        Err(e) => return crate::fail("uki stage", e),
+    };
+    let info = match uki::inspect(&data) {
+        Ok(i) => i,
+        Err(e) => return crate::fail("uki stage", format!("{}: {e}", args.file.display())),
+    };
+    if !info.has_linux {
+        return crate::fail(
+            "uki stage",
+            format!("{}: no .linux section, not a UKI", args.file.display()),
+        );
+    }
+    let sealed = match info.cmdline.as_deref().map(uki::sealed_digest) {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => return crate::fail("uki stage", format!("{}: {e}", args.file.display())),
+        None => {
+            return crate::fail(
+                "uki stage",
+                format!("{}: no .cmdline section", args.file.display()),
+            )
+        }
+    };
+    if let Some(root) = &args.repo {
+        let r = check_repo(root, &args.keys, &sealed.digest);
+        if let Err(e) = r.image {
+            return crate::fail("uki stage", format!("image: {e}"));
+        }
+        match r.seal {
+            Err(e) => return crate::fail("uki stage", format!("seal: {e}")),
+            Ok(s) => println!("seal: {s}"),
+        }
+    }
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => {
+            let file = args
+                .file
+                .file_name()
+                .and_then(|f| f.to_str())
+                .unwrap_or_default();
+            match bootcount::EntryName::parse(file) {
+                Some(n) => n.stem,
+                None => {
+                    return crate::fail(
+                        "uki stage",
+                        format!("{}: not named *.efi; give --name", args.file.display()),
+                    )
+                }
+            }
+        }
+    };
+    match bootcount::stage(&args.esp, &name, args.tries, &data) {
+        Ok(path) => {
+            println!(
+                "staged {} ({}, {})",
+                path.display(),
+                sealed.digest.to_composefs(),
+                match args.tries {
+                    Some(n) => format!("{n} tries before fallback"),
+                    None => "no boot counting".to_string(),
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => crate::fail("uki stage", e),
+    }
+}
+
+fn entries(args: EntriesArgs) -> ExitCode {
+    let list = match bootcount::entries(&args.esp) {
+        Ok(l) => l,
+        Err(e) => return crate::fail("uki entries", e),
+    };
+    let mut out = String::new();
+    if args.json {
+        let v: Vec<serde_json::Value> = list
+            .iter()
+            .map(|(n, p)| {
+                serde_json::json!({
+                    "id": n.id(),
+                    "file": p.display().to_string(),
+                    "state": n.state().to_string(),
+                    "tries_left": n.left,
+                    "tries_done": n.done,
+                })
+            })
+            .collect();
+        out = serde_json::to_string_pretty(&v).unwrap_or_else(|_| "[]".into());
+        out.push('\n');
+    } else {
+        for (n, p) in &list {
+            let state = match (n.state(), n.left, n.done) {
+                (bootcount::EntryState::Trying, Some(l), d) => {
+                    format!("trying ({l} left, {} done)", d.unwrap_or(0))
+                }
+                (s, _, _) => s.to_string(),
+            };
+            out.push_str(&format!("{:<40} {state:<24} {}\n", n.id(), p.display()));
+        }
+    }
+    let _ = write!(std::io::stdout().lock(), "{out}");
     ExitCode::SUCCESS
 }
