@@ -327,7 +327,7 @@ pub fn prepare(req: &PrepareRequest<'_>) -> Result<Prepared, BootError> {
 
 /// JSON string literal for `s` (quotes, backslash and control characters
 /// escaped). Hand-written so the boot binary needs no `serde_json::Value`.
-fn json_str(s: &str) -> String {
+pub(crate) fn json_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

@@ -26,6 +26,7 @@
 //! | [`boot`]      | the boot orchestration and `/run/sealroot/status.json`          | boot    |
 //! | [`boot_policy`] | command-line allowlist, init list, init argv/environment      | boot    |
 //! | [`progress`]  | terminal progress lines for long operations                     | tool    |
+//! | [`tpm`]       | TPM2 PCR_Event measurement, records, systemd measurement log     | both    |
 //!
 //! `unsafe` code lives only in [`sys`]; everything else is checked by
 //! `#![deny(unsafe_code)]`.
@@ -51,6 +52,7 @@ pub mod store;
 pub mod switchroot;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tpm;
 pub mod tree;
 pub mod trust;
 pub mod uki;
