@@ -83,7 +83,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use rustix::io::Errno;
-use sha2::Digest as _;
 
 use crate::digest::{hex_decode_lower, hex_encode, Digest};
 
@@ -284,7 +283,11 @@ impl fmt::Display for TpmError {
         match self {
             TpmError::NoDevice => write!(f, "no TPM device ({} or {})", DEVICES[0], DEVICES[1]),
             TpmError::Io { path, op, errno } => {
-                write!(f, "TPM {path}: {op} failed: {}", crate::log::errno_name(*errno))
+                write!(
+                    f,
+                    "TPM {path}: {op} failed: {}",
+                    crate::log::errno_name(*errno)
+                )
             }
             TpmError::ResponseCode { command, rc } => write!(
                 f,
@@ -378,7 +381,9 @@ impl RefusalClass {
 
 fn valid_fingerprint(fp: &str) -> bool {
     fp.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -826,13 +831,21 @@ pub fn parse_log(bytes: &[u8]) -> Result<Vec<LogEntry>, LogError> {
             let digest = hex_decode_lower(&d.digest)
                 .ok()
                 .filter(|v| v.len() == bank.digest_len())
-                .ok_or_else(|| bad(format!("{} digest {:?} is not valid", bank.name(), d.digest)))?;
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{} digest {:?} is not valid",
+                        bank.name(),
+                        d.digest
+                    ))
+                })?;
             digests.push(BankDigest { bank, digest });
         }
         let string = match (raw.content_type.as_deref(), raw.content) {
-            (Some("systemd"), Some(c)) => serde_json::from_value::<RawContent>(c)
-                .map_err(|e| bad(format!("content: {e}")))?
-                .string,
+            (Some("systemd"), Some(c)) => {
+                serde_json::from_value::<RawContent>(c)
+                    .map_err(|e| bad(format!("content: {e}")))?
+                    .string
+            }
             _ => None,
         };
         out.push(LogEntry {
@@ -846,12 +859,7 @@ pub fn parse_log(bytes: &[u8]) -> Result<Vec<LogEntry>, LogError> {
 
 /// Replay `entries` for `pcr` in `bank` from `start`. `Err(index)` names the
 /// first entry for that PCR lacking this bank's digest.
-pub fn replay(
-    entries: &[LogEntry],
-    pcr: u32,
-    bank: Bank,
-    start: &[u8],
-) -> Result<Vec<u8>, usize> {
+pub fn replay(entries: &[LogEntry], pcr: u32, bank: Bank, start: &[u8]) -> Result<Vec<u8>, usize> {
     let mut value = start.to_vec();
     for (i, e) in entries.iter().enumerate().filter(|(_, e)| e.pcr == pcr) {
         let d = e.digests.iter().find(|d| d.bank == bank).ok_or(i)?;
@@ -918,7 +926,11 @@ mod tests {
 
     #[test]
     fn response_parsed_per_bank() {
-        let r = response(&[(0x0004, vec![1; 20]), (0x000b, vec![2; 32]), (0x000c, vec![3; 48])]);
+        let r = response(&[
+            (0x0004, vec![1; 20]),
+            (0x000b, vec![2; 32]),
+            (0x000c, vec![3; 48]),
+        ]);
         let got = parse_pcr_event_response(&r).unwrap();
         assert_eq!(
             got,
@@ -994,7 +1006,13 @@ mod tests {
         let mut r = good.clone();
         let p = u32::from_be_bytes(r[10..14].try_into().unwrap());
         r[10..14].copy_from_slice(&(p + 1).to_be_bytes());
-        assert!(matches!(malformed(&r), Malformed::Trailing { area: "parameters", .. }));
+        assert!(matches!(
+            malformed(&r),
+            Malformed::Trailing {
+                area: "parameters",
+                ..
+            }
+        ));
         // Unknown algorithm, zero and huge counts, duplicate bank.
         assert_eq!(
             malformed(&response(&[(0x0099, vec![0; 32])])),
@@ -1003,7 +1021,10 @@ mod tests {
         assert_eq!(malformed(&response(&[])), Malformed::NoDigests);
         let mut r = good.clone();
         r[14..18].copy_from_slice(&0xffff_ffffu32.to_be_bytes());
-        assert_eq!(malformed(&r), Malformed::TooManyDigests { count: 0xffff_ffff });
+        assert_eq!(
+            malformed(&r),
+            Malformed::TooManyDigests { count: 0xffff_ffff }
+        );
         assert_eq!(
             malformed(&response(&[(0x000b, vec![2; 32]), (0x000b, vec![2; 32])])),
             Malformed::DuplicateBank { bank: Bank::Sha256 }
@@ -1043,9 +1064,13 @@ mod tests {
             refused_record(None, RefusalClass::BootPolicy),
             "sealroot-v1 refused reason=boot-policy"
         );
-        for bad in ["", "sha256:", "sha256:AB", &format!("sha512:{}", "0".repeat(64)),
-            &format!("sha256:{} serial=1", "0".repeat(64))]
-        {
+        for bad in [
+            "",
+            "sha256:",
+            "sha256:AB",
+            &format!("sha512:{}", "0".repeat(64)),
+            &format!("sha256:{} serial=1", "0".repeat(64)),
+        ] {
             assert!(matches!(
                 accepted_record(&d256("ab"), bad, 1),
                 Err(TpmError::BadRecordField { field: "key" })
@@ -1156,18 +1181,24 @@ mod tests {
         assert_eq!(replay(&entries, 7, Bank::Sha256, &zeros).unwrap(), zeros);
         assert_eq!(parse_log(b"").unwrap(), vec![]);
         assert_eq!(parse_log(b"{}"), Err(LogError::NoRecordSeparator));
-        assert!(matches!(parse_log(b"\x1e{\"pcr\":1}\n"), Err(LogError::Record { index: 0, .. })));
+        assert!(matches!(
+            parse_log(b"\x1e{\"pcr\":1}\n"),
+            Err(LogError::Record { index: 0, .. })
+        ));
         assert!(matches!(
             parse_log(b"\x1e{\"pcr\":99,\"digests\":[]}\n"),
             Err(LogError::Record { index: 0, .. })
         ));
         assert!(matches!(
-            parse_log(b"\x1e{\"pcr\":1,\"digests\":[{\"hashAlg\":\"sha256\",\"digest\":\"00\"}]}\n"),
+            parse_log(
+                b"\x1e{\"pcr\":1,\"digests\":[{\"hashAlg\":\"sha256\",\"digest\":\"00\"}]}\n"
+            ),
             Err(LogError::Record { index: 0, .. })
         ));
         // Unknown algorithms are skipped.
-        let e = parse_log(b"\x1e{\"pcr\":1,\"digests\":[{\"hashAlg\":\"md5\",\"digest\":\"00\"}]}\n")
-            .unwrap();
+        let e =
+            parse_log(b"\x1e{\"pcr\":1,\"digests\":[{\"hashAlg\":\"md5\",\"digest\":\"00\"}]}\n")
+                .unwrap();
         assert!(e[0].digests.is_empty());
     }
 
@@ -1197,7 +1228,13 @@ mod tests {
             assert_eq!(Bank::from_alg_id(b.alg_id()), Some(b));
             assert_eq!(Bank::from_name(b.name()), Some(b));
         }
-        assert!(matches!(pcr_event(16, b"x"), Err(TpmError::BadPcr { pcr: 16 })));
-        assert!(matches!(pcr_event(7, b"x"), Err(TpmError::BadPcr { pcr: 7 })));
+        assert!(matches!(
+            pcr_event(16, b"x"),
+            Err(TpmError::BadPcr { pcr: 16 })
+        ));
+        assert!(matches!(
+            pcr_event(7, b"x"),
+            Err(TpmError::BadPcr { pcr: 7 })
+        ));
     }
 }

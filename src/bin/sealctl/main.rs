@@ -17,6 +17,7 @@ mod embed;
 mod install;
 mod keygen;
 mod mkcomposefs;
+mod pcr;
 mod sign;
 mod uki;
 mod upgrade;
@@ -60,6 +61,8 @@ enum Command {
     EmbedKeys(embed::Args),
     /// Add composefs/meta.json to a repository an older sealctl made.
     UpgradeRepo(upgrade::Args),
+    /// Print the TPM record a boot of a seal extends and the PCR value it leaves.
+    Pcr(pcr::Args),
 }
 
 /// Print one error line for a failed subcommand and return failure.
@@ -92,5 +95,6 @@ fn main() -> ExitCode {
         Command::Uki(c) => uki::run(c),
         Command::EmbedKeys(a) => embed::run(a),
         Command::UpgradeRepo(a) => upgrade::run(a),
+        Command::Pcr(a) => pcr::run(a),
     }
 }
