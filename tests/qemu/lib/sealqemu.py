@@ -524,6 +524,44 @@ class Swtpm:
                 self.proc.wait()
 
 
+def tpm_guest_pcrs(text):
+    """{(pcr, bank): lowercase hex} from the guest's `SEALTEST: pcr <bank>
+    <N> <HEX>` lines (the demo init and helpers/tpmread.c print them)."""
+    return {(int(n), b): v.lower() for b, n, v in
+            re.findall(r"^SEALTEST: pcr (\w+) (\d+) ([0-9A-Fa-f]+)\s*$", text, re.M)}
+
+
+def tpm_guest_log(text):
+    """The guest's tpm2-measure.log bytes (printed between tpmlog markers
+    with 0x1E shown as '@'), kernel lines interleaved on the console dropped;
+    None if the guest printed none."""
+    m = re.search(r"SEALTEST: tpmlog-begin\n(.*?)SEALTEST: tpmlog-end", text, re.S)
+    if not m:
+        return None
+    body = "\n".join(l for l in m.group(1).splitlines() if not re.match(r"\[\s*\d+\.\d+\]", l))
+    data = body.replace("@", "\x1e").encode()
+    return data + b"\n" if data and not data.endswith(b"\n") else data
+
+
+def tpm_replay(data, pcr, alg):
+    """Replay a JSON-SEQ measurement log for PCR in bank ALG with hashlib
+    (independent of sealctl): (value hex, [record strings])."""
+    import hashlib
+    import json
+    value = "0" * (hashlib.new(alg).digest_size * 2)
+    strings = []
+    for chunk in data.split(b"\x1e")[1:]:
+        e = json.loads(chunk)
+        if e["pcr"] != pcr:
+            continue
+        d = [x["digest"] for x in e["digests"] if x["hashAlg"] == alg]
+        if len(d) != 1:
+            raise RuntimeError(f"log record without one {alg} digest: {e}")
+        value = hashlib.new(alg, bytes.fromhex(value) + bytes.fromhex(d[0])).hexdigest()
+        strings.append(e.get("content", {}).get("string"))
+    return value, strings
+
+
 def _boot(kernel, initrd, append, disks, log_path, timeout, stop_after, memory, smp, tpm=None):
     if tpm:
         sw = Swtpm(tpm)
