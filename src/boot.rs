@@ -1018,6 +1018,32 @@ mod tests {
     }
 
     #[test]
+    fn no_tpm_is_logged_or_refused_by_policy() {
+        if tpm::DEVICES.iter().any(|d| Path::new(d).exists()) {
+            eprintln!("SKIP: this host has a TPM device");
+            return;
+        }
+        let optional = TpmPolicy::default();
+        match measure(&optional, "sealroot-v1 refused reason=seal").unwrap() {
+            TpmOutcome::NotMeasured {
+                pcr,
+                required,
+                reason,
+            } => {
+                assert_eq!((pcr, required), (15, false));
+                assert!(reason.starts_with("no TPM device"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let required = TpmPolicy::new(14, true).unwrap();
+        let e = measure(&required, "x").unwrap_err();
+        assert!(matches!(e, TpmError::NoDevice));
+        assert!(BootError::Tpm(e)
+            .to_string()
+            .contains("requires a TPM measurement, which failed: no TPM device"));
+    }
+
+    #[test]
     fn json_strings_are_escaped() {
         let s = "a\"b\\c\nd\u{1}é";
         let v: serde_json::Value = serde_json::from_str(&json_str(s)).unwrap();
