@@ -23,6 +23,11 @@
 //!   through [`crate::seal::check_repository_seal`], mount from that same fd
 //!   ([`crate::mount::compose`]), write the status. The order guarantees that
 //!   nothing is mounted before the measured digest is trusted.
+//! - After [`prepare`] and before the status file and the switch, both
+//!   modes extend the accepted record ([`accepted_record`], [`measure`]) into
+//!   the boot policy's PCR and systemd's measurement log; every refusal
+//!   first extends the refused record ([`measure_refusal`]; best effort).
+//!   No TPM: logged, or a refusal when the policy requires one.
 //! - PID 1 execs the init the boot policy allows with argv `[init]` and the
 //!   policy's fixed environment, never words from the command line.
 
