@@ -668,13 +668,18 @@ impl RefusalCtx {
     }
 }
 
-fn run_prepare(args: PrepareArgs, started: Instant) -> Result<(), BootError> {
+/// `sealroot prepare`: a refusal is logged, then its record measured (the
+/// same order as PID 1), and reported as exit status 1.
+fn run_prepare(args: PrepareArgs, started: Instant) -> ExitCode {
     let ctx = RefusalCtx::new();
-    let r = prepare_mode(args, started, &ctx);
-    if let Err(e) = &r {
-        ctx.measure(e);
+    match prepare_mode(args, started, &ctx) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::err(&format!("refusing to boot: {e}"));
+            ctx.measure(&e);
+            ExitCode::FAILURE
+        }
     }
-    r
 }
 
 fn prepare_mode(args: PrepareArgs, started: Instant, ctx: &RefusalCtx) -> Result<(), BootError> {
@@ -873,13 +878,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match run_prepare(pa, started) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    log::err(&format!("refusing to boot: {e}"));
-                    ExitCode::FAILURE
-                }
-            }
+            run_prepare(pa, started)
         }
         Some("--version") => {
             println!("sealroot {VERSION}");
