@@ -14,6 +14,10 @@
 //!   allowlist entries added to the defaults (`src/boot/policy.rs`).
 //! - `SEALROOT_INITS`: colon-separated absolute paths replacing the default
 //!   init list. Both are validated again at run time (fail closed).
+//! - `SEALROOT_TPM_PCR`: the PCR the boot record is extended into (8..=15,
+//!   default 15; see `src/tpm.rs`).
+//! - `SEALROOT_TPM_REQUIRED`: `1`/`true` refuses a boot without a working
+//!   TPM; `0`/`false`/unset measures when a TPM exists and goes on otherwise.
 //!
 //! Output: `$OUT_DIR/trusted_keys.rs`, included by `src/boot/trust.rs`, holding the
 //! raw 32-byte keys. This script deliberately shares no code with the crate
@@ -146,6 +150,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=SEALROOT_SERIAL_FLOOR");
     println!("cargo:rerun-if-env-changed=SEALROOT_CMDLINE_ALLOW");
     println!("cargo:rerun-if-env-changed=SEALROOT_INITS");
+    println!("cargo:rerun-if-env-changed=SEALROOT_TPM_PCR");
+    println!("cargo:rerun-if-env-changed=SEALROOT_TPM_REQUIRED");
 
     let mut paths: Vec<PathBuf> = Vec::new();
     match std::env::var("SEALROOT_TRUSTED_KEYS") {
@@ -221,6 +227,24 @@ fn main() {
         }
     }
 
+    let tpm_pcr: u32 = match text_env("SEALROOT_TPM_PCR").trim() {
+        "" => 15,
+        t => match t.parse::<u32>() {
+            Ok(n) if (8..=15).contains(&n) => n,
+            _ => fail(&format!(
+                "SEALROOT_TPM_PCR={t:?} is not a PCR in 8..=15 (0-7 are the firmware's, 16 and 23 \
+                 are resettable, 17-22 need DRTM locality)"
+            )),
+        },
+    };
+    let tpm_required = match text_env("SEALROOT_TPM_REQUIRED").trim() {
+        "" | "0" | "false" => false,
+        "1" | "true" => true,
+        t => fail(&format!(
+            "SEALROOT_TPM_REQUIRED={t:?} is not one of 1, true, 0, false"
+        )),
+    };
+
     let mut keys: Vec<[u8; 32]> = Vec::new();
     for path in &paths {
         let key = read_key(path);
@@ -261,6 +285,11 @@ fn main() {
     let _ = writeln!(
         out,
         "pub(crate) const COMPILED_INITS: &[&str] = &{inits:?};"
+    );
+    let _ = writeln!(out, "pub(crate) const COMPILED_TPM_PCR: u32 = {tpm_pcr};");
+    let _ = writeln!(
+        out,
+        "pub(crate) const COMPILED_TPM_REQUIRED: bool = {tpm_required};"
     );
     let out_dir =
         PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_else(|| fail("OUT_DIR is not set")));

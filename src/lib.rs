@@ -11,6 +11,7 @@
 //! | [`seal`] | seal manifest format, strict verification, the one seal check |
 //! | [`layout`] | every relative name in a repository and its state directory |
 //! | [`repo_meta`] | `composefs/meta.json` (composefs-rs format metadata) |
+//! | [`tpm`] | TPM2 PCR_Event measurement, the records, systemd's measurement log |
 //! | [`sys`] | the only `unsafe`: ioctls and raw syscalls rustix lacks |
 //! | **boot** ([`boot`]) | orchestration and `/run/sealroot/status.json` |
 //! | [`boot::cmdline`] | kernel command line parsing, digest parameter selection |
@@ -50,3 +51,4 @@ pub mod repo_meta;
 pub mod seal;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tpm;

@@ -470,6 +470,40 @@ fn boot_policy_is_embedded_and_shown() {
     assert!(!out.exists());
 }
 
+/// The TPM measurement policy travels with the keys too, and is shown.
+#[test]
+fn tpm_policy_is_embedded_and_shown() {
+    let Some(f) = fixture() else { return };
+    let a_pub = f.key_a_pub.to_str().unwrap();
+    let bin = f.root.join("sealroot-tpm");
+    let shown = |extra: &[&str]| {
+        let mut args = vec!["--key", a_pub];
+        args.extend_from_slice(extra);
+        let o = embed(SEALROOT, &bin, &args);
+        assert!(o.status.success(), "{}", text(&o));
+        let o = run(bin.to_str().unwrap(), &["--show-trust"]);
+        assert!(o.status.success(), "{}", text(&o));
+        text(&o)
+    };
+    let s = shown(&[]);
+    assert!(s.contains("\ntpm-pcr: 15\ntpm: optional\n"), "{s}");
+    let s = shown(&["--tpm-pcr", "14", "--require-tpm"]);
+    assert!(s.contains("\ntpm-pcr: 14\ntpm: required\n"), "{s}");
+    let s = shown(&["--require-tpm"]);
+    assert!(s.contains("\ntpm-pcr: 15\ntpm: required\n"), "{s}");
+    for pcr in ["7", "16", "23", "0"] {
+        let out = f.root.join("sealroot-bad-pcr");
+        let o = embed(SEALROOT, &out, &["--key", a_pub, "--tpm-pcr", pcr]);
+        assert!(!o.status.success(), "PCR {pcr} accepted");
+        assert!(
+            text(&o).contains(&format!("TPM PCR {pcr} is not allowed")),
+            "{}",
+            text(&o)
+        );
+        assert!(!out.exists());
+    }
+}
+
 #[test]
 fn key_a_binary_accepts_a_refuses_b() {
     let Some(f) = fixture() else { return };

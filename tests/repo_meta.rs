@@ -220,7 +220,7 @@ fn boot_refuses_a_newer_or_symlinked_meta_json() {
         "{err}"
     );
     assert!(
-        !err.contains("measured") && !err.contains("fs-verity not supported"),
+        !err.contains("sealroot: measured ") && !err.contains("fs-verity not supported"),
         "{err}"
     );
 

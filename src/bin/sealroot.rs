@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use sealroot::boot::{self, config, log, trust, PrepareArgs};
+use sealroot::boot::{self, config, trust, PrepareArgs};
 use sealroot::digest::Digest;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -30,13 +30,8 @@ fn main() -> ExitCode {
         .collect();
     match args.first().map(String::as_str) {
         Some("prepare") => match parse_prepare_args(&args[1..]) {
-            Ok(pa) => match boot::run_prepare(pa, started) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    log::err(&format!("refusing to boot: {e}"));
-                    ExitCode::FAILURE
-                }
-            },
+            // A refusal is logged and measured there; exit status 1.
+            Ok(pa) => boot::run_prepare(pa, started),
             Err(msg) => usage_error(&format!("prepare: {msg}")),
         },
         Some("check-seal") => match parse_check_seal_args(&args[1..]) {

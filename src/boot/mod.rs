@@ -23,6 +23,11 @@
 //!   through [`crate::seal::check_repository_seal`], mount from that same fd
 //!   ([`crate::boot::mount::compose`]), write the status. The order guarantees that
 //!   nothing is mounted before the measured digest is trusted.
+//! - After [`prepare`] and before the status file and the switch, both
+//!   modes extend the accepted record ([`accepted_record`], [`measure`]) into
+//!   the boot policy's PCR and systemd's measurement log; every refusal
+//!   first extends the refused record ([`measure_refusal`]; best effort).
+//!   No TPM: logged, or a refusal when the policy requires one.
 //! - PID 1 execs the init the boot policy allows with argv `[init]` and the
 //!   policy's fixed environment, never words from the command line.
 
@@ -37,16 +42,18 @@ pub mod trust;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Instant;
 
 use crate::boot::cmdline::{Cmdline, CmdlineError};
 use crate::boot::config::{Config, ConfigError, DigestSource, FailurePolicy, SelectError};
 use crate::boot::mount::{ComposeRequest, ErofsHow, ImageError, MountError, OverlayHow};
-use crate::boot::policy::{BootPolicy, PolicyError};
+use crate::boot::policy::{BootPolicy, PolicyError, TpmPolicy};
 use crate::boot::switchroot::SwitchError;
 use crate::boot::trust::{TrustError, TrustPolicy};
 use crate::digest::Digest;
 use crate::seal::{self, RepoSealError};
+use crate::tpm::{self, RefusalClass, TpmError};
 
 /// Where the status file goes.
 pub const STATUS_DIR: &str = "/run/sealroot";
@@ -88,6 +95,8 @@ pub enum BootError {
         path: String,
         error: std::io::Error,
     },
+    /// The boot policy requires a TPM and measuring failed.
+    Tpm(TpmError),
 }
 
 impl fmt::Display for BootError {
@@ -119,11 +128,135 @@ impl fmt::Display for BootError {
             BootError::Status { path, error } => {
                 write!(f, "cannot write status {path}: {error}")
             }
+            BootError::Tpm(e) => write!(
+                f,
+                "the boot policy requires a TPM measurement, which failed: {e}"
+            ),
         }
     }
 }
 
 impl std::error::Error for BootError {}
+
+impl BootError {
+    /// The fixed word the refused record names (never the message text).
+    pub fn refusal_class(&self) -> RefusalClass {
+        match self {
+            BootError::ReadCmdline { .. } | BootError::Cmdline(_) => RefusalClass::Cmdline,
+            BootError::Policy(_) => RefusalClass::BootPolicy,
+            BootError::FloorWithSealedDigest { .. } | BootError::Config(_) => RefusalClass::Config,
+            BootError::Digest(_) => RefusalClass::Digest,
+            BootError::Trust(_) => RefusalClass::Trust,
+            BootError::Sysroot { .. } => RefusalClass::Sysroot,
+            BootError::Repo(_) | BootError::Meta(_) => RefusalClass::Repository,
+            BootError::Image(_) => RefusalClass::Image,
+            BootError::Seal(_) => RefusalClass::Seal,
+            BootError::Mount(_) | BootError::Status { .. } => RefusalClass::Mount,
+            BootError::Switch(_) => RefusalClass::Switch,
+            BootError::Tpm(_) => RefusalClass::Tpm,
+        }
+    }
+}
+
+/// What the TPM step did (status.json's `tpm` object).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TpmOutcome {
+    Measured {
+        measured: tpm::Measured,
+        record: String,
+        /// The log path, or why appending failed.
+        log: Result<String, String>,
+    },
+    NotMeasured {
+        pcr: u32,
+        required: bool,
+        reason: String,
+    },
+}
+
+/// The record of an accepted boot.
+pub fn accepted_record(p: &Prepared) -> Result<String, TpmError> {
+    match &p.trusted {
+        Trusted::Seal {
+            fingerprint,
+            serial,
+            ..
+        } => tpm::accepted_record(&p.digest, fingerprint, *serial),
+        Trusted::SealedDigest { .. } => Ok(tpm::sealed_digest_record(&p.digest)),
+    }
+}
+
+/// Extend `record` into the policy's PCR and append it to systemd's log.
+/// No TPM, or a failing one: logged and `NotMeasured`, unless the policy
+/// requires a TPM (then the error).
+pub fn measure(policy: &TpmPolicy, record: &str) -> Result<TpmOutcome, TpmError> {
+    match tpm::pcr_event(policy.pcr, record.as_bytes()) {
+        Ok(measured) => {
+            let banks: Vec<&str> = measured.digests.iter().map(|d| d.bank.name()).collect();
+            log::notice(&format!(
+                "measured into PCR {} ({}) via {}: {record}",
+                measured.pcr,
+                banks.join(","),
+                measured.device
+            ));
+            let entry = tpm::log_entry(
+                measured.pcr,
+                &measured.digests,
+                record,
+                &tpm::boot_id(),
+                tpm::boottime_us(),
+            );
+            let log = match tpm::append_log(Path::new(tpm::LOG_PATH), &entry) {
+                Ok(()) => Ok(tpm::LOG_PATH.to_string()),
+                Err(e) => {
+                    let why = format!(
+                        "cannot append to {}: {}",
+                        tpm::LOG_PATH,
+                        crate::boot::io::errno_name(e)
+                    );
+                    log::warning(&why);
+                    Err(why)
+                }
+            };
+            Ok(TpmOutcome::Measured {
+                measured,
+                record: record.to_string(),
+                log,
+            })
+        }
+        Err(e) if !policy.required => {
+            match &e {
+                TpmError::NoDevice => log::notice(&format!("no TPM: not measured ({e})")),
+                _ => log::warning(&format!("TPM measurement failed, not measured: {e}")),
+            }
+            Ok(TpmOutcome::NotMeasured {
+                pcr: policy.pcr,
+                required: false,
+                reason: e.to_string(),
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Before stopping: extend the refused record (never fatal: the boot is
+/// being refused anyway).
+pub fn measure_refusal(policy: &TpmPolicy, expected: Option<&Digest>, e: &BootError) {
+    let record = tpm::refused_record(expected, e.refusal_class());
+    let relaxed = TpmPolicy {
+        required: false,
+        ..*policy
+    };
+    let _ = measure(&relaxed, &record);
+}
+
+/// The digest a boot was asked for, if the command line and config name
+/// one consistently (for the refused record).
+fn expected_digest(c: &Cmdline, cfg: &Config) -> Option<Digest> {
+    config::select_digest(c.digest.map(|(_, d)| d), cfg.digest)
+        .ok()
+        .map(|(d, _)| d)
+}
 
 /// How the digest came to be trusted.
 #[derive(Clone, Debug)]
@@ -334,7 +467,7 @@ pub fn prepare(req: &PrepareRequest<'_>) -> Result<Prepared, BootError> {
 
 /// JSON string literal for `s` (quotes, backslash and control characters
 /// escaped). Hand-written so the boot binary needs no `serde_json::Value`.
-fn json_str(s: &str) -> String {
+pub(crate) fn json_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -349,8 +482,50 @@ fn json_str(s: &str) -> String {
     out
 }
 
+/// status.json's `tpm` object.
+pub fn tpm_json(t: &TpmOutcome) -> String {
+    match t {
+        TpmOutcome::Measured {
+            measured,
+            record,
+            log,
+        } => {
+            let banks: Vec<String> = measured
+                .digests
+                .iter()
+                .map(|d| {
+                    format!(
+                        "{{\"hashAlg\": {}, \"digest\": {}}}",
+                        json_str(d.bank.name()),
+                        json_str(&crate::digest::hex_encode(&d.digest))
+                    )
+                })
+                .collect();
+            let (log, log_error) = match log {
+                Ok(path) => (json_str(path), "null".to_string()),
+                Err(why) => ("null".to_string(), json_str(why)),
+            };
+            format!(
+                "{{\"measured\": true, \"device\": {}, \"pcr\": {}, \"record\": {}, \"banks\": [{}], \"log\": {log}, \"log_error\": {log_error}}}",
+                json_str(measured.device),
+                measured.pcr,
+                json_str(record),
+                banks.join(", ")
+            )
+        }
+        TpmOutcome::NotMeasured {
+            pcr,
+            required,
+            reason,
+        } => format!(
+            "{{\"measured\": false, \"pcr\": {pcr}, \"required\": {required}, \"reason\": {}}}",
+            json_str(reason)
+        ),
+    }
+}
+
 /// The status document (see docs/boot-sequence.md).
-pub fn status_json(p: &Prepared, mode: &str) -> String {
+pub fn status_json(p: &Prepared, mode: &str, tpm: &TpmOutcome) -> String {
     let (trust, manifest) = match &p.trusted {
         Trusted::Seal {
             fingerprint,
@@ -380,7 +555,7 @@ pub fn status_json(p: &Prepared, mode: &str) -> String {
     };
     let t = &p.timings;
     format!(
-        "{{\n  \"version\": 1,\n  \"sealroot\": {},\n  \"mode\": {},\n  \"digest\": {},\n  \"digest_source\": {},\n  \"trust\": {},\n  \"manifest\": {},\n  \"erofs\": {},\n  \"overlay\": {},\n  \"etc\": {},\n  \"var\": {},\n  \"timings_us\": {{\"measure\": {}, \"verify\": {}, \"mount_erofs\": {}, \"mount_overlay\": {}, \"state\": {}, \"total\": {}}}\n}}\n",
+        "{{\n  \"version\": 1,\n  \"sealroot\": {},\n  \"mode\": {},\n  \"digest\": {},\n  \"digest_source\": {},\n  \"trust\": {},\n  \"manifest\": {},\n  \"erofs\": {},\n  \"overlay\": {},\n  \"etc\": {},\n  \"var\": {},\n  \"tpm\": {},\n  \"timings_us\": {{\"measure\": {}, \"verify\": {}, \"mount_erofs\": {}, \"mount_overlay\": {}, \"state\": {}, \"total\": {}}}\n}}\n",
         json_str(VERSION),
         json_str(mode),
         json_str(&p.digest.to_composefs()),
@@ -391,6 +566,7 @@ pub fn status_json(p: &Prepared, mode: &str) -> String {
         json_str(overlay),
         json_str(p.config.etc.name()),
         json_str(p.config.var.name()),
+        tpm_json(tpm),
         t.measure,
         t.verify,
         t.mount_erofs,
@@ -450,15 +626,48 @@ fn proc_cmdline() -> Result<String, BootError> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// `sealroot prepare`: [`prepare`] on a physical root someone else mounted,
-/// then the status file.
-pub fn run_prepare(args: PrepareArgs, started: Instant) -> Result<(), BootError> {
+/// What a refusal is measured with: the TPM policy once the gate is
+/// loaded (the default before), and the digest asked for once known.
+struct RefusalCtx {
+    tpm: std::cell::Cell<TpmPolicy>,
+    expected: std::cell::Cell<Option<Digest>>,
+}
+
+impl RefusalCtx {
+    fn new() -> Self {
+        RefusalCtx {
+            tpm: std::cell::Cell::new(TpmPolicy::default()),
+            expected: std::cell::Cell::new(None),
+        }
+    }
+
+    fn measure(&self, e: &BootError) {
+        measure_refusal(&self.tpm.get(), self.expected.get().as_ref(), e);
+    }
+}
+
+/// `sealroot prepare`: a refusal is logged, then its record measured (the
+/// same order as PID 1), and reported as exit status 1.
+pub fn run_prepare(args: PrepareArgs, started: Instant) -> ExitCode {
+    let ctx = RefusalCtx::new();
+    match prepare_mode(args, started, &ctx) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::err(&format!("refusing to boot: {e}"));
+            ctx.measure(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn prepare_mode(args: PrepareArgs, started: Instant, ctx: &RefusalCtx) -> Result<(), BootError> {
     let sysroot = args.sysroot.unwrap_or_else(|| PathBuf::from(PID1_SYSROOT));
     log::info(&format!(
         "sealroot {VERSION} preparing {}",
         sysroot.display()
     ));
     let gate = load_gate()?;
+    ctx.tpm.set(gate.boot.tpm);
     let text = match args.cmdline {
         Some(t) => t,
         None => proc_cmdline()?,
@@ -470,6 +679,7 @@ pub fn run_prepare(args: PrepareArgs, started: Instant) -> Result<(), BootError>
     let cfg = config::load(&config_path)
         .map_err(BootError::Config)?
         .unwrap_or_default();
+    ctx.expected.set(expected_digest(&c, &cfg));
     let p = prepare(&PrepareRequest {
         sysroot: &sysroot,
         cmdline: &c,
@@ -477,7 +687,9 @@ pub fn run_prepare(args: PrepareArgs, started: Instant) -> Result<(), BootError>
         scratch: Path::new(SCRATCH_DIR),
         started,
     })?;
-    let path = write_status(Path::new(STATUS_DIR), &status_json(&p, "prepare"))?;
+    let record = accepted_record(&p).map_err(BootError::Tpm)?;
+    let tpm = measure(&gate.boot.tpm, &record).map_err(BootError::Tpm)?;
+    let path = write_status(Path::new(STATUS_DIR), &status_json(&p, "prepare", &tpm))?;
     log::info(&format!("status written to {}", path.display()));
     Ok(())
 }
@@ -552,11 +764,14 @@ pub fn run_pid1(started: Instant) -> ! {
         pid1_fail(FailurePolicy::Halt, &reason);
     }
     log::info(&format!("sealroot {VERSION} starting as PID 1"));
+    let ctx = RefusalCtx::new();
     let cfg = match config::load(Path::new(config::CONFIG_PATH)) {
         Ok(c) => c.unwrap_or_default(),
         Err(e) => {
+            let e = BootError::Config(e);
             let reason = e.to_string();
             log::err(&format!("refusing to boot: {reason}"));
+            ctx.measure(&e);
             pid1_fail(FailurePolicy::Halt, &reason);
         }
     };
@@ -564,12 +779,15 @@ pub fn run_pid1(started: Instant) -> ! {
     let fail = |e: BootError| -> ! {
         let reason = e.to_string();
         log::err(&format!("refusing to boot: {reason}"));
+        ctx.measure(&e);
         pid1_fail(policy, &reason)
     };
     // The command line is checked before anything else happens.
     let gate = load_gate().unwrap_or_else(|e| fail(e));
+    ctx.tpm.set(gate.boot.tpm);
     let text = proc_cmdline().unwrap_or_else(|e| fail(e));
     let c = read_cmdline(&text, &gate).unwrap_or_else(|e| fail(e));
+    ctx.expected.set(expected_digest(&c, &cfg));
     let init = gate
         .boot
         .choose_init(c.init.as_deref())
@@ -600,7 +818,13 @@ pub fn run_pid1(started: Instant) -> ! {
         started,
     })
     .unwrap_or_else(|e| fail(e));
-    if let Err(e) = write_status(Path::new(STATUS_DIR), &status_json(&p, "pid1")) {
+    let record = accepted_record(&p)
+        .map_err(BootError::Tpm)
+        .unwrap_or_else(|e| fail(e));
+    let tpm = measure(&gate.boot.tpm, &record)
+        .map_err(BootError::Tpm)
+        .unwrap_or_else(|e| fail(e));
+    if let Err(e) = write_status(Path::new(STATUS_DIR), &status_json(&p, "pid1", &tpm)) {
         // The root is verified and mounted; a missing status file is not a
         // reason to stop, but it is worth a warning.
         log::warning(&e.to_string());
@@ -639,7 +863,15 @@ mod tests {
             serial: 9,
             manifest: "{\"format\":\"sealroot-seal-v1\",\"serial\":9}\n".into(),
         });
-        let v: serde_json::Value = serde_json::from_str(&status_json(&p, "pid1")).unwrap();
+        let none = TpmOutcome::NotMeasured {
+            pcr: 15,
+            required: false,
+            reason: "no TPM device".into(),
+        };
+        let v: serde_json::Value = serde_json::from_str(&status_json(&p, "pid1", &none)).unwrap();
+        assert_eq!(v["tpm"]["measured"], false);
+        assert_eq!(v["tpm"]["pcr"], 15);
+        assert_eq!(v["tpm"]["reason"], "no TPM device");
         assert_eq!(v["version"], 1);
         assert_eq!(v["mode"], "pid1");
         assert_eq!(v["digest"], format!("v1-sha256-12:{}", "ab".repeat(32)));
@@ -666,9 +898,87 @@ mod tests {
         let p = prepared(Trusted::SealedDigest {
             source: DigestSource::Config,
         });
-        let v: serde_json::Value = serde_json::from_str(&status_json(&p, "prepare")).unwrap();
+        let measured = TpmOutcome::Measured {
+            measured: tpm::Measured {
+                device: "/dev/tpmrm0",
+                pcr: 14,
+                digests: vec![tpm::BankDigest {
+                    bank: tpm::Bank::Sha384,
+                    digest: vec![0xab; 48],
+                }],
+            },
+            record: "sealroot-v1 accepted x".into(),
+            log: Err("cannot \"append\"".into()),
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&status_json(&p, "prepare", &measured)).unwrap();
+        let t = &v["tpm"];
+        assert_eq!(t["measured"], true);
+        assert_eq!(t["device"], "/dev/tpmrm0");
+        assert_eq!(t["pcr"], 14);
+        assert_eq!(t["record"], "sealroot-v1 accepted x");
+        assert_eq!(t["banks"][0]["hashAlg"], "sha384");
+        assert_eq!(t["banks"][0]["digest"], "ab".repeat(48));
+        assert!(t["log"].is_null());
+        assert_eq!(t["log_error"], "cannot \"append\"");
         assert_eq!(v["trust"], "sealed-config");
         assert!(v["manifest"].is_null());
+    }
+
+    #[test]
+    fn accepted_and_refused_records_differ_per_trust() {
+        let fp = format!("sha256:{}", "12".repeat(32));
+        let p = prepared(Trusted::Seal {
+            fingerprint: fp.clone(),
+            serial: 9,
+            manifest: "{}".into(),
+        });
+        let r = accepted_record(&p).unwrap();
+        assert_eq!(
+            r,
+            format!(
+                "sealroot-v1 accepted image=v1-sha256-12:{} key={fp} serial=9",
+                "ab".repeat(32)
+            )
+        );
+        let p = prepared(Trusted::SealedDigest {
+            source: DigestSource::Cmdline,
+        });
+        assert!(accepted_record(&p)
+            .unwrap()
+            .ends_with(" trust=sealed-digest"));
+        let e = BootError::Sysroot { path: "x".into() };
+        assert_eq!(e.refusal_class(), RefusalClass::Sysroot);
+        assert_eq!(
+            BootError::Tpm(TpmError::NoDevice).refusal_class(),
+            RefusalClass::Tpm
+        );
+    }
+
+    #[test]
+    fn no_tpm_is_logged_or_refused_by_policy() {
+        if tpm::DEVICES.iter().any(|d| Path::new(d).exists()) {
+            eprintln!("SKIP: this host has a TPM device");
+            return;
+        }
+        let optional = TpmPolicy::default();
+        match measure(&optional, "sealroot-v1 refused reason=seal").unwrap() {
+            TpmOutcome::NotMeasured {
+                pcr,
+                required,
+                reason,
+            } => {
+                assert_eq!((pcr, required), (15, false));
+                assert!(reason.starts_with("no TPM device"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let required = TpmPolicy::new(14, true).unwrap();
+        let e = measure(&required, "x").unwrap_err();
+        assert!(matches!(e, TpmError::NoDevice));
+        assert!(BootError::Tpm(e)
+            .to_string()
+            .contains("requires a TPM measurement, which failed: no TPM device"));
     }
 
     #[test]

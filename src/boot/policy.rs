@@ -103,6 +103,8 @@ pub struct BootPolicy {
     pub extra_allow: Vec<String>,
     /// Allowed inits, first = default. Never empty.
     pub inits: Vec<String>,
+    /// Where the boot is measured and whether a TPM is required.
+    pub tpm: TpmPolicy,
 }
 
 impl Default for BootPolicy {
@@ -110,7 +112,37 @@ impl Default for BootPolicy {
         BootPolicy {
             extra_allow: Vec::new(),
             inits: DEFAULT_INITS.iter().map(|s| s.to_string()).collect(),
+            tpm: TpmPolicy::default(),
         }
+    }
+}
+
+/// The measurement policy ([`crate::tpm`]): which PCR the record is
+/// extended into, and whether a boot without a TPM is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TpmPolicy {
+    /// One of [`crate::tpm::ALLOWED_PCRS`]; default [`crate::tpm::DEFAULT_PCR`].
+    pub pcr: u32,
+    /// `true`: no TPM (or a failing one) refuses the boot.
+    pub required: bool,
+}
+
+impl Default for TpmPolicy {
+    fn default() -> Self {
+        TpmPolicy {
+            pcr: crate::tpm::DEFAULT_PCR,
+            required: false,
+        }
+    }
+}
+
+impl TpmPolicy {
+    /// A checked policy.
+    pub fn new(pcr: u32, required: bool) -> Result<Self, PolicyError> {
+        if !crate::tpm::ALLOWED_PCRS.contains(&pcr) {
+            return Err(PolicyError::BadTpmPcr { pcr });
+        }
+        Ok(TpmPolicy { pcr, required })
     }
 }
 
@@ -127,6 +159,8 @@ pub enum PolicyError {
     BadInit { init: String, reason: &'static str },
     /// An empty init list.
     NoInits,
+    /// A measurement PCR outside [`crate::tpm::ALLOWED_PCRS`].
+    BadTpmPcr { pcr: u32 },
 }
 
 impl fmt::Display for PolicyError {
@@ -146,6 +180,13 @@ impl fmt::Display for PolicyError {
             }
             PolicyError::BadInit { init, reason } => write!(f, "init {init:?} {reason}"),
             PolicyError::NoInits => write!(f, "the boot policy names no init"),
+            PolicyError::BadTpmPcr { pcr } => write!(
+                f,
+                "TPM PCR {pcr} is not allowed for measurement (use {}..={}: 0-7 are the \
+                 firmware's, 16 and 23 are resettable, 17-22 need DRTM locality)",
+                crate::tpm::ALLOWED_PCRS.start(),
+                crate::tpm::ALLOWED_PCRS.end()
+            ),
         }
     }
 }
@@ -236,7 +277,16 @@ impl BootPolicy {
         for i in &inits {
             validate_init(i)?;
         }
-        Ok(BootPolicy { extra_allow, inits })
+        Ok(BootPolicy {
+            extra_allow,
+            inits,
+            tpm: TpmPolicy::default(),
+        })
+    }
+
+    /// The same policy with measurement policy `tpm`.
+    pub fn with_tpm(self, tpm: TpmPolicy) -> Self {
+        BootPolicy { tpm, ..self }
     }
 
     /// Whether the inits are exactly the defaults.

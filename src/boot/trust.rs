@@ -9,8 +9,9 @@
 //!   2. **embedded** into a prebuilt binary by `sealctl embed-keys`, in the
 //!      reserved area described below.
 //! - The trust policy comes with the [`BootPolicy`] (command-line allowlist,
-//!   init list) from the same source: compiled in from `SEALROOT_CMDLINE_ALLOW`
-//!   and `SEALROOT_INITS`, or embedded with the keys. [`Anchor`] holds both.
+//!   init list, TPM measurement policy) from the same source: compiled in from
+//!   `SEALROOT_CMDLINE_ALLOW`, `SEALROOT_INITS`, `SEALROOT_TPM_PCR` and
+//!   `SEALROOT_TPM_REQUIRED`, or embedded with the keys. [`Anchor`] holds both.
 //! - `sealed-digest` with a serial floor is refused wherever it is made
 //!   ([`TrustError::FloorWithSealedDigest`]): that policy checks no seal, so
 //!   the floor could never be enforced.
@@ -29,7 +30,8 @@
 //! | 16     | 4    | payload length, u32 little endian; 0 = none embedded   |
 //! | 20     | len  | payload: JSON `{"policy":"signed"\|"sealed-digest",`   |
 //! |        |      | `"keys":["<64 lowercase hex>",...],"serial_floor":N,`  |
-//! |        |      | optional `"cmdline_allow":[...]`, `"inits":[...]`}`     |
+//! |        |      | optional `"cmdline_allow":[...]`, `"inits":[...]`,     |
+//! |        |      | `"tpm_pcr":N` (8..=15, default 15), `"tpm_required":true`}` |
 //! | 20+len | rest | zero bytes (checked)                                   |
 //!
 //! The area is read through [`std::hint::black_box`] so the optimizer cannot
@@ -42,7 +44,7 @@ use std::fmt;
 
 use ed25519_dalek::VerifyingKey;
 
-use crate::boot::policy::{BootPolicy, PolicyError};
+use crate::boot::policy::{BootPolicy, PolicyError, TpmPolicy};
 use crate::digest::{hex_decode_lower, hex_encode};
 
 mod compiled {
@@ -250,6 +252,12 @@ struct Payload {
     /// The init list; absent = the defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     inits: Option<Vec<String>>,
+    /// The measurement PCR; absent = the default (15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tpm_pcr: Option<u32>,
+    /// Refuse a boot without a working TPM.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    tpm_required: bool,
 }
 
 /// The trust policy in effect for this binary: the embedded payload if one
@@ -311,10 +319,12 @@ fn compiled_boot_policy() -> Result<BootPolicy, TrustError> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    BootPolicy::new(allow, inits).map_err(|error| TrustError::BootPolicy {
-        source: TrustSource::CompiledIn,
-        error,
-    })
+    let source = TrustSource::CompiledIn;
+    let tpm = TpmPolicy::new(compiled::COMPILED_TPM_PCR, compiled::COMPILED_TPM_REQUIRED)
+        .map_err(|error| TrustError::BootPolicy { source, error })?;
+    BootPolicy::new(allow, inits)
+        .map(|b| b.with_tpm(tpm))
+        .map_err(|error| TrustError::BootPolicy { source, error })
 }
 
 fn policy_from_parts(
@@ -401,8 +411,14 @@ pub fn decode_payload(bytes: &[u8]) -> Result<Anchor, TrustError> {
         reason: e.to_string(),
     })?;
     let source = TrustSource::Embedded;
+    let tpm = TpmPolicy::new(
+        payload.tpm_pcr.unwrap_or(crate::tpm::DEFAULT_PCR),
+        payload.tpm_required,
+    )
+    .map_err(|error| TrustError::BootPolicy { source, error })?;
     let boot = BootPolicy::new(payload.cmdline_allow.clone(), payload.inits.clone())
-        .map_err(|error| TrustError::BootPolicy { source, error })?;
+        .map_err(|error| TrustError::BootPolicy { source, error })?
+        .with_tpm(tpm);
     decode_trust(&payload).map(|policy| Anchor { policy, boot })
 }
 
@@ -464,6 +480,8 @@ pub fn encode_payload(anchor: &Anchor) -> Result<Vec<u8>, TrustError> {
     let boot = &anchor.boot;
     let inits = (!boot.default_inits()).then(|| boot.inits.clone());
     let cmdline_allow = boot.extra_allow.clone();
+    let tpm_pcr = (boot.tpm.pcr != crate::tpm::DEFAULT_PCR).then_some(boot.tpm.pcr);
+    let tpm_required = boot.tpm.required;
     let payload = match &anchor.policy {
         TrustPolicy::Signed { keys, serial_floor } => Payload {
             policy: "signed".into(),
@@ -471,6 +489,8 @@ pub fn encode_payload(anchor: &Anchor) -> Result<Vec<u8>, TrustError> {
             serial_floor: *serial_floor,
             cmdline_allow,
             inits,
+            tpm_pcr,
+            tpm_required,
         },
         TrustPolicy::SealedDigest { serial_floor } => Payload {
             policy: "sealed-digest".into(),
@@ -478,6 +498,8 @@ pub fn encode_payload(anchor: &Anchor) -> Result<Vec<u8>, TrustError> {
             serial_floor: *serial_floor,
             cmdline_allow,
             inits,
+            tpm_pcr,
+            tpm_required,
         },
     };
     let bytes = serde_json::to_vec(&payload).map_err(|e| TrustError::Malformed {
@@ -527,6 +549,15 @@ pub fn describe(anchor: &Anchor) -> String {
     for init in &anchor.boot.inits {
         out.push_str(&format!("init: {init}\n"));
     }
+    out.push_str(&format!(
+        "tpm-pcr: {}\ntpm: {}\n",
+        anchor.boot.tpm.pcr,
+        if anchor.boot.tpm.required {
+            "required"
+        } else {
+            "optional"
+        }
+    ));
     match policy {
         TrustPolicy::Signed { .. } => {
             for entry in anchor.boot.effective_allow() {
@@ -641,6 +672,52 @@ mod tests {
 
     fn area_with(payload: &[u8]) -> Vec<u8> {
         encode_area(payload).unwrap()
+    }
+
+    #[test]
+    fn tpm_policy_in_payload() {
+        let anchor = Anchor {
+            policy: TrustPolicy::Signed {
+                keys: vec![key(KEY1)],
+                serial_floor: 0,
+            },
+            boot: BootPolicy::default().with_tpm(TpmPolicy::new(12, true).unwrap()),
+        };
+        let bytes = encode_payload(&anchor).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["tpm_pcr"], 12);
+        assert_eq!(json["tpm_required"], true);
+        assert_eq!(decode_payload(&bytes), Ok(anchor.clone()));
+        let shown = describe(&anchor);
+        assert!(shown.contains("tpm-pcr: 12\ntpm: required\n"), "{shown}");
+        // The defaults are not written, and absent fields mean the defaults.
+        let plain = Anchor::with_default_boot(anchor.policy.clone());
+        let json: serde_json::Value =
+            serde_json::from_slice(&encode_payload(&plain).unwrap()).unwrap();
+        assert!(json.get("tpm_pcr").is_none() && json.get("tpm_required").is_none());
+        assert_eq!(plain.boot.tpm, TpmPolicy::default());
+        for bad in [
+            format!(r#"{{"policy":"signed","keys":["{KEY1}"],"serial_floor":0,"tpm_pcr":16}}"#),
+            format!(r#"{{"policy":"signed","keys":["{KEY1}"],"serial_floor":0,"tpm_pcr":3}}"#),
+        ] {
+            assert!(
+                matches!(
+                    decode_payload(bad.as_bytes()),
+                    Err(TrustError::BootPolicy {
+                        error: PolicyError::BadTpmPcr { .. },
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+        let bad = format!(
+            r#"{{"policy":"signed","keys":["{KEY1}"],"serial_floor":0,"tpm_required":"yes"}}"#
+        );
+        assert!(matches!(
+            decode_payload(bad.as_bytes()),
+            Err(TrustError::Malformed { .. })
+        ));
     }
 
     #[test]

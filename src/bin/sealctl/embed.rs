@@ -26,7 +26,9 @@
 //! The payload also carries the boot policy (`sealroot::boot::policy`):
 //! `--allow-cmdline ENTRY` adds kernel command-line words a signed boot
 //! accepts on top of the defaults, `--init PATH` replaces the init list.
-//! Embedding replaces the whole anchor, compiled-in extensions included.
+//! `--tpm-pcr N` and `--require-tpm` set the measurement policy
+//! (`sealroot::tpm`). Embedding replaces the whole anchor, compiled-in
+//! extensions included.
 //!
 //! `--show` prints the trust anchor a binary carries without writing.
 
@@ -39,7 +41,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use sealroot::boot::policy::BootPolicy;
+use sealroot::boot::policy::{BootPolicy, TpmPolicy};
 use sealroot::boot::trust::{
     self, Anchor, TrustError, TrustPolicy, AREA_SIZE, MAGIC, SECTION_NAME,
 };
@@ -80,8 +82,16 @@ pub struct Args {
     /// list, the first is used when the command line names none.
     #[arg(long = "init", value_name = "PATH")]
     inits: Vec<String>,
+    /// The PCR the boot record is extended into (8..=15; default 15, the
+    /// "system identity" PCR of systemd's registry).
+    #[arg(long = "tpm-pcr", value_name = "N", default_value_t = sealroot::tpm::DEFAULT_PCR)]
+    tpm_pcr: u32,
+    /// Refuse to boot without a working TPM (default: measure when there is
+    /// one, log "not measured" and go on when there is none).
+    #[arg(long = "require-tpm")]
+    require_tpm: bool,
     /// Print the binary's embedded trust anchor and write nothing.
-    #[arg(long, conflicts_with_all = ["output", "keys", "allow_cmdline", "inits"])]
+    #[arg(long, conflicts_with_all = ["output", "keys", "allow_cmdline", "inits", "require_tpm"])]
     show: bool,
 }
 
@@ -330,16 +340,19 @@ fn show(args: &Args) -> Result<String, EmbedError> {
 }
 
 fn embed(args: &Args, output: &Path) -> Result<String, EmbedError> {
-    let boot = BootPolicy::new(
-        args.allow_cmdline.clone(),
-        (!args.inits.is_empty()).then(|| args.inits.clone()),
-    )
-    .map_err(|error| {
+    let policy_error = |error| {
         EmbedError::Policy(TrustError::BootPolicy {
             source: trust::TrustSource::Embedded,
             error,
         })
-    })?;
+    };
+    let tpm = TpmPolicy::new(args.tpm_pcr, args.require_tpm).map_err(policy_error)?;
+    let boot = BootPolicy::new(
+        args.allow_cmdline.clone(),
+        (!args.inits.is_empty()).then(|| args.inits.clone()),
+    )
+    .map_err(policy_error)?
+    .with_tpm(tpm);
     let policy = Anchor {
         policy: build_policy(args)?,
         boot,

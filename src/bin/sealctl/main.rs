@@ -18,6 +18,7 @@ mod gc;
 mod install;
 mod keygen;
 mod mkcomposefs;
+mod pcr;
 mod sign;
 mod uki;
 mod upgrade;
@@ -63,6 +64,8 @@ enum Command {
     UpgradeRepo(upgrade::Args),
     /// Remove images, seals, state and objects no kept (by default: sealed) image needs.
     Gc(gc::Args),
+    /// Print the TPM record a boot of a seal extends and the PCR value it leaves.
+    Pcr(pcr::Args),
 }
 
 /// Print one error line for a failed subcommand and return failure.
@@ -96,5 +99,6 @@ fn main() -> ExitCode {
         Command::EmbedKeys(a) => embed::run(a),
         Command::UpgradeRepo(a) => upgrade::run(a),
         Command::Gc(a) => gc::run(a),
+        Command::Pcr(a) => pcr::run(a),
     }
 }

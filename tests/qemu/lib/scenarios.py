@@ -41,6 +41,7 @@ HELPERS = [
     ("payload", "payload.c", ["-Os"]),                 # planted: the attacker's program
     ("preload.so", "preload.c", ["-Os", "-shared", "-fPIC"]),  # planted: the attacker's LD_PRELOAD object
     ("sealtest-dyn", "dynamic.c", ["-Os"]),            # sealed into root A with its loader and libc
+    ("tpmread", "tpmread.c", ["-static", "-Os"]),      # /bin/sh of the tpm-refused initramfs
 ]
 # Marker every planted attacker program prints first; no boot may show it.
 PAYLOAD_MARKER = "SEALTEST: PAYLOAD"

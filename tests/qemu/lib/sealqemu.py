@@ -37,7 +37,11 @@ QDIR = BUILD / "qemu"
 TARGET = "x86_64-unknown-linux-musl"
 
 # Modules a sealroot PID-1 initramfs needs (closure computed from .modinfo).
-SEALROOT_MODULES = ["virtio_blk", "loop", "erofs", "overlay"]
+# tpm_tis/tpm_crb (the TPM drivers QEMU's tpm-tis and a firmware CRB need)
+# are built into the Debian 6.12 kernel (modules.builtin), so the closure
+# skips them there; a kernel with them as modules gets them loaded by
+# sealroot before it measures.
+SEALROOT_MODULES = ["virtio_blk", "loop", "erofs", "overlay", "tpm_tis", "tpm_crb"]
 
 
 def log(msg):
@@ -216,11 +220,14 @@ def base_cpio():
 
 
 def sealroot_initramfs(out, sealroot_bin, config=None, modules=SEALROOT_MODULES,
-                       modules_list_format="path"):
+                       modules_list_format="path", extra=None):
     """Minimal PID-1 initramfs: ONLY sealroot as /init, the .ko.xz modules,
     /etc/sealroot/modules (load order, dependencies first) and optionally
-    /etc/sealroot/config.json. No shell, no busybox."""
+    /etc/sealroot/config.json. No shell, no busybox. EXTRA: {path: host
+    file} added with mode 0755 (a scenario's own /bin/sh helper)."""
     c = base_cpio()
+    for path, host in (extra or {}).items():
+        c.file(path, Path(host), 0o755)
     c.file("init", Path(sealroot_bin), 0o755)
     lines = []
     for name, path in module_closure(modules):
@@ -316,6 +323,18 @@ if [ -d /var/sealtest ]; then
   else
     echo "SEALTEST: sysroot-exec refused: $out"
   fi
+fi
+# What sealroot measured (tests/qemu tpm-* scenarios): the PCRs as the
+# kernel shows them and systemd's measurement log (0x1E shown as '@').
+if [ -d /sys/class/tpm/tpm0 ]; then
+  for b in sha1 sha256 sha384 sha512; do
+    for n in 14 15; do
+      if [ -r /sys/class/tpm/tpm0/pcr-$b/$n ]; then echo "SEALTEST: pcr $b $n $(cat /sys/class/tpm/tpm0/pcr-$b/$n)"; fi
+    done
+  done
+  echo "SEALTEST: tpmlog-begin"
+  tr '\036' '@' < /run/log/systemd/tpm2-measure.log
+  echo "SEALTEST: tpmlog-end"
 fi
 echo "SEALTEST: status-begin"
 cat /run/sealroot/status.json 2>&1
@@ -449,17 +468,112 @@ def early_crash(text):
     return bool(m) and "Run /init as init process" not in text[:m.start()]
 
 
-def boot(kernel, initrd, append, disks, log_path, timeout=180, stop_after=None, memory=1024, smp=1):
-    r = _boot(kernel, initrd, append, disks, log_path, timeout, stop_after, memory, smp)
+def boot(kernel, initrd, append, disks, log_path, timeout=180, stop_after=None, memory=1024, smp=1,
+         tpm=None):
+    r = _boot(kernel, initrd, append, disks, log_path, timeout, stop_after, memory, smp, tpm)
     if early_crash(r.text):
         flaky = Path(str(log_path) + ".flake")
         Path(log_path).rename(flaky)
-        r = _boot(kernel, initrd, append, disks, log_path, timeout, stop_after, memory, smp)
+        if tpm:
+            shutil.rmtree(tpm, ignore_errors=True)
+        r = _boot(kernel, initrd, append, disks, log_path, timeout, stop_after, memory, smp, tpm)
         r.retried = flaky
     return r
 
 
-def _boot(kernel, initrd, append, disks, log_path, timeout, stop_after, memory, smp):
+def have_swtpm():
+    return shutil.which("swtpm") is not None
+
+
+class Swtpm:
+    """A fresh swtpm (TPM 2.0, socket mode) in STATE_DIR for one boot; QEMU
+    reaches it through the control socket (`-tpmdev emulator`). No state
+    is prepared (no swtpm_setup): the TPM manufactures itself with its
+    default PCR banks; QEMU sends the init, the guest kernel TPM2_Startup."""
+
+    def __init__(self, state_dir):
+        self.dir = Path(state_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.sock = self.dir / "ctrl.sock"
+        if self.sock.exists():
+            self.sock.unlink()
+        self.proc = subprocess.Popen(
+            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.dir}",
+             "--ctrl", f"type=unixio,path={self.sock}",
+             "--log", f"file={self.dir / 'swtpm.log'},level=1"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        for _ in range(100):
+            if self.sock.exists() or self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        if not self.sock.exists():
+            self.stop()
+            raise RuntimeError(f"swtpm did not create {self.sock} (log {self.dir / 'swtpm.log'})")
+
+    def qemu_args(self):
+        return ["-chardev", f"socket,id=chrtpm,path={self.sock}",
+                "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def tpm_guest_pcrs(text):
+    """{(pcr, bank): lowercase hex} from the guest's `SEALTEST: pcr <bank>
+    <N> <HEX>` lines (the demo init and helpers/tpmread.c print them)."""
+    return {(int(n), b): v.lower() for b, n, v in
+            re.findall(r"^SEALTEST: pcr (\w+) (\d+) ([0-9A-Fa-f]+)\s*$", text, re.M)}
+
+
+def tpm_guest_log(text):
+    """The guest's tpm2-measure.log bytes (printed between tpmlog markers
+    with 0x1E shown as '@'), kernel lines interleaved on the console dropped;
+    None if the guest printed none."""
+    m = re.search(r"SEALTEST: tpmlog-begin\n(.*?)SEALTEST: tpmlog-end", text, re.S)
+    if not m:
+        return None
+    body = "\n".join(l for l in m.group(1).splitlines() if not re.match(r"\[\s*\d+\.\d+\]", l))
+    data = body.replace("@", "\x1e").encode()
+    return data + b"\n" if data and not data.endswith(b"\n") else data
+
+
+def tpm_replay(data, pcr, alg):
+    """Replay a JSON-SEQ measurement log for PCR in bank ALG with hashlib
+    (independent of sealctl): (value hex, [record strings])."""
+    import hashlib
+    import json
+    value = "0" * (hashlib.new(alg).digest_size * 2)
+    strings = []
+    for chunk in data.split(b"\x1e")[1:]:
+        e = json.loads(chunk)
+        if e["pcr"] != pcr:
+            continue
+        d = [x["digest"] for x in e["digests"] if x["hashAlg"] == alg]
+        if len(d) != 1:
+            raise RuntimeError(f"log record without one {alg} digest: {e}")
+        value = hashlib.new(alg, bytes.fromhex(value) + bytes.fromhex(d[0])).hexdigest()
+        strings.append(e.get("content", {}).get("string"))
+    return value, strings
+
+
+def _boot(kernel, initrd, append, disks, log_path, timeout, stop_after, memory, smp, tpm=None):
+    if tpm:
+        sw = Swtpm(tpm)
+        try:
+            return _boot_vm(kernel, initrd, append, disks, log_path, timeout, stop_after, memory, smp,
+                            sw.qemu_args())
+        finally:
+            sw.stop()
+    return _boot_vm(kernel, initrd, append, disks, log_path, timeout, stop_after, memory, smp, [])
+
+
+def _boot_vm(kernel, initrd, append, disks, log_path, timeout, stop_after, memory, smp, extra_args):
     """Boot under TCG; console to log_path. Stop early (QEMU killed) when the
     guest finished (FINISHED) or STOP_AFTER (a regex) matched plus a grace.
     One vCPU on single-threaded TCG by default: with two vCPUs on MTTCG the
@@ -475,6 +589,7 @@ def _boot(kernel, initrd, append, disks, log_path, timeout, stop_after, memory, 
            "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd), "-append", append]
     for d in disks:
         cmd += ["-drive", f"file={d},if=virtio,format=raw,cache=unsafe"]
+    cmd += extra_args
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     chunks, done = [], threading.Event()
