@@ -17,8 +17,10 @@
 //! `fsync`, `rename`, `fsync` of the directory.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
+
+use crate::image::fileio;
 
 /// Where Type #2 entries live, relative to the ESP's root.
 pub const TYPE2_DIR: &str = "EFI/Linux";
@@ -154,6 +156,8 @@ pub enum StageError {
         path: PathBuf,
         error: io::Error,
     },
+    /// Writing the entry failed (see [`fileio`]).
+    File(fileio::FileIoError),
 }
 
 impl fmt::Display for StageError {
@@ -173,6 +177,7 @@ impl fmt::Display for StageError {
                 "an entry with this name is already on the ESP: {} (remove it first, or pick another name)",
                 p.display()
             ),
+            StageError::File(e) => e.fmt(f),
             StageError::Io { op, path, error } => {
                 write!(f, "{op} {}: {error}", path.display())
             }
@@ -227,8 +232,9 @@ pub fn entries(esp: &Path) -> Result<Vec<(EntryName, PathBuf)>, StageError> {
 }
 
 /// Write DATA (a UKI) as `ESP/EFI/Linux/<stem>[+<tries>].efi`, atomically:
-/// into `.<stem>.efi.staging` (not `*.efi`, so never listed as an entry),
-/// `fsync`, rename to the final name, `fsync` the directory. Refused when an
+/// into a `.tmp-sealctl-<pid>-<n>` temporary (not `*.efi`, so never listed
+/// as an entry), `fsync`, rename to the final name, `fsync` the directory
+/// ([`fileio::write_atomic`]). Refused when an
 /// entry with the same identity exists in any counter state. Returns the
 /// final path.
 pub fn stage(
@@ -253,40 +259,14 @@ pub fn stage(
         left: tries,
         done: None,
     };
-    let tmp = dir.join(format!(".{stem}.efi.staging"));
     let dst = dir.join(name.file_name());
-    // A leftover from an interrupted run is ours to replace.
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err("remove", &tmp)(e)),
-    }
-    let write = || -> io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_err("write", &tmp)(e));
-    }
-    std::fs::rename(&tmp, &dst).map_err(io_err("rename", &dst))?;
-    sync_dir(&dir)?;
+    // The tool's one atomic write: a `.tmp-sealctl-…` temporary (never
+    // `*.efi`, so never listed as an entry), fsync, rename, directory fsync;
+    // no chmod (FAT fixes the bits by mount options). Temporaries a killed
+    // run left are removed first.
+    fileio::remove_stale_temps(&dir).map_err(StageError::File)?;
+    fileio::write_atomic(&dst, data, None).map_err(StageError::File)?;
     Ok(dst)
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StageError> {
-    let d = std::fs::File::open(dir).map_err(io_err("open", dir))?;
-    match d.sync_all() {
-        Ok(()) => Ok(()),
-        // Some filesystems do not fsync directories; the rename is then as
-        // durable as the filesystem makes it.
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => Ok(()),
-        Err(e) => Err(io_err("fsync", dir)(e)),
-    }
 }
 
 #[cfg(test)]

@@ -82,9 +82,13 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, FileIoError> {
 
 /// fsync a directory, making the renames and unlinks in it durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), FileIoError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync directory", dir))
+    match File::open(dir).and_then(|d| d.sync_all()) {
+        Ok(()) => Ok(()),
+        // A filesystem that cannot fsync a directory (EINVAL) makes its
+        // renames as durable as it can by itself.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+        Err(e) => Err(io_err("fsync directory", dir)(e)),
+    }
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -99,14 +103,14 @@ pub fn temp_path_for(final_path: &Path) -> PathBuf {
     dir.join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()))
 }
 
-/// Create a new temporary file next to `final_path` (mode 0600 until
-/// [`write_atomic`] sets the final mode; `O_EXCL`).
-pub fn create_temp(final_path: &Path) -> Result<(PathBuf, File), FileIoError> {
+/// Create a new temporary file next to `final_path` with `mode` (minus the
+/// umask), `O_EXCL`.
+pub fn create_temp(final_path: &Path, mode: u32) -> Result<(PathBuf, File), FileIoError> {
     let tmp = temp_path_for(final_path);
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)
         .map_err(io_err("create", &tmp))?;
     Ok((tmp, file))
@@ -126,15 +130,19 @@ pub fn publish(tmp: &Path, final_path: &Path) -> Result<(), FileIoError> {
     }
 }
 
-/// Replace `final_path` with `data` (permission bits `mode`), atomically
-/// and durably. See the module docs.
-pub fn write_atomic(final_path: &Path, data: &[u8], mode: u32) -> Result<(), FileIoError> {
-    let (tmp, mut file) = create_temp(final_path)?;
+/// Replace `final_path` with `data`, atomically and durably (see the module
+/// docs). `mode`: the exact permission bits, set after creating so that the
+/// umask cannot strip them (an executable keeps its exec bits); `None` for
+/// 0644 minus the umask and no `chmod`, for filesystems whose bits are fixed
+/// by mount options and may refuse one (FAT: an ESP).
+pub fn write_atomic(final_path: &Path, data: &[u8], mode: Option<u32>) -> Result<(), FileIoError> {
+    let (tmp, mut file) = create_temp(final_path, if mode.is_some() { 0o600 } else { 0o644 })?;
     let result = file
         .write_all(data)
-        // Set after creating: the umask must not strip bits the caller asks
-        // for (an executable keeps its exec bits).
-        .and_then(|()| file.set_permissions(fs::Permissions::from_mode(mode)))
+        .and_then(|()| match mode {
+            Some(mode) => file.set_permissions(fs::Permissions::from_mode(mode)),
+            None => Ok(()),
+        })
         .and_then(|()| file.sync_all())
         .map_err(io_err("write", &tmp));
     drop(file);
@@ -232,8 +240,8 @@ mod tests {
     fn atomic_write_replaces_and_leaves_no_temp() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("file");
-        write_atomic(&target, b"one", 0o644).unwrap();
-        write_atomic(&target, b"three", 0o755).unwrap();
+        write_atomic(&target, b"one", Some(0o644)).unwrap();
+        write_atomic(&target, b"three", Some(0o755)).unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"three");
         let mode = fs::metadata(&target).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o755);
@@ -245,7 +253,7 @@ mod tests {
         // Into a directory that does not exist: an error, nothing created.
         let missing = dir.path().join("no/such/file");
         assert!(matches!(
-            write_atomic(&missing, b"x", 0o644),
+            write_atomic(&missing, b"x", None),
             Err(FileIoError::Io { op: "create", .. })
         ));
     }

@@ -378,7 +378,7 @@ impl Repo {
             None => crate::repo_meta::RepoMeta::new(alg).to_bytes(),
         };
         create_dir_all(&self.composefs_dir())?;
-        Ok(fileio::write_atomic(&path, &bytes, 0o644)?)
+        Ok(fileio::write_atomic(&path, &bytes, Some(0o644))?)
     }
 
     fn has_content(&self) -> bool {
@@ -399,7 +399,7 @@ impl Repo {
         Ok(fileio::write_atomic(
             &path,
             &crate::repo_meta::RepoMeta::new(alg).to_bytes(),
-            0o644,
+            Some(0o644),
         )?)
     }
 }
@@ -525,8 +525,8 @@ pub fn write_seal(
     let dir = repo.seals_dir();
     create_dir_all(&dir)?;
     let (json_path, sig_path) = repo.seal_paths(digest);
-    fileio::write_atomic(&sig_path, sig, 0o644)?;
-    fileio::write_atomic(&json_path, json, 0o644)?;
+    fileio::write_atomic(&sig_path, sig, Some(0o644))?;
+    fileio::write_atomic(&json_path, json, Some(0o644))?;
     Ok((json_path, sig_path))
 }
 

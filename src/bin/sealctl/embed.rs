@@ -363,7 +363,7 @@ fn embed(args: &Args, output: &Path) -> Result<String, EmbedError> {
     let offset = locate_area(&args.binary, &data)?;
     trust::decode_area(&data[offset..offset + AREA_SIZE]).map_err(EmbedError::ExistingArea)?;
     data[offset..offset + AREA_SIZE].copy_from_slice(&area);
-    fileio::write_atomic(output, &data, mode).map_err(EmbedError::File)?;
+    fileio::write_atomic(output, &data, Some(mode)).map_err(EmbedError::File)?;
     Ok(format!(
         "{}wrote {} (trust area at offset {offset:#x}, {} payload bytes)\n",
         trust::describe(&policy),

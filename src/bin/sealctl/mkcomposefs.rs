@@ -136,7 +136,7 @@ fn run_inner(args: Args) -> Result<(), String> {
                 .and_then(|()| out.flush())
                 .map_err(|e| format!("writing stdout: {e}"))?;
         } else {
-            sealroot::image::fileio::write_atomic(Path::new(img), &bytes, 0o644)
+            sealroot::image::fileio::write_atomic(Path::new(img), &bytes, Some(0o644))
                 .map_err(|e| e.to_string())?;
         }
     }
