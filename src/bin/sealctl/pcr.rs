@@ -187,16 +187,7 @@ fn starts(args: &Args, banks: Vec<Bank>) -> Result<Vec<(Bank, Vec<u8>)>, String>
 }
 
 fn read_limited(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut data = Vec::new();
-    f.take(MAX_LOG + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if data.len() as u64 > MAX_LOG {
-        return Err(format!("{}: larger than {MAX_LOG} bytes", path.display()));
-    }
-    Ok(data)
+    sealroot::image::fileio::read_bounded(path, MAX_LOG).map_err(|e| e.to_string())
 }
 
 fn compute(args: &Args) -> Result<String, String> {
