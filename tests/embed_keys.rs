@@ -107,18 +107,7 @@ fn fixture() -> Option<Fixture> {
     let image: Vec<u8> = (0..20_000u32).map(|i| (i * 13 % 256) as u8).collect();
     let image_file = root.join("image");
     std::fs::write(&image_file, &image).unwrap();
-    let o = Command::new("fsverity")
-        .arg("digest")
-        .arg(&image_file)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let line = String::from_utf8(o.stdout).unwrap();
-    let hex = line
-        .strip_prefix("sha256:")
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let hex = common::fsverity_utils_hex(&image_file);
     let mut repos = Vec::new();
     for (name, key) in [
         ("repo-a", key_a.to_string_lossy().into_owned()),

@@ -79,18 +79,7 @@ fn fixture() -> Option<Fixture> {
     let image: Vec<u8> = (0..30_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let image_file = root.join("image");
     std::fs::write(&image_file, &image).unwrap();
-    let o = Command::new("fsverity")
-        .arg("digest")
-        .arg(&image_file)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let line = String::from_utf8(o.stdout).unwrap();
-    let hex = line
-        .strip_prefix("sha256:")
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let hex = common::fsverity_utils_hex(&image_file);
     let repo = root.join("repo");
     std::fs::create_dir_all(repo.join("composefs/images")).unwrap();
     std::fs::write(repo.join("composefs/images").join(&hex), &image).unwrap();

@@ -264,3 +264,25 @@ pub fn objects_named_by_content(r: &Repo, alg: HashAlgorithm) -> usize {
     }
     n
 }
+
+/// The hex fs-verity digest (SHA-256, 4 KiB blocks) of `path` as
+/// fsverity-utils' `fsverity digest` computes it: an oracle independent of
+/// sealroot's own Merkle code. The caller checks that `fsverity` exists.
+pub fn fsverity_utils_hex(path: &Path) -> String {
+    let o = Command::new("fsverity")
+        .arg("digest")
+        .arg(path)
+        .output()
+        .expect("run fsverity digest");
+    assert!(
+        o.status.success(),
+        "fsverity digest {}: {:?}",
+        path.display(),
+        o
+    );
+    let line = String::from_utf8(o.stdout).expect("fsverity prints UTF-8");
+    line.strip_prefix("sha256:")
+        .and_then(|l| l.split_whitespace().next())
+        .expect("fsverity digest prints sha256:<hex> <path>")
+        .to_string()
+}
