@@ -77,6 +77,12 @@ pub enum PeError {
         structure: PeStructure,
         error: object::read::Error,
     },
+    /// The file ends before a header structure it declares.
+    Truncated {
+        structure: PeStructure,
+        needed: u64,
+        file_len: usize,
+    },
     /// The optional header magic is neither PE32 nor PE32+.
     BadOptionalMagic { found: u16 },
     /// More sections than [`MAX_SECTIONS`].
@@ -100,6 +106,14 @@ impl fmt::Display for PeError {
             PeError::Malformed { structure, error } => {
                 write!(f, "not a well-formed PE file: {structure}: {error}")
             }
+            PeError::Truncated {
+                structure,
+                needed,
+                file_len,
+            } => write!(
+                f,
+                "truncated PE file: its {structure} end at byte {needed}, the file has {file_len} bytes"
+            ),
             PeError::BadOptionalMagic { found } => write!(
                 f,
                 "PE optional header magic is {found:#x}, expected 0x10b (PE32) or 0x20b (PE32+)"
@@ -162,8 +176,54 @@ fn malformed(structure: PeStructure) -> impl FnOnce(object::read::Error) -> PeEr
     move |error| PeError::Malformed { structure, error }
 }
 
+/// Where the headers a well-formed PE declares end, checked against the
+/// file's length before `object` reads them, so that a cut-off file is
+/// reported as truncated (object only says the structure is invalid).
+/// Reads `e_lfanew`, `NumberOfSections` and `SizeOfOptionalHeader`.
+fn check_not_truncated(data: &[u8]) -> Result<(), PeError> {
+    let len = data.len();
+    let truncated = |structure, needed: u64| PeError::Truncated {
+        structure,
+        needed,
+        file_len: len,
+    };
+    let le16 = |at: u64| -> Option<u64> {
+        let at = usize::try_from(at).ok()?;
+        let b = data.get(at..at.checked_add(2)?)?;
+        Some(u64::from(u16::from_le_bytes([b[0], b[1]])))
+    };
+    const DOS_HEADER: u64 = 64;
+    if (len as u64) < DOS_HEADER || data.get(..2) != Some(b"MZ") {
+        // Too short, or not a PE at all: object names which.
+        return if (len as u64) < DOS_HEADER && data.starts_with(b"MZ") {
+            Err(truncated(PeStructure::DosHeader, DOS_HEADER))
+        } else {
+            Ok(())
+        };
+    }
+    let nt = u64::from(u32::from_le_bytes([
+        data[0x3c], data[0x3d], data[0x3e], data[0x3f],
+    ]));
+    // Signature (4) and COFF file header (20).
+    let coff_end = nt + 24;
+    let (Some(sections), Some(optional)) = (le16(nt + 6), le16(nt + 20)) else {
+        return Err(truncated(PeStructure::NtHeaders, coff_end));
+    };
+    let optional_end = coff_end + optional;
+    if (len as u64) < optional_end {
+        return Err(truncated(PeStructure::NtHeaders, optional_end));
+    }
+    let table_end = optional_end + 40 * sections;
+    // Over the section limit is its own error (parse_as).
+    if sections as usize <= MAX_SECTIONS && (len as u64) < table_end {
+        return Err(truncated(PeStructure::SectionTable, table_end));
+    }
+    Ok(())
+}
+
 /// Parse the headers and section table of a PE file.
 pub fn parse_pe(data: &[u8]) -> Result<PeFile<'_>, PeError> {
+    check_not_truncated(data)?;
     let dos = object::pe::ImageDosHeader::parse(data).map_err(malformed(PeStructure::DosHeader))?;
     // The optional header's magic picks the header layout.
     let magic =
@@ -449,6 +509,14 @@ mod tests {
         assert!(info.uname.is_none());
     }
 
+    /// The structure a truncation names.
+    fn truncated(err: PeError) -> PeStructure {
+        match err {
+            PeError::Truncated { structure, .. } => structure,
+            other => panic!("expected Truncated, got {other:?}"),
+        }
+    }
+
     /// The structure and message of an error object reported.
     fn malformed(err: PeError) -> (PeStructure, String) {
         match err {
@@ -461,19 +529,33 @@ mod tests {
     fn every_truncation_fails_typed() {
         let pe = tiny_pe(&[(b".cmdline", b"quiet"), (b".linux\0\0", &[1; 10])]);
         assert!(parse_pe(&pe).is_ok());
+        // Where the section table (two entries) ends in tiny_pe.
+        let nt = u32::from_le_bytes(pe[0x3c..0x40].try_into().unwrap()) as usize;
+        let optional = u16::from_le_bytes(pe[nt + 20..nt + 22].try_into().unwrap()) as usize;
+        let headers_end = nt + 24 + optional + 2 * 40;
         for len in 0..pe.len() {
             let err = parse_pe(&pe[..len]).unwrap_err();
-            assert!(
-                matches!(
-                    err,
-                    PeError::Malformed { .. } | PeError::SectionOutOfBounds { .. }
+            match len {
+                // Not even "MZ": object's own DOS header error.
+                0 | 1 => assert_eq!(malformed(err).0, PeStructure::DosHeader, "len {len}"),
+                2..=63 => assert_eq!(truncated(err), PeStructure::DosHeader, "len {len}"),
+                // Every cut inside the headers is named a truncation.
+                _ if len < headers_end => {
+                    assert!(
+                        matches!(err, PeError::Truncated { .. }),
+                        "len {len}: {err:?}"
+                    )
+                }
+                _ => assert!(
+                    matches!(err, PeError::SectionOutOfBounds { .. }),
+                    "len {len}: {err:?}"
                 ),
-                "len {len}: {err:?}"
-            );
-            if len < 64 {
-                assert_eq!(malformed(err).0, PeStructure::DosHeader, "len {len}");
             }
         }
+        assert!(parse_pe(&pe[..300.min(headers_end - 1)])
+            .unwrap_err()
+            .to_string()
+            .starts_with("truncated PE file"));
     }
 
     #[test]
@@ -489,7 +571,7 @@ mod tests {
         let mut pe = good.clone();
         pe[0x3c..0x40].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(
-            malformed(parse_pe(&pe).unwrap_err()).0,
+            truncated(parse_pe(&pe).unwrap_err()),
             PeStructure::NtHeaders
         );
         let mut pe = good.clone();
@@ -518,11 +600,8 @@ mod tests {
         let mut pe = good.clone();
         pe[0x54..0x56].copy_from_slice(&u16::MAX.to_le_bytes());
         assert_eq!(
-            malformed(parse_pe(&pe).unwrap_err()),
-            (
-                PeStructure::NtHeaders,
-                "Invalid PE optional header size".into()
-            )
+            truncated(parse_pe(&pe).unwrap_err()),
+            PeStructure::NtHeaders
         );
         let mut pe = good.clone();
         pe[0x46..0x48].copy_from_slice(&0u16.to_le_bytes());
@@ -537,7 +616,7 @@ mod tests {
         let mut pe = good.clone();
         pe[0x46..0x48].copy_from_slice(&60u16.to_le_bytes());
         assert_eq!(
-            malformed(parse_pe(&pe).unwrap_err()).0,
+            truncated(parse_pe(&pe).unwrap_err()),
             PeStructure::SectionTable
         );
         // Section data pointing past the end, with offset + size overflowing u32.
