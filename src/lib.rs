@@ -18,6 +18,7 @@
 //! | [`boot::policy`] | command-line allowlist, init list, init argv/environment |
 //! | [`boot::config`] | the initramfs config file (`/etc/sealroot/config.json`) |
 //! | [`boot::trust`] | the trust anchor: compiled-in / embedded keys and policy |
+//! | [`boot::io`] | the boot binary's file I/O: bounded reads, beneath-opens, errno names |
 //! | [`boot::mount`] | measured EROFS fd, overlay `verity=require`, state dirs |
 //! | [`boot::switchroot`] | API filesystems, modules, freeing the initramfs, exec |
 //! | [`boot::log`] | the kmsg logger (`<N>sealroot: message`) |
