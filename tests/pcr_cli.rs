@@ -299,7 +299,7 @@ fn bad_input_gives_one_line_errors() {
         (vec!["--repo", &repo, "--key", &other, &f.hex], "rejected"),
         (
             vec!["--repo", &repo, "--key", &good, &zeros],
-            "seal file missing",
+            "json does not exist",
         ),
         (vec!["--refused", "whatever", &f.hex], "not a refusal class"),
         (vec!["--sealed-digest"], "DIGEST is required"),

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use sealroot::digest::{hex_decode_lower, hex_encode, Digest};
-use sealroot::image::repo::{self, Repo};
+use sealroot::image::repo;
 use sealroot::tpm::{self, Bank, RefusalClass};
 use sealroot::{keys, seal};
 
@@ -109,11 +109,12 @@ fn record(args: &Args) -> Result<Option<String>, String> {
     for path in &args.keys {
         trusted.push(keys::load_public_key(path).map_err(|e| e.to_string())?);
     }
-    let repo = Repo::new(root);
-    let (manifest, sig) =
-        seal::read_seal_files(&repo.composefs_dir(), &d).map_err(|e| e.to_string())?;
-    let v = seal::verify_seal(&manifest, &sig, &trusted, &d, args.serial_floor)
-        .map_err(|e| format!("seal of {} rejected: {e}", d.to_composefs()))?;
+    // The boot's own seal check (same beneath-fd reads, same verification),
+    // so the record predicted is the one the boot would extend.
+    let composefs = sealroot::boot::mount::open_repo(root).map_err(|e| e.to_string())?;
+    let checked = seal::check_repository_seal(&composefs, &d, &trusted, args.serial_floor)
+        .map_err(|e| e.to_string())?;
+    let v = checked.verified;
     tpm::accepted_record(&d, &v.key_fingerprint, v.manifest.serial)
         .map(Some)
         .map_err(|e| e.to_string())
