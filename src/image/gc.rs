@@ -157,7 +157,7 @@ pub enum GcError {
     /// Another repository error (what the repository code reported).
     #[error("{0}")]
     Repo(Box<RepoError>),
-    /// Listing temporaries failed.
+    /// Listing temporaries or syncing a directory failed.
     #[error("{0}")]
     File(FileIoError),
     #[error("{0}")]
@@ -471,12 +471,6 @@ fn remove(v: &Victim) -> Result<(u64, u64), GcError> {
     }
 }
 
-fn fsync_dir(dir: &Path) -> Result<(), GcError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync directory", dir))
-}
-
 /// Carry out `plan` in order, making each step durable before the next.
 fn execute(repo: &Repo, plan: &Plan, progress: &Progress) -> Result<(u64, u64), GcError> {
     let (mut files, mut bytes) = (0, 0);
@@ -496,7 +490,7 @@ fn execute(repo: &Repo, plan: &Plan, progress: &Progress) -> Result<(u64, u64), 
     // 1-2: unseal, then unlink, each durable before the next step starts.
     for group in [&plan.seals, &plan.images] {
         for dir in run(group)? {
-            fsync_dir(&dir)?;
+            fileio::fsync_dir(&dir).map_err(GcError::File)?;
         }
     }
     // 3-4: state and temporaries: nothing later depends on them.
