@@ -18,9 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
-use common::key as test_key;
-
-use sha2::{Digest as _, Sha256};
+use common::{have, key as test_key, openssl_fingerprint, text};
 
 const SEALROOT: &str = env!("CARGO_BIN_EXE_sealroot");
 const SEALCTL: &str = env!("CARGO_BIN_EXE_sealctl");
@@ -31,36 +29,6 @@ fn run(bin: &str, args: &[&str]) -> Output {
         .env_remove("SOURCE_DATE_EPOCH")
         .output()
         .unwrap_or_else(|e| panic!("running {bin}: {e}"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").output().is_ok()
-        || Command::new(tool).arg("version").output().is_ok()
-}
-
-/// `sha256:<hex>` of the raw key, from openssl's DER SubjectPublicKeyInfo.
-fn openssl_fingerprint(pub_pem: &Path) -> String {
-    let out = Command::new("openssl")
-        .args(["pkey", "-pubin", "-outform", "DER", "-in"])
-        .arg(pub_pem)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "openssl pkey: {}", text(&out));
-    assert_eq!(out.stdout.len(), 44, "ed25519 SPKI DER is 44 bytes");
-    let raw = &out.stdout[12..];
-    let hash = Sha256::digest(raw);
-    format!(
-        "sha256:{}",
-        hash.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
 }
 
 struct Fixture {

@@ -6,59 +6,20 @@
 //! `openssl dgst -binary` as H(start || H(record)), the TPM's extend of a
 //! PCR_Event (TPM 2.0 Part 1, "Extend of a PCR").
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 mod common;
-use common::{key as test_key, sealctl};
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").output().is_ok()
-        || Command::new(tool).arg("version").output().is_ok()
-}
-
-/// `openssl dgst -ALG -binary` of `data`.
-fn openssl_hash(alg: &str, data: &[u8]) -> Vec<u8> {
-    let mut child = Command::new("openssl")
-        .args(["dgst", &format!("-{alg}"), "-binary"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    out.stdout
-}
+use common::{have, key as test_key, openssl_dgst, openssl_fingerprint, sealctl, text};
 
 fn extend(alg: &str, start: &[u8], record: &[u8]) -> Vec<u8> {
     let mut buf = start.to_vec();
-    buf.extend_from_slice(&openssl_hash(alg, record));
-    openssl_hash(alg, &buf)
+    buf.extend_from_slice(&openssl_dgst(alg, record));
+    openssl_dgst(alg, &buf)
 }
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn openssl_fingerprint(pub_pem: &Path) -> String {
-    let out = Command::new("openssl")
-        .args(["pkey", "-pubin", "-outform", "DER", "-in"])
-        .arg(pub_pem)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "openssl pkey: {}", text(&out));
-    assert_eq!(out.stdout.len(), 44);
-    format!("sha256:{}", hex(&openssl_hash("sha256", &out.stdout[12..])))
 }
 
 struct Fixture {
@@ -227,8 +188,8 @@ fn event_log_replay() {
     let Some(f) = fixture() else { return };
     let earlier = b"an earlier event";
     let other = b"another PCR";
-    let log = log_record(15, &openssl_hash("sha256", earlier), "earlier")
-        + &log_record(11, &openssl_hash("sha256", other), "other");
+    let log = log_record(15, &openssl_dgst("sha256", earlier), "earlier")
+        + &log_record(11, &openssl_dgst("sha256", other), "other");
     let path = f.root.join("tpm2-measure.log");
     std::fs::write(&path, log).unwrap();
     let after_log = extend("sha256", &[0; 32], earlier);

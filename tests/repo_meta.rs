@@ -7,14 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::text;
 
 fn tree(root: &Path) {
     fs::create_dir_all(root.join("etc")).unwrap();

@@ -286,3 +286,49 @@ pub fn fsverity_utils_hex(path: &Path) -> String {
         .expect("fsverity digest prints sha256:<hex> <path>")
         .to_string()
 }
+
+/// A command's stdout then stderr, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Whether `tool` can be run (`--version` or `version`).
+pub fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").output().is_ok()
+        || Command::new(tool).arg("version").output().is_ok()
+}
+
+/// `sha256:<hex>` of the raw Ed25519 key in a public key PEM, computed by
+/// openssl alone (its DER SubjectPublicKeyInfo, then `openssl dgst`): an
+/// oracle independent of `keys::fingerprint`.
+pub fn openssl_fingerprint(pub_pem: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["pkey", "-pubin", "-outform", "DER", "-in"])
+        .arg(pub_pem)
+        .output()
+        .expect("run openssl pkey");
+    assert!(out.status.success(), "openssl pkey: {}", text(&out));
+    assert_eq!(out.stdout.len(), 44, "ed25519 SPKI DER is 44 bytes");
+    let hash = openssl_dgst("sha256", &out.stdout[12..]);
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// `openssl dgst -ALG -binary` of `data`.
+pub fn openssl_dgst(alg: &str, data: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("openssl")
+        .args(["dgst", &format!("-{alg}"), "-binary"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run openssl dgst");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), data)
+        .expect("write to openssl dgst");
+    let out = child.wait_with_output().expect("openssl dgst");
+    assert!(out.status.success(), "openssl dgst -{alg}: {}", text(&out));
+    out.stdout
+}
