@@ -227,6 +227,18 @@ fn job_of(kind: &InodeKind) -> Job {
     }
 }
 
+/// Open a file `lstat` found regular. `O_NOFOLLOW` and `O_NONBLOCK`: one
+/// swapped for a symlink or a FIFO since then fails instead of being followed
+/// or blocking the scan forever (the size check catches other swaps).
+fn open_regular(path: &Path) -> Result<File, ScanError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io_err(path))
+}
+
 /// Read exactly `size` bytes (fails if the file is now shorter or longer).
 fn read_exact_size(f: &mut File, path: &Path, size: u64) -> Result<Box<[u8]>, ScanError> {
     let mut buf = vec![0u8; size as usize + 1];
@@ -291,7 +303,7 @@ fn finish_one(
     let want_x = !opts.skip_xattrs;
     match job {
         Job::Small(size) | Job::Hash(size) => {
-            let mut f = File::open(path).map_err(io_err(path))?;
+            let mut f = open_regular(path)?;
             if let Job::Small(_) = job {
                 out.inline = Some(read_exact_size(&mut f, path, *size)?);
             } else {
@@ -617,5 +629,116 @@ mod tests {
             scan_directory(&p.join("empty"), &ScanOptions::default(), None),
             Err(ScanError::NotADirectory { .. })
         ));
+    }
+
+    /// Workers finish entries in any order; the tree must not depend on
+    /// that: same inodes in the same order, same image, whatever the thread
+    /// count.
+    #[test]
+    fn tree_does_not_depend_on_thread_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        let wide = p.join("wide");
+        fs::create_dir(&wide).unwrap();
+        for i in 0..(200) {
+            let data = vec![(i % 251) as u8; i * 37 % 9000];
+            fs::write(wide.join(format!("f{i:04}")), data).unwrap();
+        }
+        let mut deep = p.to_path_buf();
+        for d in 0..12 {
+            deep = deep.join(format!("d{d}"));
+            fs::create_dir(&deep).unwrap();
+            fs::write(deep.join("x"), vec![b'z'; 100 + d]).unwrap();
+            std::os::unix::fs::symlink(format!("../t{d}"), deep.join("l")).unwrap();
+        }
+        let image = |threads| {
+            let opts = ScanOptions {
+                threads,
+                ..Default::default()
+            };
+            let tree = scan_directory(p, &opts, None).unwrap();
+            let bytes = crate::image::erofs::write_image(&tree, &Default::default()).unwrap();
+            (tree, bytes)
+        };
+        let (one, one_bytes) = image(1);
+        assert_eq!(one.inodes.len(), 1 + 1 + 200 + 12 * 3);
+        for threads in [2, 3, 8] {
+            let (t, bytes) = image(threads);
+            assert_eq!(t.inodes, one.inodes, "threads={threads}");
+            assert!(bytes == one_bytes, "threads={threads}: image differs");
+        }
+        let wide_id = one.lookup(ROOT, b"wide").unwrap();
+        let f7 = one.lookup(wide_id, b"f0007").unwrap();
+        match &one.inodes[f7].kind {
+            InodeKind::Regular(r) => assert_eq!(
+                r.digest,
+                Some(crate::image::fsverity::digest_bytes(
+                    HashAlgorithm::Sha256,
+                    &vec![7u8; 7 * 37]
+                ))
+            ),
+            k => panic!("{k:?}"),
+        }
+    }
+
+    /// sysfs files claim 4096 bytes and hold fewer: a worker's error (the
+    /// size changed, or a write-only attribute refusing the open) stops the
+    /// whole scan and names a path below the root, instead of a tree.
+    #[test]
+    fn an_error_in_a_worker_stops_the_scan_and_names_the_file() {
+        let root = Path::new("/sys/kernel/mm");
+        assert!(root.is_dir(), "this test needs sysfs at /sys");
+        for threads in [1, 2, 4] {
+            let opts = ScanOptions {
+                threads,
+                skip_xattrs: true,
+                ..Default::default()
+            };
+            match scan_directory(root, &opts, None) {
+                Err(ScanError::Changed { path }) | Err(ScanError::Io { path, .. }) => {
+                    assert!(path.starts_with(root) && path != root, "{path:?}")
+                }
+                other => panic!("threads={threads}: {:?}", other.map(|t| t.inodes.len())),
+            }
+        }
+    }
+    /// A file the walk saw as regular but which became a FIFO or a symlink
+    /// before a worker opened it: an error, never a hang or a followed link.
+    #[test]
+    fn a_regular_file_swapped_for_a_fifo_or_symlink_is_refused_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let link = dir.path().join("link");
+        fs::write(dir.path().join("real"), vec![3u8; 100]).unwrap();
+        std::os::unix::fs::symlink("real", &link).unwrap();
+        let opts = ScanOptions::default();
+        let mut buf = vec![0u8; 4096];
+        for job in [Job::Small(10), Job::Hash(100)] {
+            match finish_one(&fifo, &job, &opts, None, &mut buf) {
+                // Small: the read finds no data (size changed); large: pread
+                // on a pipe is ESPIPE.
+                Err(ScanError::Changed { path }) | Err(ScanError::Io { path, .. }) => {
+                    assert_eq!(path, fifo)
+                }
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("a FIFO was read as a file"),
+            }
+            match finish_one(&link, &job, &opts, None, &mut buf) {
+                Err(ScanError::Io { path, source }) => {
+                    assert_eq!(path, link);
+                    assert_eq!(source.raw_os_error(), Some(libc::ELOOP));
+                }
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("a symlink was followed"),
+            }
+        }
     }
 }
