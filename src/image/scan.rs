@@ -640,7 +640,7 @@ mod tests {
         let p = dir.path();
         let wide = p.join("wide");
         fs::create_dir(&wide).unwrap();
-        for i in 0..(200) {
+        for i in 0..200 {
             let data = vec![(i % 251) as u8; i * 37 % 9000];
             fs::write(wide.join(format!("f{i:04}")), data).unwrap();
         }
