@@ -1,18 +1,19 @@
 /*
  * The unverified baseline of the boot bench (tests/qemu/lib/bootbench.py):
  * the work a plain initramfs does to reach the same composed root, with no
- * measurement, no seal check and no verity=require, in one process, each
- * step between two /dev/kmsg marks ("bench: NAME-start", "bench: NAME-end")
- * so that no process start is timed, as none is in sealroot's own timings.
+ * measurement, no seal check and no verity=require. One process does it
+ * all, marking each step on /dev/kmsg ("bench: NAME-start", "bench:
+ * NAME-end"), so that, as in sealroot's own timings, no process start sits
+ * between the first step and the composed root.
  *
- *   plainmount --modules FILE...   finit_module each FILE (.ko.xz, the
- *                                  kernel decompresses, as sealroot has it);
- *                                  one step named "modules"; EEXIST is fine
- *   plainmount NAME FSTYPE SOURCE TARGET DATA [NAME FSTYPE ...]...
- *                                  one read-only mount(2) per step; DATA "-"
- *                                  for none. A regular-file EROFS source is
- *                                  mounted by the kernel directly, no loop
- *                                  device, as sealroot mounts it.
+ *   plainmount [--modules FILE...] [--wait DEVICE] -- [NAME FSTYPE SOURCE TARGET DATA]...
+ *
+ *   --modules  finit_module each FILE (.ko.xz: the kernel decompresses, as
+ *              sealroot has it do); step "modules"; EEXIST is fine
+ *   --wait     poll for DEVICE every 50 ms, up to 10 s; step "wait"
+ *   then one read-only mount(2) per step NAME; DATA "-" for none. A
+ *   regular-file EROFS source is mounted by the kernel directly, no loop
+ *   device, as sealroot mounts it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,7 +21,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MODULE_INIT_COMPRESSED_FILE 4
@@ -53,24 +56,54 @@ static int load(const char *file)
 	return 0;
 }
 
+static int wait_for(const char *dev)
+{
+	const struct timespec tick = { 0, 50 * 1000 * 1000 };
+	struct stat st;
+	int i;
+
+	for (i = 0; i < 200; i++) {
+		if (stat(dev, &st) == 0)
+			return 0;
+		nanosleep(&tick, NULL);
+	}
+	fprintf(stderr, "plainmount: no %s after 10 s\n", dev);
+	return 1;
+}
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: plainmount [--modules FILE...] [--wait DEVICE] -- "
+			"[NAME FSTYPE SOURCE TARGET DATA]...\n");
+}
+
 int main(int argc, char **argv)
 {
-	int i, rc = 0;
+	int i = 1, mods, rc = 0;
 
 	kmsg = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
-	if (argc >= 2 && strcmp(argv[1], "--modules") == 0) {
+	if (i < argc && strcmp(argv[i], "--modules") == 0) {
+		mods = ++i;
+		while (i < argc && strncmp(argv[i], "--", 2) != 0)
+			i++;
 		mark("modules", "start");
-		for (i = 2; i < argc; i++)
-			rc |= load(argv[i]);
+		for (int m = mods; m < i; m++)
+			rc |= load(argv[m]);
 		mark("modules", "end");
-		return rc;
 	}
-	if (argc < 6 || (argc - 1) % 5 != 0) {
-		fprintf(stderr, "usage: plainmount --modules FILE... | "
-				"plainmount NAME FSTYPE SOURCE TARGET DATA...\n");
+	if (i + 1 < argc && strcmp(argv[i], "--wait") == 0) {
+		mark("wait", "start");
+		rc |= wait_for(argv[i + 1]);
+		mark("wait", "end");
+		i += 2;
+	}
+	if (i >= argc || strcmp(argv[i], "--") != 0 || (argc - i - 1) % 5 != 0) {
+		usage();
 		return 2;
 	}
-	for (i = 1; i < argc; i += 5) {
+	if (rc)
+		return 1;
+	for (i++; i < argc; i += 5) {
 		const char *data = strcmp(argv[i + 4], "-") == 0 ? NULL : argv[i + 4];
 
 		mark(argv[i], "start");
