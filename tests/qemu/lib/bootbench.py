@@ -324,7 +324,7 @@ def main():
     print("  notes: sealroot's total also covers its /etc, /var state mounts (the 'less state' line takes"
           " those out); the plain side is one process (plainmount) loading the same .ko.xz modules, waiting"
           " for /dev/vda and making bare mount(2) calls, the image file mounted directly (no loop), as"
-          " sealroot does."
+          " sealroot does; its whole figure starts at its first module, sealroot's at sealroot's start."
           f" {time.monotonic() - t0:.0f} s for the boot part")
     return 0
 
