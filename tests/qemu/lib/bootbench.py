@@ -1,0 +1,337 @@
+"""Boot timing: sealroot against its peers, in QEMU guests of one run.
+
+The `boot` part of scripts/bench runs main(); the compose guest's pieces
+(GUEST_PRELUDE, compose_rounds_sh, compose_extra, compose_times,
+compose_report) are shared with tests/interop/run, which times the same
+rounds inside its composefs-setup-root guest.
+
+main() measures, in one run, on one installed disk (the sealed demo root):
+
+1. compose: one busybox guest in which `sealroot prepare` and
+   `composefs-setup-root` PEER_VERSION (peers.py: cargo-installed from
+   crates.io into build/peers) each compose the same image, EROFS + overlay
+   without /etc or /var state mounts, each on its own mount of the physical
+   root; one untimed warm-up round, then N rounds, interleaved with the
+   order alternating; times from /dev/kmsg timestamps (microseconds).
+2. whole boot: sealroot as PID 1 (start -> composed root, and its measure +
+   verify + EROFS + overlay steps, from /run/sealroot/status.json in the
+   booted root) against a busybox guest that mounts the same physical root,
+   then the same EROFS image and overlay WITHOUT any verification (no
+   measure, no seal check, no verity=require), once per boot as sealroot
+   does. Its steps run in one process (tests/qemu/helpers/plainmount.c,
+   static, built here with the host's gcc) that marks each on /dev/kmsg:
+   the same .ko.xz modules with finit_module, the wait for /dev/vda, then
+   bare mount(2) calls, the image file mounted directly (no loop device),
+   as sealroot does.
+   One untimed warm-up boot of each, then N boots of each, interleaved.
+
+N is BENCH_BOOT_RUNS, else BENCH_RUNS, else 5. Every line gives the median,
+the spread (min-max) and n; each comparison the ratio of medians, in
+scripts/bench's format. Both guests run with loglevel=4, so kernel info
+messages cost neither side serial output.
+"""
+
+import json
+import os
+import re
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sealqemu as q  # noqa: E402
+import scenarios as s  # noqa: E402
+import peers  # noqa: E402
+
+# ------------------------------------------------------------ report lines
+
+
+def stat_line(label, vals):
+    """One contestant, as scripts/bench's contest_report prints it (ms)."""
+    return (f"  {label:<44s} median {statistics.median(vals):7.1f} ms  "
+            f"({min(vals):.1f}-{max(vals):.1f}, n={len(vals)})")
+
+
+def ratio_line(text, a, b):
+    """Ratio of the medians of A and B, as scripts/bench's ratio_line."""
+    ma, mb = statistics.median(a), statistics.median(b)
+    r = f"{ma / mb:.2f}" if mb > 0 else "n/a"
+    return f"  ratio of medians, {text}: {r}x"
+
+
+# ------------------------------------------------------------ compose guest
+
+# The start of a busybox initramfs /init: kernel filesystems, a tmpfs /run,
+# the modules (plain .ko, busybox_cpio's list), and the wait for /dev/vda.
+GUEST_PRELUDE = r"""#!/bin/sh
+export PATH=/bin:/usr/bin:/sbin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mount -t tmpfs run /run
+for m in $(cat /etc/modules.order); do insmod $m 2>/dev/null; done
+i=0
+while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+"""
+
+COMPOSE_DIR = "etc/compose-bench"
+
+
+def compose_rounds_sh(rounds):
+    """Shell for the compose timing rounds: round 0 is the warm-up, then
+    ROUNDS timed ones. In each round both tools compose the image named on
+    /etc/compose-bench/param (a composefs.digest= word) onto their own fresh
+    mount of /dev/vda, with /etc and /var state mounts off; the order
+    alternates (even rounds composefs-setup-root first). Both tools' messages
+    go to a file, so neither pays for serial output; the marks go to
+    /dev/kmsg and are printed with their timestamps at the end (dmesg), as
+    `compose: {cfs,sr}-{start,end} N`. Needs a tmpfs /run and compose_extra."""
+    return r"""
+D=$(cat /COMPOSE_DIR/param)
+for n in ROUNDS; do
+  mkdir -p /b/cfs$n /b/sr$n
+  mount -t ext4 /dev/vda /b/cfs$n; mount -t ext4 /dev/vda /b/sr$n
+  for who in $( [ $((n % 2)) = 0 ] && echo "cfs sr" || echo "sr cfs" ); do
+    echo "compose: $who-start $n" > /dev/kmsg
+    if [ $who = cfs ]; then
+      composefs-setup-root --sysroot /b/cfs$n --config /COMPOSE_DIR/compose-only.toml --cmdline "$D" 2>/run/err
+    else
+      sealroot prepare --sysroot /b/sr$n --config /COMPOSE_DIR/compose-only.json --cmdline "$D" 2>/run/err
+    fi
+    rc=$?
+    echo "compose: $who-end $n" > /dev/kmsg
+    [ $rc = 0 ] || { echo "COMPOSE: $who round $n failed ($rc)"; cat /run/err; }
+    fs=$(awk -v m=/b/$who$n '$2==m {t=$3} END {print t}' /proc/mounts)
+    echo "COMPOSE: $who round $n mounted $fs"
+  done
+done
+dmesg | grep 'compose: '
+""".replace("ROUNDS", " ".join(str(n) for n in range(rounds + 1))).replace("COMPOSE_DIR", COMPOSE_DIR)
+
+
+def compose_extra(c, setup_root, sealroot, digest_word):
+    """Add what compose_rounds_sh needs to cpio C: both tools, their
+    compose-only configurations, the digest word, and dmesg."""
+    peers.add_dynamic(c, setup_root, "bin/composefs-setup-root")
+    c.file("bin/sealroot", Path(sealroot), 0o755)
+    c.symlink("bin/dmesg", "busybox")
+    c.file(f"{COMPOSE_DIR}/param", digest_word.encode())
+    c.file(f"{COMPOSE_DIR}/compose-only.toml", b'[etc]\nmount = "none"\n[var]\nmount = "none"\n')
+    c.file(f"{COMPOSE_DIR}/compose-only.json", b'{"etc": "none", "var": "none"}\n')
+
+
+def kmsg_marks(text, tag):
+    """{(name, round or None): ms} from `[ secs] TAG: name [round]` lines."""
+    out = {}
+    for m in re.finditer(rf"\[\s*(\d+\.\d+)\] {tag}: (\S+)(?: (\d+))?", text):
+        out[(m.group(2), int(m.group(3)) if m.group(3) else None)] = float(m.group(1)) * 1000.0
+    return out
+
+
+def compose_times(r, rounds):
+    """({"cfs": [ms...], "sr": [ms...]}, None) for the timed rounds of a
+    compose guest's boot R, or (None, reason) if a round did not compose an
+    overlay."""
+    t = kmsg_marks(r.text, "compose")
+    out = {"cfs": [], "sr": []}
+    for who in out:
+        for n in range(1, rounds + 1):
+            a, b = t.get((f"{who}-start", n)), t.get((f"{who}-end", n))
+            if a is None or b is None or r.has(rf"COMPOSE: {who} round {n} failed"):
+                return None, f"round {n} of {who} did not complete (log {r.log})"
+            if not r.has(rf"COMPOSE: {who} round {n} mounted overlay"):
+                return None, f"round {n} of {who} left no overlay (log {r.log})"
+            out[who].append(b - a)
+    return out, None
+
+
+def compose_report(times, rounds, notes=()):
+    """The compose comparison's lines (title, NOTES, both tools, the ratio)."""
+    return "\n".join([
+        f"== boot: compose the same image in the same QEMU guest (EROFS + overlay, no /etc or /var "
+        f"state mounts; TCG; 1 warm-up round, then {rounds} interleaved, order alternating)",
+        *notes,
+        stat_line("sealroot prepare (seal check included)", times["sr"]),
+        stat_line(f"composefs-setup-root {peers.PEER_VERSION} (crates.io)", times["cfs"]),
+        ratio_line("sealroot prepare / composefs-setup-root", times["sr"], times["cfs"]),
+    ])
+
+
+# ------------------------------------------------------------ plain guest
+
+# One unverified compose per boot, like sealroot's one verified compose. All
+# timed steps run in one plainmount process (tests/qemu/helpers/plainmount.c),
+# which marks them on /dev/kmsg itself: the same modules (.ko.xz,
+# finit_module), the wait for /dev/vda (50 ms polls, as sealroot), then bare
+# read-only mount(2) calls.
+PLAIN_INIT = r"""#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mkdir -p /lower /newroot
+img=/sysroot/composefs/images/$(cat /etc/bench-digest)
+plainmount --modules $(cat /etc/bench-modules) --wait /dev/vda -- \
+  root ext4 /dev/vda /sysroot - \
+  erofs erofs "$img" /lower - \
+  overlay overlay overlay /newroot lowerdir=/lower::/sysroot/composefs/objects,metacopy=on,redirect_dir=on
+fs=$(awk '$2=="/newroot" {t=$3} END {print t}' /proc/mounts)
+echo "BENCH: /newroot is $fs"
+ls /newroot >/dev/null
+dmesg | grep 'bench: '
+echo "BENCH: done"
+poweroff -f
+"""
+
+
+def plain_times(r):
+    """{"modules", "wait", "root", "erofs", "compose", "whole"} ms of one plain boot."""
+    t = kmsg_marks(r.text, "bench")
+    if not r.has(r"BENCH: /newroot is overlay"):
+        raise RuntimeError(f"plain-mount guest composed no overlay (log {r.log})")
+    try:
+        return {
+            "modules": t[("modules-end", None)] - t[("modules-start", None)],
+            "wait": t[("wait-end", None)] - t[("wait-start", None)],
+            "root": t[("root-end", None)] - t[("root-start", None)],
+            "erofs": t[("erofs-end", None)] - t[("erofs-start", None)],
+            "compose": t[("overlay-end", None)] - t[("erofs-start", None)],
+            "whole": t[("overlay-end", None)] - t[("modules-start", None)],
+        }
+    except KeyError as e:
+        raise RuntimeError(f"plain-mount guest did not report {e} (log {r.log})") from None
+
+
+def sealroot_times(r):
+    """status.json's timings_us of one sealroot boot, in ms."""
+    m = re.search(r"SEALTEST: status-begin\n(.*?)\nSEALTEST: status-end", r.text, re.S)
+    if not m:
+        raise RuntimeError(f"sealroot boot printed no status.json (log {r.log})")
+    body = "\n".join(l for l in m.group(1).splitlines() if not re.match(r"\[\s*\d+\.\d+\]", l))
+    try:
+        t = json.loads(body)["timings_us"]
+    except (ValueError, KeyError) as e:
+        raise RuntimeError(f"status.json has no timings_us: {e} (log {r.log})") from None
+    return {k: float(v) / 1000.0 for k, v in t.items()}
+
+
+# ------------------------------------------------------------ main
+
+def runs_from_env():
+    v = os.environ.get("BENCH_BOOT_RUNS") or os.environ.get("BENCH_RUNS") or "5"
+    n = int(v)
+    if n < 1:
+        raise RuntimeError(f"BENCH_BOOT_RUNS/BENCH_RUNS must be at least 1, not {v}")
+    return n
+
+
+def main():
+    t0 = time.monotonic()
+    runs = runs_from_env()
+    work = q.BUILD / "bench" / "boot"
+    work.mkdir(parents=True, exist_ok=True)
+    kernel = q.ensure_kernel()
+    bins, why = peers.ensure_peers(work, ["composefs-setup-root"])
+    setup_root = bins.get("composefs-setup-root")
+    if not setup_root:
+        raise RuntimeError(f"no composefs-setup-root {peers.PEER_VERSION}: {why.get('composefs-setup-root')}")
+    # q.boot adds no_timer_check, which the default boot policy refuses.
+    sealroot, sealctl = q.cargo_build(cmdline_allow="no_timer_check")
+    root = q.build_demo_root(work / "root", "bench")
+    stage = work / "stage"
+    if stage.exists():
+        shutil.rmtree(stage)
+    repo = stage / "staging" / "repo"
+    repo.mkdir(parents=True)
+    out = q.run([sealctl, "build", root, "--repo", repo, "--sign", s.TEST_KEY], capture_output=True, text=True).stdout
+    digest = s._digest_from(out, repo)
+    (stage / "staging" / "install").write_text(digest + "\n")
+    disk = q.mkfs_ext4(stage, work / "disk.img", "96M")
+    s.install_disks(kernel, sealctl, [disk], work)
+    word = f"composefs.digest=v1-sha256-12:{digest}"
+    guest = (f"  guest: kernel {q.KDIR.joinpath('version').read_text().strip()}, 1 vCPU, TCG; the sealed demo"
+             f" root, image {digest[:16]}…; peer {setup_root}")
+
+    # 1. compose, both tools in one guest.
+    c = q.busybox_cpio()
+    compose_extra(c, setup_root, sealroot, word)
+    c.file("init", (GUEST_PRELUDE + compose_rounds_sh(runs) + 'echo "COMPOSE: done"\npoweroff -f\n').encode(), 0o755)
+    cinit = c.write(work / "compose.cpio")
+    cdisk = q.copy_disk(disk, work / "compose-disk.img")
+    r = q.boot(kernel, cinit, "console=ttyS0 panic=-1 loglevel=4", [cdisk], work / "compose.log",
+               timeout=120 + 60 * runs, stop_after="COMPOSE: done")
+    times, err = compose_times(r, runs)
+    if err:
+        raise RuntimeError(f"compose guest: {err}")
+    print(compose_report(times, runs, [guest]), flush=True)
+
+    # 2. whole boot: sealroot as PID 1 and the plain guest, interleaved.
+    initrd = q.sealroot_initramfs(work / "initramfs.cpio", sealroot)
+    append = f"console=ttyS0 panic=-1 loglevel=4 root=/dev/vda rootfstype=ext4 {word}"
+    plainmount = work / "plainmount"
+    q.run(["gcc", "-static", "-Os", "-o", plainmount, s.HELPERS_DIR / "plainmount.c"], capture_output=True)
+    c = q.busybox_cpio(modules=[])
+    c.symlink("bin/dmesg", "busybox")
+    c.file("bin/plainmount", plainmount, 0o755)
+    mods = []
+    for _, path in q.module_closure(q.SEALROOT_MODULES):
+        c.file(f"lib/modules/{path.name}", path)
+        mods.append(f"/lib/modules/{path.name}")
+    c.file("etc/bench-modules", (" ".join(mods) + "\n").encode())
+    c.file("etc/bench-digest", digest.encode())
+    c.file("init", PLAIN_INIT.encode(), 0o755)
+    pinit = c.write(work / "plain.cpio")
+
+    def sealed_boot(i):
+        r = q.boot(kernel, initrd, append, [disk], work / f"sealroot-{i}.log", timeout=180)
+        return sealroot_times(r)
+
+    def plain_boot(i):
+        r = q.boot(kernel, pinit, "console=ttyS0 panic=-1 loglevel=4", [disk], work / f"plain-{i}.log",
+                   timeout=180, stop_after="BENCH: done")
+        return plain_times(r)
+
+    sealed, plain = [], []
+    for i in range(runs + 1):   # boot 0 of each is the untimed warm-up
+        if i % 2 == 0:
+            a, b = sealed_boot(i), plain_boot(i)
+        else:
+            b, a = plain_boot(i), sealed_boot(i)
+        if i > 0:
+            sealed.append(a)
+            plain.append(b)
+
+    def col(rows, *keys):
+        return [sum(x[k] for k in keys) for x in rows]
+
+    whole_s = col(sealed, "total")
+    whole_p = col(plain, "whole")
+    comp_s = col(sealed, "measure", "verify", "mount_erofs", "mount_overlay")
+    comp_p = col(plain, "compose")
+    print(f"\n== boot: sealroot as PID 1 (status.json) vs a plain unverified EROFS + overlay mount of the same "
+          f"disk, same guest kernel (TCG; 1 warm-up boot each, then {runs} interleaved)")
+    print(stat_line("sealroot start -> composed root", whole_s))
+    print(stat_line("plain: modules, wait, ext4, EROFS, overlay", whole_p))
+    print(ratio_line("whole, sealroot / plain", whole_s, whole_p))
+    bare_s = [x["total"] - x["state"] for x in sealed]
+    print(stat_line("sealroot start -> composed root, less state", bare_s))
+    print(ratio_line("whole less state, sealroot / plain", bare_s, whole_p))
+    print(stat_line("sealroot measure+verify+EROFS+overlay", comp_s))
+    print(stat_line("plain: EROFS + overlay", comp_p))
+    print(ratio_line("compose, sealroot / plain", comp_s, comp_p))
+    steps = ", ".join(f"{k} {statistics.median(col(sealed, k)):.1f}" for k in sealed[0] if k != "total")
+    print(f"  sealroot steps, median ms: {steps}")
+    steps = ", ".join(f"{k} {statistics.median(col(plain, k)):.1f}" for k in ("modules", "wait", "root", "erofs"))
+    print(f"  plain steps, median ms: {steps}")
+    print("  notes: sealroot's total also covers its /etc, /var state mounts (the 'less state' line takes"
+          " those out); the plain side is one process (plainmount) loading the same .ko.xz modules, waiting"
+          " for /dev/vda and making bare mount(2) calls, the image file mounted directly (no loop), as"
+          " sealroot does; its whole figure starts at its first module, sealroot's at sealroot's start."
+          f" {time.monotonic() - t0:.0f} s for the boot part")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except Exception as e:
+        print(f"bench boot: {e}", file=sys.stderr)
+        sys.exit(1)
