@@ -336,6 +336,9 @@ if [ -d /sys/class/tpm/tpm0 ]; then
   tr '\036' '@' < /run/log/systemd/tpm2-measure.log
   echo "SEALTEST: tpmlog-end"
 fi
+# The kernel's own timestamps of handing over to /init and of sealroot's
+# composed root (scripts/bench boot compares those with a plain guest's).
+dmesg | awk '/Run \/init as init process|sealroot: composed root ready/ { print "SEALTEST: kmsg " $0 }'
 echo "SEALTEST: status-begin"
 cat /run/sealroot/status.json 2>&1
 echo
