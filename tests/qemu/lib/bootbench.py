@@ -34,7 +34,6 @@ messages cost neither side serial output.
 import json
 import os
 import re
-import shutil
 import statistics
 import sys
 import time
@@ -258,13 +257,7 @@ def main():
     sealroot, sealctl = q.cargo_build(cmdline_allow="no_timer_check")
     root = q.build_demo_root(work / "root", "bench")
     stage = work / "stage"
-    if stage.exists():
-        shutil.rmtree(stage)
-    repo = stage / "staging" / "repo"
-    repo.mkdir(parents=True)
-    out = q.run([sealctl, "build", root, "--repo", repo, "--sign", s.TEST_KEY], capture_output=True, text=True).stdout
-    digest = s._digest_from(out, repo)
-    (stage / "staging" / "install").write_text(digest + "\n")
+    _, digest = s.seal_into_stage(sealctl, root, stage, s.TEST_KEY)
     disk = q.mkfs_ext4(stage, work / "disk.img", "96M")
     s.install_disks(kernel, sealctl, [disk], work)
     word = f"composefs.digest=v1-sha256-12:{digest}"

@@ -8,7 +8,6 @@ embedded into a prebuilt sealroot (built without any keys) with
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -62,18 +61,11 @@ def main():
     step("making the demo root and sealing it")
     root = q.build_demo_root(work / "root", "demo")
     stage = work / "stage"
-    if stage.exists():
-        shutil.rmtree(stage)
-    repo = stage / "staging" / "repo"
-    repo.mkdir(parents=True)
-    out = q.run([sealctl, "build", root, "--repo", repo, "--sign", work / "demo-key.pem"],
-                capture_output=True, text=True).stdout
-    digest = s._digest_from(out, repo)
+    repo, digest = s.seal_into_stage(sealctl, root, stage, work / "demo-key.pem")
     print(f"   digest {digest}")
     r = subprocess.run([sealctl, "cmdline", "--repo", repo, digest], capture_output=True, text=True)
     param = r.stdout.strip() if r.returncode == 0 and "=" in r.stdout else f"composefs.digest=v1-sha256-12:{digest}"
     print(f"   kernel argument: {param}")
-    (stage / "staging" / "install").write_text(digest + "\n")
     disk = q.mkfs_ext4(stage, work / "disk.img", "96M")
 
     step("install guest: sealctl install enables fs-verity (QEMU, TCG)")

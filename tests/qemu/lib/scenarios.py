@@ -7,7 +7,6 @@ scenarios copy an installed disk (sparse) and mutate the copy with
 content* (which the host kernel cannot do) are made in the install guest.
 """
 
-import json
 import os
 import re
 import shutil
@@ -73,6 +72,20 @@ def _digest_from(out, repo):
         if (images / h).exists() or (images / h).is_symlink():
             return h
     raise RuntimeError(f"no image digest in sealctl build output: {out.strip()[:300]}")
+
+
+def seal_into_stage(sealctl, root, stage, key):
+    """A fresh STAGE holding ROOT built and signed with KEY into
+    STAGE/staging/repo (the layout install_disks and mkfs_ext4 take), the
+    image digest written to STAGE/staging/install. Returns (repo, digest)."""
+    if stage.exists():
+        shutil.rmtree(stage)
+    repo = stage / "staging" / "repo"
+    repo.mkdir(parents=True)
+    out = q.run([sealctl, "build", root, "--repo", repo, "--sign", key], capture_output=True, text=True).stdout
+    digest = _digest_from(out, repo)
+    (stage / "staging" / "install").write_text(digest + "\n")
+    return repo, digest
 
 
 def _hash_alg_flag(fx):

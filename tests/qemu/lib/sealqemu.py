@@ -25,7 +25,6 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -601,7 +600,6 @@ def _boot_vm(kernel, initrd, append, disks, log_path, timeout, stop_after, memor
     timed_out = [False]
 
     def reader():
-        buf = b""
         for line in iter(proc.stdout.readline, b""):
             chunks.append(line)
             t = line.decode(errors="replace")
