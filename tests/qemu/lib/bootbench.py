@@ -24,6 +24,11 @@ main() measures, in one run, on one installed disk (the sealed demo root):
    bare mount(2) calls, the image file mounted directly (no loop device),
    as sealroot does.
    One untimed warm-up boot of each, then N boots of each, interleaved.
+   Each side's own figure starts at its own first step; the "from /init"
+   figures put both on the kernel's clock, from the kernel's "Run /init as
+   init process" line to the composed root (the sealed demo root prints
+   both kernel lines; the plain guest's dmesg does), so the plain guest's
+   shell set-up before its first module counts as sealroot's start does.
 
 N is BENCH_BOOT_RUNS, else BENCH_RUNS, else 5. Every line gives the median,
 the spread (min-max) and n; each comparison the ratio of medians, in
