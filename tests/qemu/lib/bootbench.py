@@ -321,26 +321,24 @@ def main():
     def col(rows, *keys):
         return [sum(x[k] for k in keys) for x in rows]
 
-    whole_s = col(sealed, "total")
-    whole_p = col(plain, "whole")
     comp_s = col(sealed, "measure", "verify", "mount_erofs", "mount_overlay")
     comp_p = col(plain, "compose")
     print(f"\n== boot: sealroot as PID 1 (status.json) vs a plain unverified EROFS + overlay mount of the same "
           f"disk, same guest kernel (TCG; 1 warm-up boot each, then {runs} interleaved)")
-    print(stat_line("sealroot start -> composed root", whole_s))
-    print(stat_line("plain: modules, wait, ext4, EROFS, overlay", whole_p))
-    print(ratio_line("whole, sealroot / plain", whole_s, whole_p))
-    bare_s = [x["total"] - x["state"] for x in sealed]
-    print(stat_line("sealroot start -> composed root, less state", bare_s))
-    print(ratio_line("whole less state, sealroot / plain", bare_s, whole_p))
-    init_s = col(sealed, "from_init")
-    init_p = col(plain, "from_init")
-    print(stat_line("sealroot: kernel's Run /init -> composed", init_s))
-    print(stat_line("plain: kernel's Run /init -> composed", init_p))
-    print(ratio_line("from /init, sealroot / plain", init_s, init_p))
-    init_bare_s = [x["from_init"] - x["state"] for x in sealed]
-    print(stat_line("sealroot: from /init, less state", init_bare_s))
-    print(ratio_line("from /init less state, sealroot / plain", init_bare_s, init_p))
+    def versus(key_s, key_p, label_s, label_p, what):
+        """sealroot's KEY_S against the plain KEY_P, whole and less state."""
+        a, b = col(sealed, key_s), col(plain, key_p)
+        bare = [x[key_s] - x["state"] for x in sealed]
+        print(stat_line(label_s, a))
+        print(stat_line(label_p, b))
+        print(ratio_line(f"{what}, sealroot / plain", a, b))
+        print(stat_line(f"{label_s}, less state", bare))
+        print(ratio_line(f"{what} less state, sealroot / plain", bare, b))
+
+    versus("total", "whole", "sealroot start -> composed root",
+           "plain: modules, wait, ext4, EROFS, overlay", "whole")
+    versus("from_init", "from_init", "sealroot: Run /init -> composed",
+           "plain: Run /init -> composed", "from /init")
     print(stat_line("sealroot measure+verify+EROFS+overlay", comp_s))
     print(stat_line("plain: EROFS + overlay", comp_p))
     print(ratio_line("compose, sealroot / plain", comp_s, comp_p))
