@@ -222,10 +222,9 @@ def plain_times(r):
 
 def sealroot_times(r):
     """status.json's timings_us of one sealroot boot, in ms."""
-    m = re.search(r"SEALTEST: status-begin\n(.*?)\nSEALTEST: status-end", r.text, re.S)
-    if not m:
+    body = q.status_json(r)
+    if body is None:
         raise RuntimeError(f"sealroot boot printed no status.json (log {r.log})")
-    body = "\n".join(l for l in m.group(1).splitlines() if not re.match(r"\[\s*\d+\.\d+\]", l))
     try:
         t = json.loads(body)["timings_us"]
     except (ValueError, KeyError) as e:

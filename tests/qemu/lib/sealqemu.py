@@ -409,6 +409,16 @@ def mkfs_ext4(src_dir, img, size="96M"):
     return img
 
 
+def status_json(r):
+    """The /run/sealroot/status.json DEMO_INIT printed between its
+    status-begin/-end markers in boot R's log, without interleaved kernel
+    lines; None if it printed none."""
+    m = re.search(r"SEALTEST: status-begin\n(.*?)\nSEALTEST: status-end", r.text, re.S)
+    if not m or "{" not in m.group(1):
+        return None
+    return "\n".join(l for l in m.group(1).splitlines() if not re.match(r"\[\s*\d+\.\d+\]", l))
+
+
 def copy_disk(src, dst):
     run(["cp", "--sparse=always", src, dst])
     return Path(dst)
