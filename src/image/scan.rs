@@ -702,6 +702,7 @@ mod tests {
             }
         }
     }
+
     /// A file the walk saw as regular but which became a FIFO or a symlink
     /// before a worker opened it: an error, never a hang or a followed link.
     #[test]
