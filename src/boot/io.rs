@@ -12,8 +12,13 @@
 //! - With `RESOLVE_BENEATH`, a `..` resolved while any rename or mount
 //!   happens in the system makes the call fail with `EAGAIN`; retrying is
 //!   the documented answer (bounded here).
-//! - `O_NONBLOCK` on open keeps a FIFO planted under a file name from
-//!   blocking; the type check after `fstat` then refuses it.
+//! - Opening a device node runs its driver's `open` (a tape rewinds, a
+//!   modem line hangs up, a FIFO blocks), and the repository is on the disk
+//!   an attacker writes. So [`open_beneath`] resolves the name with
+//!   `O_PATH` (no open of the file itself), checks with `fstat` that it is
+//!   a regular file, and only then opens that same inode for reading through
+//!   `/proc/self/fd/N` (a reopen of the fd, not a new lookup of the name).
+//!   `fstat` works on `O_PATH` descriptors since Linux 3.6.
 
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
@@ -133,13 +138,13 @@ pub fn open_beneath(
     follow: Follow,
 ) -> Result<OwnedFd, FileError> {
     let path = shown.to_string();
-    let fd = openat2_retrying(|| {
+    let handle = openat2_retrying(|| {
         rustix::fs::openat2(
             repo.as_fd(),
             rel,
-            // NONBLOCK so that a FIFO planted under the name cannot hang the
-            // boot before the type check below.
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+            // O_PATH: nothing behind the name is opened until its type is
+            // known (see the module docs).
+            OFlags::PATH | OFlags::CLOEXEC,
             Mode::empty(),
             follow.resolve_flags(),
         )
@@ -153,14 +158,26 @@ pub fn open_beneath(
             errno,
         },
     })?;
-    let st = rustix::fs::fstat(&fd).map_err(|errno| FileError::Open {
+    let st = rustix::fs::fstat(&handle).map_err(|errno| FileError::Open {
         path: path.clone(),
         errno,
     })?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         return Err(FileError::NotRegularFile { path });
     }
-    Ok(fd)
+    reopen_for_reading(&handle).map_err(|errno| FileError::Open { path, errno })
+}
+
+/// Open the inode an `O_PATH` descriptor refers to, read-only, through its
+/// `/proc/self/fd` entry: the same inode, whatever the name now points to.
+pub fn reopen_for_reading(handle: impl AsFd) -> Result<OwnedFd, Errno> {
+    use std::os::fd::AsRawFd;
+    let proc_path = format!("/proc/self/fd/{}", handle.as_fd().as_raw_fd());
+    rustix::fs::open(
+        proc_path.as_str(),
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
 }
 
 /// Read a whole repository file of at most `max` bytes.
@@ -323,5 +340,56 @@ mod tests {
             read_file_limited(&dir.path().join("nope"), 1),
             Err(Some(Errno::NOENT))
         );
+    }
+
+    /// A FIFO planted under a repository name is refused without being
+    /// opened: a writer blocked in its own open would be released by any
+    /// open for reading, so it must still be waiting afterwards.
+    #[test]
+    fn planted_fifo_is_never_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("meta.json");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let writer_path = fifo.clone();
+        let writer = std::thread::spawn(move || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(writer_path)
+                .map(drop)
+        });
+        let repo =
+            rustix::fs::open(dir.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        for follow in [Follow::Beneath, Follow::Never] {
+            assert_eq!(
+                open_beneath(&repo, "meta.json", "composefs/meta.json", follow).err(),
+                Some(FileError::NotRegularFile {
+                    path: "composefs/meta.json".into()
+                })
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let opened = writer.is_finished();
+        // Release the writer either way so the test never hangs.
+        let reader = std::fs::File::open(&fifo).unwrap();
+        writer.join().unwrap().unwrap();
+        drop(reader);
+        assert!(!opened, "open_beneath opened the FIFO");
+    }
+
+    #[test]
+    fn regular_file_is_reopened_for_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"sealed").unwrap();
+        let repo =
+            rustix::fs::open(dir.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let bytes = read_beneath(&repo, "f", "f", 100, Follow::Never).unwrap();
+        assert_eq!(bytes, b"sealed");
     }
 }

@@ -308,11 +308,16 @@ pub struct Gate {
 
 /// Check the command line text against the boot policy (signed trust
 /// policy only), parse it and log what it contained that is ignored.
-pub fn read_cmdline(text: &str, gate: &Gate) -> Result<Cmdline, BootError> {
+///
+/// `line` is the command line's raw bytes (for `/proc/cmdline`, without the
+/// newline the kernel appends): the signed policy's byte grammar is checked
+/// on those bytes, before anything turns them into text.
+pub fn read_cmdline(line: &[u8], gate: &Gate) -> Result<Cmdline, BootError> {
     if gate.restricts_cmdline {
-        gate.boot.check(text).map_err(BootError::Policy)?;
+        gate.boot.check_bytes(line).map_err(BootError::Policy)?;
     }
-    let c = cmdline::parse(text).map_err(BootError::Cmdline)?;
+    let text = String::from_utf8_lossy(line);
+    let c = cmdline::parse(&text).map_err(BootError::Cmdline)?;
     for ignored in &c.ignored_digests {
         log::warning(&format!(
             "ignoring later digest parameter {ignored}: only the first one counts"
@@ -364,6 +369,8 @@ pub fn prepare(req: &PrepareRequest<'_>) -> Result<Prepared, BootError> {
     let t = Instant::now();
     let image = mount::open_image(&repo, &digest).map_err(BootError::Image)?;
     let shown = crate::layout::shown(&crate::layout::image_rel(&digest));
+    mount::check_verity_filesystem(&image, &shown).map_err(BootError::Image)?;
+    mount::check_verity_filesystem(&repo, crate::layout::REPO_DIR).map_err(BootError::Image)?;
     let measured = mount::measure(&image, &digest, &shown).map_err(BootError::Image)?;
     let measure_us = us_since(t);
     log::notice(&format!("measured {measured} on {shown}"));
@@ -609,7 +616,8 @@ pub struct PrepareArgs {
     pub config: Option<PathBuf>,
 }
 
-fn proc_cmdline() -> Result<String, BootError> {
+/// `/proc/cmdline` as bytes, without the one newline the kernel appends.
+fn proc_cmdline() -> Result<Vec<u8>, BootError> {
     // Over-long input is cut here and refused by the parser's own check.
     let bytes = match crate::boot::io::read_file_limited(
         Path::new("/proc/cmdline"),
@@ -623,7 +631,11 @@ fn proc_cmdline() -> Result<String, BootError> {
             })
         }
     };
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    let mut bytes = bytes;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+    }
+    Ok(bytes)
 }
 
 /// What a refusal is measured with: the TPM policy once the gate is
@@ -669,7 +681,7 @@ fn prepare_mode(args: PrepareArgs, started: Instant, ctx: &RefusalCtx) -> Result
     let gate = load_gate()?;
     ctx.tpm.set(gate.boot.tpm);
     let text = match args.cmdline {
-        Some(t) => t,
+        Some(t) => t.into_bytes(),
         None => proc_cmdline()?,
     };
     let c = read_cmdline(&text, &gate)?;

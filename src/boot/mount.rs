@@ -6,6 +6,11 @@
 //!   with `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`: a symlink may
 //!   point into `objects/` (composefs-rs does that) but never out of
 //!   `composefs/`. The result must be a regular file.
+//! - [`check_verity_filesystem`] refuses an image or object store on a
+//!   filesystem whose fs-verity the kernel does not implement itself: only
+//!   ext4 (`statfs` magic 0xEF53), f2fs (0xF2F52010) and btrfs (0x9123683E)
+//!   pass. FUSE (0x65735546) forwards `FS_IOC_MEASURE_VERITY` to a user-space
+//!   daemon, which could answer any digest it likes.
 //! - [`measure`] asks the kernel for that fd's fs-verity digest and compares
 //!   the full digest (algorithm and every byte) with the expected one.
 //! - [`compose`] mounts EROFS from THAT SAME fd (`source=/proc/self/fd/N`, or
@@ -82,7 +87,26 @@ pub enum ImageError {
         expected: Box<Digest>,
         found: Box<Digest>,
     },
+    /// The file is on a filesystem whose fs-verity answers do not come from
+    /// the kernel itself ([`VERITY_FILESYSTEMS`]).
+    UntrustedFilesystem {
+        path: String,
+        magic: u64,
+    },
+    /// `fstatfs` failed.
+    Statfs {
+        path: String,
+        errno: Errno,
+    },
 }
+
+/// `statfs` magic numbers of the filesystems whose fs-verity the kernel
+/// implements itself, with their names for log lines.
+pub const VERITY_FILESYSTEMS: &[(u64, &str)] = &[
+    (0xEF53, "ext4"),
+    (0xF2F5_2010, "f2fs"),
+    (0x9123_683E, "btrfs"),
+];
 
 impl From<FileError> for ImageError {
     fn from(e: FileError) -> Self {
@@ -113,6 +137,14 @@ impl fmt::Display for ImageError {
                 f,
                 "image {path} digest mismatch: expected {expected}, measured {found}"
             ),
+            ImageError::UntrustedFilesystem { path, magic } => write!(
+                f,
+                "{path} is on a filesystem (statfs magic 0x{magic:x}) whose fs-verity the \
+                 kernel does not implement itself; the repository must be on ext4, f2fs or btrfs"
+            ),
+            ImageError::Statfs { path, errno } => {
+                write!(f, "cannot statfs {path}: {}", errno_name(*errno))
+            }
         }
     }
 }
@@ -285,6 +317,25 @@ pub fn open_image(repo: impl AsFd, digest: &Digest) -> Result<OwnedFd, ImageErro
         &layout::shown(&rel),
         Follow::Beneath,
     )?)
+}
+
+/// Refuse `fd` unless its filesystem is one of [`VERITY_FILESYSTEMS`].
+pub fn check_verity_filesystem(fd: impl AsFd, shown: &str) -> Result<(), ImageError> {
+    let st = rustix::fs::fstatfs(fd).map_err(|errno| ImageError::Statfs {
+        path: shown.to_string(),
+        errno,
+    })?;
+    // f_type is signed on some targets; the magic is its low 32 bits.
+    #[allow(clippy::unnecessary_cast)]
+    let magic = (st.f_type as u64) & 0xFFFF_FFFF;
+    if VERITY_FILESYSTEMS.iter().any(|&(m, _)| m == magic) {
+        Ok(())
+    } else {
+        Err(ImageError::UntrustedFilesystem {
+            path: shown.to_string(),
+            magic,
+        })
+    }
 }
 
 /// Measure the image fd and compare the full digest with `expected`.

@@ -16,11 +16,42 @@
 //!   refuses the first word that no allowlist entry matches
 //!   ([`PolicyError::WordNotAllowed`]). Under `sealed-digest` the command
 //!   line is inside a signed UKI, i.e. the vendor's own, and is not checked.
+//! - **One byte grammar for the whole line, before any word**
+//!   ([`check_line_bytes`]). The same bytes are read by several parsers that
+//!   split words differently: the kernel's `next_arg` (its own ctype table
+//!   counts 0xA0 as a space; double quotes group), x86 early-boot option
+//!   lookups (`cmdline_find_option`: no quotes, every byte <= 0x20
+//!   separates), systemd (single and double quotes, backslash escapes) and
+//!   dracut's shell `getarg` (field splitting that ignores quotes, then
+//!   pathname expansion). A word hidden inside another word for one reader
+//!   is a word of its own for the next. So under `signed` the line may hold
+//!   only the space (0x20) and printable ASCII (0x21..=0x7E) other than `"`,
+//!   `'` and `\`: with those bytes every reader above splits the line at
+//!   exactly the spaces, into the same words ([`PolicyError::ForbiddenByte`]
+//!   names the first other byte and its offset). `tests/cmdline_readers.rs`
+//!   and the `cmdline_readers` fuzz target check that claim against models
+//!   of each reader.
+//! - Values of entries that accept any value (`key=`) may hold only
+//!   [`SAFE_VALUE_BYTES`] (letters, digits and `._,:/=+@-()`): no shell
+//!   pattern characters (`*?[` would make dracut's shell expand a word into
+//!   file names) and nothing else any reader treats specially
+//!   ([`PolicyError::UnsafeValue`]).
+//! - `rootflags=` becomes mount options of the physical root (and, in a
+//!   systemd initrd, `x-systemd.*` unit dependencies such as
+//!   `x-systemd.requires=debug-shell.service`), so each comma-separated option
+//!   must be one of [`ROOTFLAGS_ALLOWED`] ([`PolicyError::RootflagNotAllowed`]).
+//! - The failure policy (halt, poweroff, reboot, shell) comes from the
+//!   initramfs only: `rd.emergency=` on the command line is refused
+//!   ([`PolicyError::FailurePolicyWord`]) whatever it names, and no vendor
+//!   entry can allow it, because dracut reads the command line after its
+//!   own `/etc/cmdline.d` and would let it override the vendor's choice
+//!   (a `halt` policy turned into a reboot loop).
 //! - Entry grammar: `word` matches exactly that bare word (no `=`);
-//!   `key=` matches `key` with any value; `key=value` matches exactly.
-//!   The words are split the kernel's way ([`crate::boot::cmdline::words`]): quotes
-//!   group and are removed, and a bare `--` is a word like any other (the
-//!   kernel would hand what follows to init).
+//!   `key=` matches `key` with any value (from [`SAFE_VALUE_BYTES`]);
+//!   `key=value` matches exactly. With the byte grammar in force the words
+//!   are the space-separated runs ([`crate::boot::cmdline::words`]), and a
+//!   bare `--` is a word like any other (the kernel would hand what follows
+//!   to init).
 //! - [`DEFAULT_ALLOW`] holds only words that pick hardware, logging, the
 //!   physical root or the sealed image and cannot make anything run; each is
 //!   explained there. Vendors add entries; they cannot remove defaults.
@@ -47,8 +78,8 @@ use crate::boot::cmdline;
 /// - `composefs.digest=`, `composefs=`: which sealed image boots; the seal
 ///   decides whether it may.
 /// - `sealroot.wait=`, `sealroot.debug`: root device wait and log detail.
-/// - `rd.shell=0`, `rd.emergency=halt|poweroff|reboot`: these only take an
-///   initrd's emergency shell *away* (dracut initramfs).
+/// - `rd.shell=0`: only takes an initrd's emergency shell *away* (dracut
+///   initramfs).
 /// - `BOOT_IMAGE=` (GRUB prepends it), `initrd=` (the EFI stub's and
 ///   systemd-boot's initrd path, consumed before init runs): informational
 ///   by the time anything reads them; the environment of the sealed init is
@@ -73,12 +104,57 @@ pub const DEFAULT_ALLOW: &[&str] = &[
     "sealroot.wait=",
     "sealroot.debug",
     "rd.shell=0",
-    "rd.emergency=halt",
-    "rd.emergency=poweroff",
-    "rd.emergency=reboot",
     "BOOT_IMAGE=",
     "initrd=",
 ];
+
+/// Bytes a value of an any-value entry (`key=`) may hold: ASCII letters and
+/// digits and `. _ , : / = + @ - ( )`. Enough for device names
+/// (`root=PARTUUID=…`, `/dev/disk/by-label/…`), consoles
+/// (`console=ttyS0,115200n8`, `earlycon=uart8250,io,0x3f8`), digests
+/// (`v1-sha256-12:…`) and GRUB's `BOOT_IMAGE=(hd0,gpt2)/vmlinuz-6.12`; none
+/// of them is special to the kernel, x86 early parsing, systemd, or a shell
+/// after expansion.
+pub const SAFE_VALUE_BYTES: &str = "._,:/=+@-()";
+
+/// Mount options `rootflags=` may name (the option's name, before any
+/// `=value`). Each only tunes how ext4, btrfs or f2fs keep the physical
+/// root; none makes a mount depend on a unit or a helper (`x-systemd.*`,
+/// `x-initrd.*`, `_netdev`), names another device or file (ext4's
+/// `journal_path=`, `journal_dev=`, `usrjquota=`), or sets a security
+/// label (`context=`).
+pub const ROOTFLAGS_ALLOWED: &[&str] = &[
+    "ro",
+    "rw",
+    "defaults",
+    "noatime",
+    "relatime",
+    "strictatime",
+    "nodiratime",
+    "lazytime",
+    "nolazytime",
+    "discard",
+    "nodiscard",
+    "commit",
+    "data",
+    "errors",
+    "barrier",
+    "nobarrier",
+    "subvol",
+    "subvolid",
+    "compress",
+    "compress-force",
+    "ssd",
+    "nossd",
+    "space_cache",
+    "nosuid",
+    "nodev",
+    "noexec",
+];
+
+/// Command-line keys that pick what happens after a refusal. The failure
+/// policy is the initramfs's alone; these are refused whatever they say.
+pub const FAILURE_POLICY_KEYS: &[&str] = &["rd.emergency"];
 
 /// Programs that may run as the sealed root's init; the first is the default.
 pub const DEFAULT_INITS: &[&str] = &[
@@ -151,6 +227,16 @@ impl TpmPolicy {
 pub enum PolicyError {
     /// A command-line word no entry allows (signed policy).
     WordNotAllowed { word: String },
+    /// A byte outside the command line's grammar (signed policy): anything
+    /// but the space and printable ASCII, or a quote or backslash.
+    ForbiddenByte { offset: usize, byte: u8 },
+    /// An any-value entry whose value holds a byte outside
+    /// [`SAFE_VALUE_BYTES`].
+    UnsafeValue { word: String, byte: u8 },
+    /// A `rootflags=` option not in [`ROOTFLAGS_ALLOWED`].
+    RootflagNotAllowed { option: String },
+    /// A word choosing the failure policy ([`FAILURE_POLICY_KEYS`]).
+    FailurePolicyWord { word: String },
     /// `init=` names a program not on the init list.
     InitNotAllowed { init: String, allowed: Vec<String> },
     /// An allowlist entry that cannot match a kernel word as written.
@@ -169,6 +255,27 @@ impl fmt::Display for PolicyError {
             PolicyError::WordNotAllowed { word } => write!(
                 f,
                 "kernel command line word {word:?} is not allowed by the boot policy"
+            ),
+            PolicyError::ForbiddenByte { offset, byte } => write!(
+                f,
+                "kernel command line byte 0x{byte:02x} at offset {offset} is not allowed \
+                 (only spaces and printable ASCII without quotes or backslashes)"
+            ),
+            PolicyError::UnsafeValue { word, byte } => write!(
+                f,
+                "kernel command line word {word:?} has {:?} in its value (values may hold \
+                 only letters, digits and {SAFE_VALUE_BYTES})",
+                char::from(*byte)
+            ),
+            PolicyError::RootflagNotAllowed { option } => write!(
+                f,
+                "rootflags option {option:?} is not allowed by the boot policy (allowed: {})",
+                ROOTFLAGS_ALLOWED.join(",")
+            ),
+            PolicyError::FailurePolicyWord { word } => write!(
+                f,
+                "kernel command line word {word:?} would choose the failure policy, which \
+                 comes only from the initramfs"
             ),
             PolicyError::InitNotAllowed { init, allowed } => write!(
                 f,
@@ -213,6 +320,18 @@ pub fn validate_entry(entry: &str) -> Result<(), PolicyError> {
     if entry.bytes().any(|b| b.is_ascii_control()) {
         return bad("contains a control character");
     }
+    if check_line_bytes(entry.as_bytes()).is_err() {
+        return bad("contains a byte outside the command-line grammar (printable ASCII without quotes or backslashes)");
+    }
+    if entry
+        .split_once('=')
+        .is_some_and(|(_, v)| !v.bytes().all(safe_value_byte))
+    {
+        return bad("has a value with a byte outside letters, digits and ._,:/=+@-()");
+    }
+    if entry.bytes().any(|b| matches!(b, b'*' | b'?' | b'[')) {
+        return bad("contains a shell pattern character (dracut would expand it)");
+    }
     if entry.starts_with('=') {
         return bad("has no key before '='");
     }
@@ -221,6 +340,13 @@ pub fn validate_entry(entry: &str) -> Result<(), PolicyError> {
     }
     if entry.split_once('=').is_some_and(|(k, _)| k == "init") {
         return bad("names init=; list inits with --init / SEALROOT_INITS instead");
+    }
+    let key = entry.split_once('=').map_or(entry, |(k, _)| k);
+    if FAILURE_POLICY_KEYS.contains(&key) {
+        return bad("chooses the failure policy, which only the initramfs config sets");
+    }
+    if key == "rootflags" && entry.len() > "rootflags=".len() {
+        return bad("fixes rootflags= to one value; rootflags options are checked against the built-in list");
     }
     Ok(())
 }
@@ -245,8 +371,45 @@ pub fn validate_init(init: &str) -> Result<(), PolicyError> {
     {
         return bad("contains whitespace, a quote or a control character");
     }
+    if !init.bytes().all(safe_value_byte) {
+        return bad("contains a byte outside letters, digits and ._,:/=+@-()");
+    }
     if init.split('/').any(|c| c == "." || c == "..") {
         return bad("contains a '.' or '..' component");
+    }
+    Ok(())
+}
+
+/// The command line's byte grammar under `signed`: the first byte that is
+/// neither the space nor printable ASCII, or is a quote or a backslash.
+pub fn check_line_bytes(line: &[u8]) -> Result<(), PolicyError> {
+    match line.iter().position(|&b| {
+        !(b == b' ' || (0x21..=0x7e).contains(&b)) || matches!(b, b'"' | b'\'' | b'\\')
+    }) {
+        Some(offset) => Err(PolicyError::ForbiddenByte {
+            offset,
+            byte: line[offset],
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Whether `b` may appear in the value of an any-value entry.
+pub fn safe_value_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || SAFE_VALUE_BYTES.as_bytes().contains(&b)
+}
+
+/// Each comma-separated option of a `rootflags=` value must be on
+/// [`ROOTFLAGS_ALLOWED`] (empty options, as in `a,,b`, are skipped the way
+/// the kernel skips them).
+fn check_rootflags(value: &str) -> Result<(), PolicyError> {
+    for option in value.split(',').filter(|o| !o.is_empty()) {
+        let name = option.split_once('=').map_or(option, |(n, _)| n);
+        if !ROOTFLAGS_ALLOWED.contains(&name) {
+            return Err(PolicyError::RootflagNotAllowed {
+                option: cmdline::capped(option, None),
+            });
+        }
     }
     Ok(())
 }
@@ -309,13 +472,50 @@ impl BootPolicy {
             .any(|e| entry_matches(e, key, value))
     }
 
-    /// Refuse the first word of `text` that nothing allows (signed policy).
+    /// Check a whole command line (signed policy): the byte grammar first
+    /// ([`check_line_bytes`]), then each word in order; the first problem
+    /// is the error.
     pub fn check(&self, text: &str) -> Result<(), PolicyError> {
+        self.check_bytes(text.as_bytes())
+    }
+
+    /// [`BootPolicy::check`] on the raw bytes of `/proc/cmdline` (without
+    /// the newline the kernel appends), so that an offset in
+    /// [`PolicyError::ForbiddenByte`] is an offset in what the boot loader
+    /// passed.
+    pub fn check_bytes(&self, line: &[u8]) -> Result<(), PolicyError> {
+        check_line_bytes(line)?;
+        // All printable ASCII now, so this cannot fail.
+        let text = std::str::from_utf8(line).map_err(|e| PolicyError::ForbiddenByte {
+            offset: e.valid_up_to(),
+            byte: line.get(e.valid_up_to()).copied().unwrap_or(0),
+        })?;
         for p in cmdline::words(text) {
-            if !self.allows(p.key, p.value) {
-                return Err(PolicyError::WordNotAllowed {
-                    word: cmdline::capped(p.key, p.value),
+            self.check_word(p.key, p.value)?;
+        }
+        Ok(())
+    }
+
+    fn check_word(&self, key: &str, value: Option<&str>) -> Result<(), PolicyError> {
+        if FAILURE_POLICY_KEYS.contains(&key) {
+            return Err(PolicyError::FailurePolicyWord {
+                word: cmdline::capped(key, value),
+            });
+        }
+        if !self.allows(key, value) {
+            return Err(PolicyError::WordNotAllowed {
+                word: cmdline::capped(key, value),
+            });
+        }
+        if let Some(v) = value {
+            if let Some(b) = v.bytes().find(|&b| !safe_value_byte(b)) {
+                return Err(PolicyError::UnsafeValue {
+                    word: cmdline::capped(key, value),
+                    byte: b,
                 });
+            }
+            if key == "rootflags" {
+                check_rootflags(v)?;
             }
         }
         Ok(())
@@ -367,9 +567,10 @@ mod tests {
         let p = BootPolicy::default();
         for line in [
             format!("BOOT_IMAGE=/vmlinuz-6.12 root=UUID=1234 ro quiet console=ttyS0,115200 composefs.digest=v1-sha256-12:{HEX}"),
-            format!("initrd=\\EFI\\x\\initrd console=tty0 loglevel=3 rootwait rootfstype=ext4 rootflags=\"noatime,commit=5\" rw panic=10 composefs={HEX}"),
+            format!("initrd=/EFI/x/initrd console=tty0 loglevel=3 rootwait rootfstype=ext4 rootflags=noatime,commit=5,data=ordered rw panic=10 composefs={HEX}"),
+            "BOOT_IMAGE=(hd0,gpt2)/vmlinuz-6.12.9+bpo-cloud-amd64 root=PARTUUID=0a1b-02 rootflags=subvol=@root,compress=zstd:3".to_string(),
             "earlycon earlycon=uart8250,io,0x3f8 earlyprintk=ttyS0 rootdelay=3 sealroot.wait=5 sealroot.debug".to_string(),
-            "rd.shell=0 rd.emergency=poweroff rd.emergency=halt rd.emergency=reboot".to_string(),
+            "rd.shell=0".to_string(),
             "init=/sbin/init init=/usr/lib/systemd/systemd init=/lib/systemd/systemd".to_string(),
             String::new(),
             "   ".to_string(),
@@ -387,7 +588,6 @@ mod tests {
                 "init=/bin/busybox",
             ),
             ("root=/dev/vda -- sh /sysroot/evil.sh", "--"),
-            ("root=/dev/vda \"--\" x", "--"),
             ("root=/dev/vda LD_PRELOAD=/etc/x.so", "LD_PRELOAD=/etc/x.so"),
             (
                 "init=/lib64/ld-linux-x86-64.so.2 -- /sysroot/evil",
@@ -416,7 +616,6 @@ mod tests {
             ("rd.break=pre-pivot", "rd.break=pre-pivot"),
             ("rd.shell", "rd.shell"),
             ("rd.shell=1", "rd.shell=1"),
-            ("rd.emergency=shell", "rd.emergency=shell"),
             ("sealroot.failure=shell", "sealroot.failure=shell"),
             ("init", "init"),
             ("init=", "init="),
@@ -424,11 +623,141 @@ mod tests {
             ("quiet=1", "quiet=1"),
             ("console", "console"),
             ("Root=/dev/vda", "Root=/dev/vda"),
-            ("\"init=/bin/sh\"", "init=/bin/sh"),
         ];
         for (line, word) in cases {
             assert_eq!(refused(&p, line), word, "{line}");
         }
+    }
+
+    /// Every route the readers' disagreement opened, as the attacker wrote
+    /// it: refused by the byte grammar, naming the first offending byte.
+    #[test]
+    fn bytes_that_split_differently_for_another_reader_are_refused() {
+        let p = BootPolicy::default();
+        let cases: &[(&[u8], usize, u8)] = &[
+            // The kernel's ctype counts 0xA0 as a space.
+            (
+                b"root=/dev/vda BOOT_IMAGE=x\xa0sysctl.kernel.domainname=evil",
+                26,
+                0xa0,
+            ),
+            // x86 early parsing splits at every byte <= 0x20.
+            (b"BOOT_IMAGE=x\x01nokaslr", 12, 0x01),
+            (b"BOOT_IMAGE=x\tnokaslr", 12, b'\t'),
+            (b"BOOT_IMAGE=x\nnokaslr", 12, b'\n'),
+            // ... and ignores double quotes.
+            (b"BOOT_IMAGE=\"x nokaslr y\"", 11, b'"'),
+            // systemd honours single quotes and backslashes.
+            (
+                b"BOOT_IMAGE='\"' 'systemd.unit=emergency.target' '\"'",
+                11,
+                b'\'',
+            ),
+            (
+                b"console=ttyS0 BOOT_IMAGE=a\\ systemd.debug_shell",
+                26,
+                b'\\',
+            ),
+            // dracut's shell ignores quotes.
+            (b"BOOT_IMAGE=\"x init=/var/evil y\"", 11, b'"'),
+            (b"root=/dev/vda \"--\" x", 14, b'"'),
+            (b"quiet \x7f", 6, 0x7f),
+            (b"quiet \xc3\xa9", 6, 0xc3),
+            (b"\x00", 0, 0),
+        ];
+        for &(line, offset, byte) in cases {
+            assert_eq!(
+                p.check_bytes(line),
+                Err(PolicyError::ForbiddenByte { offset, byte }),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        let e = p.check_bytes(b"BOOT_IMAGE=x\xa0y").unwrap_err().to_string();
+        assert!(e.contains("0xa0 at offset 12"), "{e}");
+    }
+
+    #[test]
+    fn any_value_entries_take_only_safe_bytes() {
+        let p = BootPolicy::default();
+        for (line, byte) in [
+            ("BOOT_IMAGE=/boot/*", b'*'),
+            ("console=tty?", b'?'),
+            ("root=/dev/[v]da", b'['),
+            ("BOOT_IMAGE=$(x)", b'$'),
+            ("BOOT_IMAGE=a;b", b';'),
+            ("BOOT_IMAGE=a|b", b'|'),
+            ("loglevel=7`x`", b'`'),
+            ("composefs.digest=v1-sha256-12:{x}", b'{'),
+        ] {
+            assert!(
+                matches!(p.check(line), Err(PolicyError::UnsafeValue { byte: b, .. }) if b == byte),
+                "{line}: {:?}",
+                p.check(line)
+            );
+        }
+    }
+
+    #[test]
+    fn rootflags_take_only_listed_mount_options() {
+        let p = BootPolicy::default();
+        assert_eq!(
+            p.check("rootflags=noatime,,commit=5,errors=remount-ro"),
+            Ok(())
+        );
+        for (line, option) in [
+            (
+                "rootflags=x-systemd.requires=debug-shell.service",
+                "x-systemd.requires=debug-shell.service",
+            ),
+            ("rootflags=noatime,x-initrd.mount", "x-initrd.mount"),
+            ("rootflags=journal_path=/dev/vdb", "journal_path=/dev/vdb"),
+            (
+                "rootflags=context=system_u:object_r:x:s0",
+                "context=system_u:object_r:x:s0",
+            ),
+            ("rootflags=_netdev", "_netdev"),
+        ] {
+            assert_eq!(
+                p.check(line),
+                Err(PolicyError::RootflagNotAllowed {
+                    option: option.to_string()
+                }),
+                "{line}"
+            );
+        }
+        assert!(matches!(
+            validate_entry("rootflags=x-systemd.requires=a"),
+            Err(PolicyError::BadEntry { .. })
+        ));
+        assert_eq!(validate_entry("rootflags="), Ok(()));
+    }
+
+    #[test]
+    fn failure_policy_words_are_refused_and_cannot_be_allowed() {
+        let p = BootPolicy::default();
+        for word in [
+            "rd.emergency=reboot",
+            "rd.emergency=halt",
+            "rd.emergency=shell",
+            "rd.emergency",
+        ] {
+            assert_eq!(
+                p.check(&format!("quiet {word}")),
+                Err(PolicyError::FailurePolicyWord {
+                    word: word.to_string()
+                })
+            );
+            assert!(matches!(
+                validate_entry(word),
+                Err(PolicyError::BadEntry { .. })
+            ));
+        }
+        assert!(p
+            .check("rd.emergency=reboot")
+            .unwrap_err()
+            .to_string()
+            .contains("failure policy"));
     }
 
     #[test]
@@ -493,6 +822,13 @@ mod tests {
             "init=",
             "a\tb",
             "x\u{1}",
+            "a'b",
+            "a\\b",
+            "\u{a0}x",
+            "BOOT_IMAGE=*",
+            "x[1]",
+            "rd.emergency=poweroff",
+            "foo=a;b",
         ] {
             assert!(
                 matches!(validate_entry(e), Err(PolicyError::BadEntry { .. })),
@@ -500,7 +836,16 @@ mod tests {
             );
         }
         assert!(validate_entry(&"a".repeat(257)).is_err());
-        for i in ["sbin/init", "", "/a b", "/a/../b", "/./x"] {
+        for i in [
+            "sbin/init",
+            "",
+            "/a b",
+            "/a/../b",
+            "/./x",
+            "/bin/*",
+            "/a'b",
+            "/a\\b",
+        ] {
             assert!(
                 matches!(validate_init(i), Err(PolicyError::BadInit { .. })),
                 "{i:?}"
@@ -516,7 +861,7 @@ mod tests {
     #[test]
     fn long_words_are_capped_in_errors() {
         let p = BootPolicy::default();
-        let w = refused(&p, &format!("x={}", "é".repeat(300)));
+        let w = refused(&p, &format!("x={}", "e".repeat(300)));
         assert!(w.len() <= cmdline::MAX_LOGGED + 3 && w.ends_with("..."));
     }
 }

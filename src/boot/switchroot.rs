@@ -321,7 +321,9 @@ pub fn mount_physical_root(
             device.as_str(),
             target,
             *fstype,
-            MountFlags::empty(),
+            // The disk is the attacker's: a device node on it must not
+            // reach a device, and no set-id bit may count.
+            MountFlags::NODEV | MountFlags::NOSUID,
             data.as_c_str(),
         ) {
             Ok(()) => {
