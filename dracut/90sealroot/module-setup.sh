@@ -13,8 +13,10 @@
 #   sealroot_config=PATH   in a dracut.conf.d file, or env SEALROOT_CONFIG: a
 #                          config.json to install as /etc/sealroot/config.json
 #                          (default: the build root's /etc/sealroot/config.json
-#                          if it exists). Its "failure": "reboot" also sets
-#                          rd.emergency=reboot (a refusal reboots).
+#                          if it exists). Its "failure" policy also sets
+#                          dracut's rd.emergency= in the initramfs: "reboot"
+#                          -> reboot, "halt" (the default, also with no
+#                          config) -> poweroff, as sealroot's own halt does.
 
 sealroot_find_binary() {
     local b
@@ -106,14 +108,20 @@ install() {
     # or the command line can still turn the shell on; 00- keeps ours first.
     mkdir -p "${initdir}/etc/cmdline.d"
     printf 'rd.shell=0\n' > "${initdir}/etc/cmdline.d/00-sealroot.conf"
-    # The config's failure policy "reboot" (A/B updates: a refused image
-    # spends one boot-counter try, then the boot loader falls back) maps to
-    # dracut's rd.emergency=reboot, which both dracut's emergency handler
-    # (systemd: dracut-emergency; without systemd: die) follow once the shell
-    # is off. sealroot itself reads the same config at boot and refuses it if
-    # it is not valid JSON, so this match never decides anything on its own.
+    # The config's failure policy becomes dracut's rd.emergency=, which both
+    # dracut's emergency handlers (systemd: dracut-emergency; without
+    # systemd: die) follow once the shell is off: "reboot" (A/B updates: a
+    # refused image spends one boot-counter try, then the boot loader falls
+    # back) -> reboot; "halt", the default -> poweroff (sealroot's halt
+    # powers off too). Under the signed policy sealroot refuses any
+    # rd.emergency= on the kernel command line, which dracut would otherwise
+    # read after this file and obey (a halt turned into a reboot loop).
+    # sealroot itself reads the same config at boot and refuses it if it is
+    # not valid JSON, so this match never decides anything on its own.
     if [[ -n $cfg ]] && grep -Eq '"failure"[[:space:]]*:[[:space:]]*"reboot"' "$cfg"; then
         printf 'rd.emergency=reboot\n' >> "${initdir}/etc/cmdline.d/00-sealroot.conf"
+    elif [[ -z $cfg ]] || ! grep -Eq '"failure"[[:space:]]*:[[:space:]]*"shell"' "$cfg"; then
+        printf 'rd.emergency=poweroff\n' >> "${initdir}/etc/cmdline.d/00-sealroot.conf"
     fi
 
     if dracut_module_included "systemd"; then

@@ -530,8 +530,9 @@ pub fn encode_area(payload: &[u8]) -> Result<Vec<u8>, TrustError> {
 
 /// Human- and test-readable lines: `policy:`, `serial-floor:`, one `key:`
 /// line per key fingerprint, one `init:` line per allowed init, and the
-/// command-line allowlist (`cmdline-allow:` per entry, or `cmdline:
-/// unrestricted` under sealed-digest).
+/// command-line policy (the byte grammar, the value bytes, the rootflags
+/// options, the refused failure-policy keys and `cmdline-allow:` per entry;
+/// or `cmdline: unrestricted` under sealed-digest).
 pub fn describe(anchor: &Anchor) -> String {
     let policy = &anchor.policy;
     let mut out = format!(
@@ -560,6 +561,22 @@ pub fn describe(anchor: &Anchor) -> String {
     ));
     match policy {
         TrustPolicy::Signed { .. } => {
+            out.push_str(
+                "cmdline-bytes: space and printable ASCII, no \" ' or \\ (one grammar for every reader)\n",
+            );
+            out.push_str(&format!(
+                "cmdline-values: letters, digits and {}\n",
+                crate::boot::policy::SAFE_VALUE_BYTES
+            ));
+            out.push_str(&format!(
+                "rootflags-allow: {}\n",
+                crate::boot::policy::ROOTFLAGS_ALLOWED.join(",")
+            ));
+            for key in crate::boot::policy::FAILURE_POLICY_KEYS {
+                out.push_str(&format!(
+                    "cmdline-refused: {key}= (the failure policy comes from the initramfs)\n"
+                ));
+            }
             for entry in anchor.boot.effective_allow() {
                 out.push_str(&format!("cmdline-allow: {entry}\n"));
             }

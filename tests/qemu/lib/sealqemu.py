@@ -632,5 +632,7 @@ def _boot_vm(kernel, initrd, append, disks, log_path, timeout, stop_after, memor
     done.wait(5)
     secs = time.monotonic() - start
     text = b"".join(chunks).decode(errors="replace").replace("\r", "")
-    Path(log_path).write_text(" ".join(cmd) + "\n\n" + text)
+    # The command line may carry raw bytes (surrogate-escaped, as in argv).
+    Path(log_path).write_text(" ".join(cmd).encode(errors="surrogateescape").decode(errors="replace")
+                              + "\n\n" + text)
     return BootResult(text, secs, timed_out[0], log_path)
