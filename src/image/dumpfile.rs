@@ -20,15 +20,20 @@
 //! target > 4095 bytes, inline content > 5000 bytes, xattr names > 255 bytes
 //! or empty, values > 65535 bytes, an inode's xattrs beyond half of EROFS'
 //! 16-bit xattr area (the reference's cap, leaving room for the overlay xattrs
-//! the writer adds), modes beyond 16 bits or of unknown type, ids beyond 32
-//! bits, directory hard links, dangling or cyclic hard links.
+//! the writer adds), modes of unknown type, MODE values beyond 64 bits, ids
+//! beyond 32 bits, directory hard links, dangling or cyclic hard links.
 //!
 //! `strict` additionally refuses what the reference merely tolerates: a
 //! line that ends right after its PAYLOAD (lenient parsing takes the
 //! missing CONTENT and DIGEST as `-`, as mkcomposefs 1.0 does; a line
 //! shorter than that is an error either way), a missing final newline, a symlink SIZE that disagrees with its target,
 //! RDEV on anything but a device, CONTENT or DIGEST on anything but a
-//! regular file, an xattr without `=`, and nanoseconds ≥ 10⁹.
+//! regular file, an xattr without `=`, nanoseconds ≥ 10⁹, and a MODE with
+//! bits beyond 16 (lenient parsing keeps its low 16 bits, type included,
+//! as mkcomposefs 1.0.8 does: it is `strtoull`'d, stored as a 32-bit
+//! `st_mode` whose type bits are checked, and written as the 16-bit
+//! `i_mode`; a fuzzer-found composefs test input has MODE `20720777`, a
+//! symlink `0120777`).
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -114,6 +119,9 @@ pub enum DumpfileError {
     #[error("line {line}: {reason} (strict mode)")]
     Strict { line: usize, reason: &'static str },
 }
+
+/// The bits of MODE an image keeps (EROFS' `i_mode` is 16 bits).
+const MODE_BITS: u32 = 0o177777;
 
 /// Index of CONTENT, the first field a lenient parse lets a line omit.
 const FIRST_OPTIONAL_FIELD: usize = 9;
@@ -370,13 +378,20 @@ pub fn parse(input: &[u8], strict: bool) -> Result<Tree, DumpfileError> {
             None => (false, f[2]),
         };
         let mode = parse_u64(mode_s, 8, line, "MODE")?;
-        if mode > 0o177777 {
-            return Err(DumpfileError::BadField {
-                line,
-                field: "MODE",
-                reason: format!("{mode:o} has bits beyond the 16-bit st_mode"),
-            });
-        }
+        let mode = if mode > u64::from(MODE_BITS) {
+            if strict {
+                return Err(DumpfileError::Strict {
+                    line,
+                    reason: "MODE has bits beyond the 16-bit st_mode",
+                });
+            }
+            // The reference keeps what fits: it passes the value on as a
+            // 32-bit st_mode, checks the type bits, and the image's i_mode
+            // is its low 16 bits; nothing else reads the bits above.
+            mode & u64::from(MODE_BITS)
+        } else {
+            mode
+        };
         let mode = mode as u32;
         let ftype = mode & S_IFMT;
         if ![
@@ -926,7 +941,9 @@ mod tests {
             b"/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 @100644 1 0 0 0 0.0 /b - -\n",
             b"/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 @100644 1 0 0 0 0.0 /a - -\n",
             b"/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 100644 1 0 0 0 0.0\n", // no PAYLOAD
-            b"/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 1100644 1 0 0 0 0.0 - - -\n",
+            b"/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 200000644 1 0 0 0 0.0 - - -\n", // no type in 16 bits
+            b"/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 1777777777777777777777 1 0 0 0 0.0 - - -\n",
+            b"/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 2000000000000000000000 1 0 0 0 0.0 - - -\n",
             b"/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 100644 1 0 0 0 0 - - -\n",
         ];
         for c in cases {
@@ -969,6 +986,81 @@ mod tests {
                     line: 1,
                     field: "PAYLOAD"
                 })
+            );
+        }
+    }
+
+    /// Every MODE with bits beyond 16 (types directory, char device,
+    /// regular file with content and an xattr, a hard link, a symlink, a
+    /// regular file with a bit beyond 32), and the same tree with those bits
+    /// cleared.
+    const HIGH_MODES: &[u8] = b"/ 0 40755 3 0 0 0 1700000000.0 - - -
+/d 0 240755 2 0 0 0 1700000000.0 - - -
+/d/c 0 7020644 1 0 0 259 1700000000.0 - - -
+/f 5 1100644 2 0 0 0 1700000000.0 - hello - user.k=v
+/h 0 @20100600 0 0 0 0 0.0 /f - -
+/l 6 20720777 1 0 0 0 1700000000.0 target - -
+/w 0 4000000100640 1 7 7 0 1700000000.0 - - -
+";
+    const LOW_MODES: &[u8] = b"/ 0 40755 3 0 0 0 1700000000.0 - - -
+/d 0 40755 2 0 0 0 1700000000.0 - - -
+/d/c 0 20644 1 0 0 259 1700000000.0 - - -
+/f 5 100644 2 0 0 0 1700000000.0 - hello - user.k=v
+/h 0 @100600 0 0 0 0 0.0 /f - -
+/l 6 120777 1 0 0 0 1700000000.0 target - -
+/w 0 100640 1 7 7 0 1700000000.0 - - -
+";
+
+    #[test]
+    fn lenient_mode_keeps_the_low_16_bits_as_mkcomposefs_does() {
+        use crate::digest::hex_encode;
+        use crate::image::erofs::{write_image, WriteOptions};
+        use sha2::{Digest as _, Sha256};
+
+        let high = parse(HIGH_MODES, false).unwrap();
+        assert_eq!(high, parse(LOW_MODES, false).unwrap());
+        let kinds: Vec<u32> = [&b"d"[..], b"f", b"h", b"l", b"w"]
+            .iter()
+            .map(|n| high.inodes[high.lookup(ROOT, n).unwrap()].mode())
+            .collect();
+        assert_eq!(kinds, [0o40755, 0o100644, 0o100644, 0o120777, 0o100640]);
+        // The image and its fs-verity digest as C mkcomposefs 1.0.8 writes
+        // them (`mkcomposefs --print-digest --from-file`, lenient parsing)
+        // for HIGH_MODES, and for LOW_MODES alike.
+        let image = write_image(&high, &WriteOptions::default()).unwrap();
+        assert_eq!(
+            hex_encode(&Sha256::digest(&image)),
+            "54c75b076558eb7b4d76c0b479538a7231cf1b9ba5cae4f8acf453eb4c948f4c"
+        );
+        assert_eq!(
+            crate::image::fsverity::digest_bytes(HashAlgorithm::Sha256, &image).to_hex(),
+            "8741b7f71e3f2856e952ce232dd36d8e5e007b8148eb8ff8eb5cf90970ca7ce2"
+        );
+        // Printing gives the kept mode, and that parses again strictly.
+        let mut out = Vec::new();
+        write(&high, &mut out).unwrap();
+        assert_eq!(parse(&out, true).unwrap(), high);
+    }
+
+    #[test]
+    fn strict_mode_refuses_mode_bits_beyond_16() {
+        // Strict parsing accepts the low form but refuses each high line.
+        parse(LOW_MODES, true).unwrap();
+        let lines: Vec<&[u8]> = HIGH_MODES.split_inclusive(|&c| c == b'\n').collect();
+        let low: Vec<&[u8]> = LOW_MODES.split_inclusive(|&c| c == b'\n').collect();
+        for n in 1..lines.len() {
+            let mut d = low[..n].concat();
+            d.extend_from_slice(lines[n]);
+            d.extend(low[n + 1..].concat());
+            assert!(parse(&d, false).is_ok());
+            assert_eq!(
+                parse(&d, true),
+                Err(DumpfileError::Strict {
+                    line: n + 1,
+                    reason: "MODE has bits beyond the 16-bit st_mode"
+                }),
+                "{}",
+                String::from_utf8_lossy(lines[n])
             );
         }
     }
