@@ -266,13 +266,18 @@ mod tests {
 
     #[test]
     fn quiet_first_interval_then_one_line_then_erased() {
-        let p = Progress::with_target("install", Some(screen_target));
+        let mut p = Progress::with_target("install", Some(screen_target));
         assert!(p.is_enabled());
         p.set_total(3, 0);
+        // The clock is set, not waited for: a test thread descheduled for
+        // an interval (a loaded machine) must not see the line early.
+        p.start = Instant::now() + Duration::from_secs(3600);
         p.add(1, 1 << 20);
         p.bar.tick();
         assert_eq!(screen().contents(), (String::new(), 0), "drawn too early");
-        std::thread::sleep(INTERVAL + Duration::from_millis(20));
+        p.start = Instant::now()
+            .checked_sub(INTERVAL + Duration::from_millis(20))
+            .unwrap();
         p.add(1, 1 << 20);
         p.bar.tick();
         let (shown, writes) = screen().contents();
