@@ -137,7 +137,7 @@ fn install_copy_phase_survives_sigkill() {
     let dst = tempfile::tempdir().unwrap();
     let (objects, digest) = make_source(src.path());
     let t = Repo::new(dst.path());
-    let mut rng = common::Rng::new();
+    let mut rng = common::Rng::seeded(0x0012_7a11);
     let exe = std::env::current_exe().unwrap();
     let spawn_child = |dst: &Path| {
         Command::new(&exe)
@@ -167,9 +167,9 @@ fn install_copy_phase_survives_sigkill() {
     let t0 = std::time::Instant::now();
     assert!(spawn_child(timing.path()).wait().unwrap().success());
     let span = (t0.elapsed().as_micros() as u64).max(1000);
-    let mut killed_midway = 0;
-    let rounds = 25;
-    for _ in 0..rounds {
+    let (rounds, mut round, mut killed_midway) = (25, 0, 0);
+    while common::more_kill_rounds(round, rounds, killed_midway) {
+        round += 1;
         let finished = common::kill_after(spawn_child(dst.path()), rng.next(span));
         let present = check_target(&t);
         if !finished && present < objects.len() {
@@ -195,7 +195,7 @@ fn install_copy_phase_survives_sigkill() {
         .collect();
     assert!(temps.is_empty(), "stale temps left: {temps:?}");
     assert!(t.deploy_dir(&digest).join("etc/work").is_dir());
-    eprintln!("{killed_midway} of {rounds} kills landed mid-copy");
+    eprintln!("{killed_midway} of {round} kills landed mid-copy");
     assert!(
         killed_midway > 0,
         "no kill landed during the copy; the test proved nothing"

@@ -490,9 +490,9 @@ fn gc_survives_sigkill_and_a_rerun_finishes_the_job() {
     let work = dir.path().join("work");
     copy_repo(&repo, &work);
     let w = Repo::new(&work);
-    let mut rng = common::Rng::new();
-    let (rounds, mut midway) = (24, 0);
-    for round in 0..rounds {
+    let mut rng = common::Rng::seeded(0x0006_c0de);
+    let (rounds, mut round, mut midway) = (24, 0, 0);
+    while common::more_kill_rounds(round, rounds, midway) {
         let child = common::sealctl_cmd()
             .args(["gc", "--repo", work.to_str().unwrap()])
             .args(&keep_args)
@@ -516,20 +516,23 @@ fn gc_survives_sigkill_and_a_rerun_finishes_the_job() {
         for d in &sealed {
             assert_verifies(&work, d);
         }
-        // Half the time: a rerun finishes the job exactly, then start over
-        // from a fresh copy; otherwise kill again where this one stopped.
-        if rng.next(2) == 0 || round == rounds - 1 {
+        // Half the time, and after the last round: a rerun finishes the job
+        // exactly, then start over from a fresh copy; otherwise kill again
+        // where this one stopped.
+        let last = !common::more_kill_rounds(round + 1, rounds, midway);
+        if rng.next(2) == 0 || last {
             assert_success(&gc(&work, &keep_args));
             assert_eq!(listing(&work), reference, "round {round}: rerun differs");
             copy_repo(&repo, &work);
         }
+        round += 1;
     }
     // Default gc after a --keep run keeps exactly what is left.
     assert_eq!(figures(&gc(&reference_dir, &[])), [2, 0, 0, 0]);
     for d in &kept {
         assert_verifies(&reference_dir, d);
     }
-    eprintln!("{midway} of {rounds} kills landed mid-collection (a run takes {span} µs)");
+    eprintln!("{midway} of {round} kills landed mid-collection (a run takes {span} µs)");
     assert!(
         midway > 0,
         "no kill landed during a collection; the test proved nothing"

@@ -3,7 +3,8 @@
 //! The test re-executes its own binary as a child (env `SEALROOT_STORE_CHILD`
 //! names the store) that ingests batch after batch of objects, some from
 //! files and some from memory, with several threads. The parent kills it at
-//! random moments, 30 times, and after each kill checks that every file under
+//! random moments, 30 times (more while none has landed after a first
+//! publish), and after each kill checks that every file under
 //! a digest name has exactly that fs-verity digest (recomputed here), then
 //! lets a final run complete and checks every one of its objects is present.
 //!
@@ -18,6 +19,8 @@ use std::time::{Duration, Instant};
 use sealroot::digest::{Digest, HashAlgorithm};
 use sealroot::image::fsverity::{digest_bytes, digest_file};
 use sealroot::image::store::{list_objects, ObjectStore, TEMP_DIR};
+
+mod common;
 
 const CHILD_ENV: &str = "SEALROOT_STORE_CHILD";
 const ROUND_ENV: &str = "SEALROOT_STORE_ROUND";
@@ -145,10 +148,10 @@ fn child_entry() {
 fn sigkill_at_random_moments_never_leaves_a_wrong_object() {
     let tmp = tempfile::tempdir().unwrap();
     let objects = tmp.path().join("objects");
-    let mut r = rng(std::process::id() as u64 ^ 0x5EA1);
-    let mut killed_with_objects = 0;
-    for iteration in 0..30u64 {
-        let mut c = spawn_child(&objects, iteration, false);
+    let mut r = rng(common::test_seed(0x5EA1));
+    let (rounds, mut iteration, mut killed_with_objects) = (30, 0, 0);
+    while common::more_kill_rounds(iteration, rounds, killed_with_objects) {
+        let mut c = spawn_child(&objects, iteration as u64, false);
         // 10..1500 ms: from before the store is opened to mid-commit of a
         // later batch (a debug-build child publishes a batch every ~0.1 s).
         let delay = Duration::from_millis(10 + r() % 1490);
@@ -165,6 +168,7 @@ fn sigkill_at_random_moments_never_leaves_a_wrong_object() {
         if n > 0 {
             killed_with_objects += 1;
         }
+        iteration += 1;
     }
     assert!(
         killed_with_objects > 0,

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use sealroot::digest::HashAlgorithm;
 use sealroot::image::dumpfile;
@@ -168,16 +168,37 @@ pub fn assert_success(out: &Output) {
     );
 }
 
-/// xorshift seeded from the clock: enough to scatter kill times.
+/// The seed of a test's pseudo-random choices: env `SEALROOT_TEST_SEED`
+/// (decimal, or hex after `0x`) when set, else the test's own fixed
+/// `default`, so a run is repeatable. Printed, so a failure names it.
+pub fn test_seed(default: u64) -> u64 {
+    let seed = match std::env::var("SEALROOT_TEST_SEED") {
+        Ok(s) => match s.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16),
+            None => s.parse(),
+        }
+        .unwrap_or_else(|_| panic!("SEALROOT_TEST_SEED={s:?} is not a number")),
+        Err(_) => default,
+    };
+    eprintln!("seed {seed:#x} (set SEALROOT_TEST_SEED to choose another)");
+    seed
+}
+
+/// Kill tests: go on after the planned `rounds` while no kill has landed
+/// mid-operation yet (`landed == 0`), up to four times as many rounds, so
+/// an unlucky draw of kill moments (the window is a fraction of a run that
+/// a loaded machine stretches) costs time rather than a failure; a test
+/// whose window really is never hit still fails.
+pub fn more_kill_rounds(round: usize, rounds: usize, landed: usize) -> bool {
+    round < rounds || (landed == 0 && round < 4 * rounds)
+}
+
+/// xorshift from [`test_seed`]: enough to scatter kill times.
 pub struct Rng(u64);
 
 impl Rng {
-    pub fn new() -> Rng {
-        let t = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
-        Rng(t | 1)
+    pub fn seeded(default: u64) -> Rng {
+        Rng(test_seed(default) | 1)
     }
 
     /// The next raw state.
