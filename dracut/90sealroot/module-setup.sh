@@ -138,6 +138,13 @@ install() {
         # does not stop a switch-root reached some other way.
         inst_simple "$moddir/sealroot-switch-root.conf" \
             "$systemdsystemunitdir/initrd-switch-root.service.d/50-sealroot.conf"
+        # systemd and its generators obey the command line before any unit
+        # runs (rootflags=x-systemd.requires=debug-shell.service, rd.emergency=
+        # for dracut's handler). sealroot as a generator checks the line
+        # first: a refused line masks the shell units and points initrd.target
+        # at the config's failure target (src/boot/generator.rs).
+        mkdir -p "${initdir}${systemdutildir}/system-generators"
+        ln_r /usr/bin/sealroot "${systemdutildir}/system-generators/sealroot-generator"
     else
         # Without systemd: init.sh sources "mount" hooks in order until
         # $NEWROOT is mounted and looks like a root (dracut 059 wants /proc,

@@ -17,6 +17,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 const USAGE: &str = "usage: sealroot prepare [--sysroot DIR] [--cmdline TEXT] [--config FILE]
        sealroot check-seal --repo DIR [--config FILE] <hex | v1-sha256-12:hex>
        sealroot --show-trust | --version
+       sealroot-generator NORMAL EARLY LATE   (systemd generator, by its name)
 (as PID 1 it boots: see docs/boot-sequence.md)";
 
 fn main() -> ExitCode {
@@ -24,10 +25,17 @@ fn main() -> ExitCode {
     if rustix::process::getpid() == rustix::process::Pid::INIT {
         boot::run_pid1(started);
     }
-    let args: Vec<String> = std::env::args_os()
-        .skip(1)
+    let all: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
+    // Installed as a systemd generator under that name (dracut module).
+    if all
+        .first()
+        .is_some_and(|a0| Path::new(a0).file_name() == Some("sealroot-generator".as_ref()))
+    {
+        return boot::generator::run(&all[1..]);
+    }
+    let args = all.get(1..).unwrap_or_default().to_vec();
     match args.first().map(String::as_str) {
         Some("prepare") => match parse_prepare_args(&args[1..]) {
             // A refusal is logged and measured there; exit status 1.

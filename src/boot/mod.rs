@@ -33,6 +33,7 @@
 
 pub mod cmdline;
 pub mod config;
+pub mod generator;
 pub mod io;
 pub mod log;
 pub mod mount;
@@ -617,7 +618,7 @@ pub struct PrepareArgs {
 }
 
 /// `/proc/cmdline` as bytes, without the one newline the kernel appends.
-fn proc_cmdline() -> Result<Vec<u8>, BootError> {
+pub(crate) fn proc_cmdline() -> Result<Vec<u8>, BootError> {
     // Over-long input is cut here and refused by the parser's own check.
     let bytes = match crate::boot::io::read_file_limited(
         Path::new("/proc/cmdline"),
@@ -707,7 +708,7 @@ fn prepare_mode(args: PrepareArgs, started: Instant, ctx: &RefusalCtx) -> Result
 }
 
 /// The boot policy in force, logged in one line.
-fn load_gate() -> Result<Gate, BootError> {
+pub(crate) fn load_gate() -> Result<Gate, BootError> {
     let (boot, restricts_cmdline) = trust::load_boot_policy().map_err(BootError::Trust)?;
     if restricts_cmdline {
         log::info(&format!(
