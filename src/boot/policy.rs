@@ -21,13 +21,17 @@
 //!   split words differently: the kernel's `next_arg` (its own ctype table
 //!   counts 0xA0 as a space; double quotes group), x86 early-boot option
 //!   lookups (`cmdline_find_option`: no quotes, every byte <= 0x20
-//!   separates), systemd (single and double quotes, backslash escapes) and
-//!   dracut's shell `getarg` (field splitting that ignores quotes, then
-//!   pathname expansion). A word hidden inside another word for one reader
+//!   separates), systemd 252-254 (`'` and `"` open a quote anywhere in a
+//!   word; a backslash is kept as an ordinary byte, `EXTRACT_RETAIN_ESCAPE`;
+//!   only space, tab, LF, CR separate) and dracut (`getarg` runs
+//!   `dracut-util`, a copy of the kernel's `next_arg`; `fs-lib.sh` and
+//!   `for x in $(getargs …)` split in the shell, which ignores quotes and
+//!   expands `*?[` into file names). A word hidden inside another word for one reader
 //!   is a word of its own for the next. So under `signed` the line may hold
 //!   only the space (0x20) and printable ASCII (0x21..=0x7E) other than `"`,
-//!   `'` and `\`: with those bytes every reader above splits the line at
-//!   exactly the spaces, into the same words ([`PolicyError::ForbiddenByte`]
+//!   `'` and `\` (a backslash is no separator today, but systemd's escape
+//!   handling has changed before and no allowed word needs one): with
+//!   those bytes every reader above splits the line at exactly the spaces, into the same words ([`PolicyError::ForbiddenByte`]
 //!   names the first other byte and its offset). `tests/cmdline_readers.rs`
 //!   and the `cmdline_readers` fuzz target check that claim against models
 //!   of each reader.
