@@ -86,6 +86,8 @@ use rustix::io::Errno;
 
 use crate::digest::{hex_decode_lower, hex_encode, Digest};
 
+pub mod nv;
+
 /// Device nodes tried in order.
 pub const DEVICES: [&str; 2] = ["/dev/tpmrm0", "/dev/tpm0"];
 /// `TPM_ST_NO_SESSIONS`
@@ -218,6 +220,12 @@ pub enum Malformed {
     Trailing { area: &'static str, extra: usize },
     /// A response that fills the whole read buffer (possibly cut).
     TooLarge { len: usize },
+    /// An NV public area for another index than the one asked for.
+    IndexMismatch { asked: u32, got: u32 },
+    /// An NV name that is not nameAlg || H(public area).
+    NameMismatch,
+    /// NV_Read returned another number of bytes than asked for.
+    DataLength { asked: u16, got: usize },
 }
 
 impl fmt::Display for Malformed {
@@ -249,6 +257,14 @@ impl fmt::Display for Malformed {
                 write!(f, "{extra} unexpected bytes after the {area}")
             }
             Malformed::TooLarge { len } => write!(f, "response of {len} bytes fills the buffer"),
+            Malformed::IndexMismatch { asked, got } => write!(
+                f,
+                "NV public area is for index 0x{got:08x}, asked for 0x{asked:08x}"
+            ),
+            Malformed::NameMismatch => f.write_str("NV name is not the hash of the NV public area"),
+            Malformed::DataLength { asked, got } => {
+                write!(f, "NV_Read returned {got} bytes, asked for {asked}")
+            }
         }
     }
 }
@@ -510,6 +526,41 @@ pub fn check_header(buf: &[u8], command: u32) -> Result<u16, TpmError> {
         return Err(TpmError::ResponseCode { command, rc });
     }
     Ok(tag)
+}
+
+/// The parameter area of a successful response to a command sent with one
+/// password session: tag `TPM_ST_SESSIONS`, parameterSize, the parameters,
+/// then exactly one session response area (nonce, attributes, hmac).
+pub fn session_params(buf: &[u8], command: u32) -> Result<&[u8], TpmError> {
+    let bad = |what| TpmError::Malformed { command, what };
+    let tag = check_header(buf, command)?;
+    if tag != TPM_ST_SESSIONS {
+        return Err(bad(Malformed::Tag { tag }));
+    }
+    let mut r = Reader {
+        buf,
+        pos: 10,
+        command,
+    };
+    let param_size = r.u32()?;
+    if param_size as usize > r.rest() {
+        return Err(bad(Malformed::ParameterSize {
+            declared: param_size,
+            available: r.rest(),
+        }));
+    }
+    let start = r.pos;
+    r.pos += param_size as usize;
+    r.tpm2b()?; // nonceTPM
+    r.u8()?; // sessionAttributes
+    r.tpm2b()?; // hmac
+    if r.rest() != 0 {
+        return Err(bad(Malformed::Trailing {
+            area: "session area",
+            extra: r.rest(),
+        }));
+    }
+    Ok(&buf[start..start + param_size as usize])
 }
 
 /// Parse a TPM2_PCR_Event response: the per-bank event digests.
