@@ -18,6 +18,11 @@
 //!   default 15; see `src/tpm.rs`).
 //! - `SEALROOT_TPM_REQUIRED`: `1`/`true` refuses a boot without a working
 //!   TPM; `0`/`false`/unset measures when a TPM exists and goes on otherwise.
+//! - `SEALROOT_TPM_FLOOR_INDEX`: the TPM NV counter holding the serial floor
+//!   (hex `0x…` or decimal, in 0x01000000..=0x01FFFFFF; `0` or `off`: no
+//!   TPM floor; default 0x01805ea1, see `src/tpm/nv.rs`).
+//! - `SEALROOT_REQUIRE_TPM_FLOOR`: `1`/`true` refuses a boot that cannot read
+//!   the TPM floor (no TPM, no index); default: such a boot goes on without it.
 //!
 //! Output: `$OUT_DIR/trusted_keys.rs`, included by `src/boot/trust.rs`, holding the
 //! raw 32-byte keys. This script deliberately shares no code with the crate
@@ -152,6 +157,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=SEALROOT_INITS");
     println!("cargo:rerun-if-env-changed=SEALROOT_TPM_PCR");
     println!("cargo:rerun-if-env-changed=SEALROOT_TPM_REQUIRED");
+    println!("cargo:rerun-if-env-changed=SEALROOT_TPM_FLOOR_INDEX");
+    println!("cargo:rerun-if-env-changed=SEALROOT_REQUIRE_TPM_FLOOR");
 
     let mut paths: Vec<PathBuf> = Vec::new();
     match std::env::var("SEALROOT_TRUSTED_KEYS") {
@@ -245,6 +252,34 @@ fn main() {
         )),
     };
 
+    let floor_index: u32 = match text_env("SEALROOT_TPM_FLOOR_INDEX").trim() {
+        "" => 0x0180_5EA1,
+        "0" | "off" => 0,
+        t => {
+            let parsed = match t.strip_prefix("0x") {
+                Some(h) => u32::from_str_radix(h, 16).ok(),
+                None => t.parse::<u32>().ok(),
+            };
+            match parsed {
+                Some(n) if (0x0100_0000..=0x01FF_FFFF).contains(&n) => n,
+                _ => fail(&format!(
+                    "SEALROOT_TPM_FLOOR_INDEX={t:?} is not an NV index handle \
+                     (0x01000000..=0x01ffffff) or 0/off"
+                )),
+            }
+        }
+    };
+    let floor_required = match text_env("SEALROOT_REQUIRE_TPM_FLOOR").trim() {
+        "" | "0" | "false" => false,
+        "1" | "true" => true,
+        t => fail(&format!(
+            "SEALROOT_REQUIRE_TPM_FLOOR={t:?} is not one of 1, true, 0, false"
+        )),
+    };
+    if floor_required && floor_index == 0 {
+        fail("SEALROOT_REQUIRE_TPM_FLOOR=1 with SEALROOT_TPM_FLOOR_INDEX=off");
+    }
+
     let mut keys: Vec<[u8; 32]> = Vec::new();
     for path in &paths {
         let key = read_key(path);
@@ -290,6 +325,14 @@ fn main() {
     let _ = writeln!(
         out,
         "pub(crate) const COMPILED_TPM_REQUIRED: bool = {tpm_required};"
+    );
+    let _ = writeln!(
+        out,
+        "pub(crate) const COMPILED_TPM_FLOOR_INDEX: u32 = {floor_index};"
+    );
+    let _ = writeln!(
+        out,
+        "pub(crate) const COMPILED_TPM_FLOOR_REQUIRED: bool = {floor_required};"
     );
     let out_dir =
         PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_else(|| fail("OUT_DIR is not set")));

@@ -198,13 +198,23 @@ impl Default for BootPolicy {
 }
 
 /// The measurement policy ([`crate::tpm`]): which PCR the record is
-/// extended into, and whether a boot without a TPM is refused.
+/// extended into, and whether a boot without a TPM is refused; and the
+/// TPM serial floor ([`crate::tpm::nv`]): which NV counter holds it and
+/// whether a boot that cannot read it is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TpmPolicy {
     /// One of [`crate::tpm::ALLOWED_PCRS`]; default [`crate::tpm::DEFAULT_PCR`].
     pub pcr: u32,
     /// `true`: no TPM (or a failing one) refuses the boot.
     pub required: bool,
+    /// The NV counter holding the serial floor, in
+    /// [`crate::tpm::nv::NV_INDEX_RANGE`]; 0 = no TPM floor. Default
+    /// [`crate::tpm::nv::DEFAULT_FLOOR_INDEX`].
+    pub floor_index: u32,
+    /// `true`: no TPM, an unreachable one, or no index at `floor_index`
+    /// refuses the boot. `false`: those leave the TPM floor out. A TPM that
+    /// answers with an index the floor rules refuse is a refusal either way.
+    pub floor_required: bool,
 }
 
 impl Default for TpmPolicy {
@@ -212,17 +222,39 @@ impl Default for TpmPolicy {
         TpmPolicy {
             pcr: crate::tpm::DEFAULT_PCR,
             required: false,
+            floor_index: crate::tpm::nv::DEFAULT_FLOOR_INDEX,
+            floor_required: false,
         }
     }
 }
 
 impl TpmPolicy {
-    /// A checked policy.
+    /// A checked policy (with the default floor settings).
     pub fn new(pcr: u32, required: bool) -> Result<Self, PolicyError> {
         if !crate::tpm::ALLOWED_PCRS.contains(&pcr) {
             return Err(PolicyError::BadTpmPcr { pcr });
         }
-        Ok(TpmPolicy { pcr, required })
+        Ok(TpmPolicy {
+            pcr,
+            required,
+            ..TpmPolicy::default()
+        })
+    }
+
+    /// The same policy with the TPM floor at `index` (0 = off), required or
+    /// not. Requiring a floor that is off is refused.
+    pub fn with_floor(self, index: u32, required: bool) -> Result<Self, PolicyError> {
+        if index != 0 && !crate::tpm::nv::NV_INDEX_RANGE.contains(&index) {
+            return Err(PolicyError::BadTpmFloorIndex { index, required });
+        }
+        if index == 0 && required {
+            return Err(PolicyError::BadTpmFloorIndex { index, required });
+        }
+        Ok(TpmPolicy {
+            floor_index: index,
+            floor_required: required,
+            ..self
+        })
     }
 }
 
@@ -251,6 +283,9 @@ pub enum PolicyError {
     NoInits,
     /// A measurement PCR outside [`crate::tpm::ALLOWED_PCRS`].
     BadTpmPcr { pcr: u32 },
+    /// A floor index outside [`crate::tpm::nv::NV_INDEX_RANGE`], or a
+    /// required floor that is off (index 0).
+    BadTpmFloorIndex { index: u32, required: bool },
 }
 
 impl fmt::Display for PolicyError {
@@ -297,6 +332,16 @@ impl fmt::Display for PolicyError {
                  firmware's, 16 and 23 are resettable, 17-22 need DRTM locality)",
                 crate::tpm::ALLOWED_PCRS.start(),
                 crate::tpm::ALLOWED_PCRS.end()
+            ),
+            PolicyError::BadTpmFloorIndex { index: 0, .. } => write!(
+                f,
+                "a required TPM serial floor needs an NV index (the floor is off)"
+            ),
+            PolicyError::BadTpmFloorIndex { index, .. } => write!(
+                f,
+                "TPM floor index 0x{index:08x} is not an NV index handle (0x{:08x}..=0x{:08x}, or 0 for none)",
+                crate::tpm::nv::NV_INDEX_RANGE.start(),
+                crate::tpm::nv::NV_INDEX_RANGE.end()
             ),
         }
     }

@@ -9,9 +9,11 @@
 //!   2. **embedded** into a prebuilt binary by `sealctl embed-keys`, in the
 //!      reserved area described below.
 //! - The trust policy comes with the [`BootPolicy`] (command-line allowlist,
-//!   init list, TPM measurement policy) from the same source: compiled in from
-//!   `SEALROOT_CMDLINE_ALLOW`, `SEALROOT_INITS`, `SEALROOT_TPM_PCR` and
-//!   `SEALROOT_TPM_REQUIRED`, or embedded with the keys. [`Anchor`] holds both.
+//!   init list, TPM measurement policy, TPM serial floor) from the same
+//!   source: compiled in from `SEALROOT_CMDLINE_ALLOW`, `SEALROOT_INITS`,
+//!   `SEALROOT_TPM_PCR`, `SEALROOT_TPM_REQUIRED`, `SEALROOT_TPM_FLOOR_INDEX`
+//!   and `SEALROOT_REQUIRE_TPM_FLOOR`, or embedded with the keys. [`Anchor`]
+//!   holds both.
 //! - `sealed-digest` with a serial floor is refused wherever it is made
 //!   ([`TrustError::FloorWithSealedDigest`]): that policy checks no seal, so
 //!   the floor could never be enforced.
@@ -31,7 +33,9 @@
 //! | 20     | len  | payload: JSON `{"policy":"signed"\|"sealed-digest",`   |
 //! |        |      | `"keys":["<64 lowercase hex>",...],"serial_floor":N,`  |
 //! |        |      | optional `"cmdline_allow":[...]`, `"inits":[...]`,     |
-//! |        |      | `"tpm_pcr":N` (8..=15, default 15), `"tpm_required":true`}` |
+//! |        |      | `"tpm_pcr":N` (8..=15, default 15), `"tpm_required":true`, |
+//! |        |      | `"tpm_floor_index":N` (NV handle, 0 = off, default 0x01805ea1), |
+//! |        |      | `"tpm_floor_required":true`}`                         |
 //! | 20+len | rest | zero bytes (checked)                                   |
 //!
 //! The area is read through [`std::hint::black_box`] so the optimizer cannot
@@ -258,6 +262,12 @@ struct Payload {
     /// Refuse a boot without a working TPM.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     tpm_required: bool,
+    /// The TPM serial floor's NV counter; absent = the default, 0 = off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tpm_floor_index: Option<u32>,
+    /// Refuse a boot that cannot read the TPM floor.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    tpm_floor_required: bool,
 }
 
 /// The trust policy in effect for this binary: the embedded payload if one
@@ -321,6 +331,12 @@ fn compiled_boot_policy() -> Result<BootPolicy, TrustError> {
         .collect();
     let source = TrustSource::CompiledIn;
     let tpm = TpmPolicy::new(compiled::COMPILED_TPM_PCR, compiled::COMPILED_TPM_REQUIRED)
+        .and_then(|t| {
+            t.with_floor(
+                compiled::COMPILED_TPM_FLOOR_INDEX,
+                compiled::COMPILED_TPM_FLOOR_REQUIRED,
+            )
+        })
         .map_err(|error| TrustError::BootPolicy { source, error })?;
     BootPolicy::new(allow, inits)
         .map(|b| b.with_tpm(tpm))
@@ -415,6 +431,14 @@ pub fn decode_payload(bytes: &[u8]) -> Result<Anchor, TrustError> {
         payload.tpm_pcr.unwrap_or(crate::tpm::DEFAULT_PCR),
         payload.tpm_required,
     )
+    .and_then(|t| {
+        t.with_floor(
+            payload
+                .tpm_floor_index
+                .unwrap_or(crate::tpm::nv::DEFAULT_FLOOR_INDEX),
+            payload.tpm_floor_required,
+        )
+    })
     .map_err(|error| TrustError::BootPolicy { source, error })?;
     let boot = BootPolicy::new(payload.cmdline_allow.clone(), payload.inits.clone())
         .map_err(|error| TrustError::BootPolicy { source, error })?
@@ -482,6 +506,9 @@ pub fn encode_payload(anchor: &Anchor) -> Result<Vec<u8>, TrustError> {
     let cmdline_allow = boot.extra_allow.clone();
     let tpm_pcr = (boot.tpm.pcr != crate::tpm::DEFAULT_PCR).then_some(boot.tpm.pcr);
     let tpm_required = boot.tpm.required;
+    let tpm_floor_index = (boot.tpm.floor_index != crate::tpm::nv::DEFAULT_FLOOR_INDEX)
+        .then_some(boot.tpm.floor_index);
+    let tpm_floor_required = boot.tpm.floor_required;
     let payload = match &anchor.policy {
         TrustPolicy::Signed { keys, serial_floor } => Payload {
             policy: "signed".into(),
@@ -491,6 +518,8 @@ pub fn encode_payload(anchor: &Anchor) -> Result<Vec<u8>, TrustError> {
             inits,
             tpm_pcr,
             tpm_required,
+            tpm_floor_index,
+            tpm_floor_required,
         },
         TrustPolicy::SealedDigest { serial_floor } => Payload {
             policy: "sealed-digest".into(),
@@ -500,6 +529,8 @@ pub fn encode_payload(anchor: &Anchor) -> Result<Vec<u8>, TrustError> {
             inits,
             tpm_pcr,
             tpm_required,
+            tpm_floor_index,
+            tpm_floor_required,
         },
     };
     let bytes = serde_json::to_vec(&payload).map_err(|e| TrustError::Malformed {
@@ -559,6 +590,7 @@ pub fn describe(anchor: &Anchor) -> String {
             "optional"
         }
     ));
+    out.push_str(&describe_floor(&anchor.boot.tpm));
     match policy {
         TrustPolicy::Signed { .. } => {
             out.push_str(
@@ -588,6 +620,23 @@ pub fn describe(anchor: &Anchor) -> String {
         }
     }
     out
+}
+
+/// The `tpm-floor:` line: the NV counter and whether it is required, or
+/// `off`.
+pub fn describe_floor(tpm: &TpmPolicy) -> String {
+    if tpm.floor_index == 0 {
+        return "tpm-floor: off\n".to_string();
+    }
+    format!(
+        "tpm-floor: nv 0x{:08x} {}\n",
+        tpm.floor_index,
+        if tpm.floor_required {
+            "required"
+        } else {
+            "optional"
+        }
+    )
 }
 
 /// What `sealroot --show-trust` prints: [`describe`] plus a `source:` line,
@@ -722,6 +771,50 @@ mod tests {
                     decode_payload(bad.as_bytes()),
                     Err(TrustError::BootPolicy {
                         error: PolicyError::BadTpmPcr { .. },
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+        assert!(
+            shown.contains("tpm-floor: nv 0x01805ea1 optional\n"),
+            "{shown}"
+        );
+        assert!(json.get("tpm_floor_index").is_none() && json.get("tpm_floor_required").is_none());
+        // The floor index and its requirement travel in the payload.
+        let floored = Anchor {
+            policy: anchor.policy.clone(),
+            boot: BootPolicy::default()
+                .with_tpm(TpmPolicy::default().with_floor(0x0180_0001, true).unwrap()),
+        };
+        let bytes = encode_payload(&floored).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["tpm_floor_index"], 0x0180_0001);
+        assert_eq!(json["tpm_floor_required"], true);
+        assert_eq!(decode_payload(&bytes), Ok(floored.clone()));
+        assert!(describe(&floored).contains("tpm-floor: nv 0x01800001 required\n"));
+        let off = Anchor {
+            policy: anchor.policy.clone(),
+            boot: BootPolicy::default()
+                .with_tpm(TpmPolicy::default().with_floor(0, false).unwrap()),
+        };
+        let bytes = encode_payload(&off).unwrap();
+        assert_eq!(decode_payload(&bytes), Ok(off.clone()));
+        assert!(describe(&off).contains("tpm-floor: off\n"));
+        for bad in [
+            format!(
+                r#"{{"policy":"signed","keys":["{KEY1}"],"serial_floor":0,"tpm_floor_index":2164260865}}"#
+            ),
+            format!(
+                r#"{{"policy":"signed","keys":["{KEY1}"],"serial_floor":0,"tpm_floor_index":0,"tpm_floor_required":true}}"#
+            ),
+        ] {
+            assert!(
+                matches!(
+                    decode_payload(bad.as_bytes()),
+                    Err(TrustError::BootPolicy {
+                        error: PolicyError::BadTpmFloorIndex { .. },
                         ..
                     })
                 ),

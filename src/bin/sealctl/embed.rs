@@ -90,8 +90,17 @@ pub struct Args {
     /// one, log "not measured" and go on when there is none).
     #[arg(long = "require-tpm")]
     require_tpm: bool,
+    /// The TPM NV counter holding the serial floor (hex 0x… or decimal, an
+    /// NV index handle; `off` for none). Default 0x01805ea1.
+    #[arg(long = "tpm-floor-index", value_name = "HANDLE", value_parser = parse_floor_index,
+          default_value = "0x01805ea1")]
+    tpm_floor_index: u32,
+    /// Refuse to boot when the TPM floor cannot be read (no TPM, no index at
+    /// the handle). Default: such a boot goes on without the TPM floor.
+    #[arg(long = "require-tpm-floor")]
+    require_tpm_floor: bool,
     /// Print the binary's embedded trust anchor and write nothing.
-    #[arg(long, conflicts_with_all = ["output", "keys", "allow_cmdline", "inits", "require_tpm"])]
+    #[arg(long, conflicts_with_all = ["output", "keys", "allow_cmdline", "inits", "require_tpm", "require_tpm_floor"])]
     show: bool,
 }
 
@@ -302,6 +311,18 @@ pub fn locate_area(path: &Path, data: &[u8]) -> Result<usize, EmbedError> {
     Ok(offset)
 }
 
+/// `0x…` hex, decimal, or `off` (0).
+pub(crate) fn parse_floor_index(text: &str) -> Result<u32, String> {
+    let parsed = match text {
+        "off" => Some(0),
+        t => match t.strip_prefix("0x") {
+            Some(h) => u32::from_str_radix(h, 16).ok(),
+            None => t.parse::<u32>().ok(),
+        },
+    };
+    parsed.ok_or_else(|| format!("{text:?} is not a handle (0x01805ea1, decimal, or off)"))
+}
+
 fn build_policy(args: &Args) -> Result<TrustPolicy, EmbedError> {
     let mut keys = Vec::with_capacity(args.keys.len());
     for path in &args.keys {
@@ -346,7 +367,9 @@ fn embed(args: &Args, output: &Path) -> Result<String, EmbedError> {
             error,
         })
     };
-    let tpm = TpmPolicy::new(args.tpm_pcr, args.require_tpm).map_err(policy_error)?;
+    let tpm = TpmPolicy::new(args.tpm_pcr, args.require_tpm)
+        .and_then(|t| t.with_floor(args.tpm_floor_index, args.require_tpm_floor))
+        .map_err(policy_error)?;
     let boot = BootPolicy::new(
         args.allow_cmdline.clone(),
         (!args.inits.is_empty()).then(|| args.inits.clone()),
