@@ -18,8 +18,9 @@
 //!   before anything else happens.
 //! - [`prepare`]: expected digest (first command-line digest parameter and/or
 //!   the config, which must agree), open + measure the image fd, load the
-//!   trust policy ([`crate::boot::trust::load`], never from the command line), verify the
-//!   seal (signed policy) with the serial floor max(compiled-in, config)
+//!   trust policy ([`crate::boot::trust::load`], never from the command line), read
+//!   the TPM serial floor ([`read_tpm_floor`]: signed policy only), verify the
+//!   seal (signed policy) with the serial floor max(compiled-in, config, TPM)
 //!   through [`crate::seal::check_repository_seal`], mount from that same fd
 //!   ([`crate::boot::mount::compose`]), write the status. The order guarantees that
 //!   nothing is mounted before the measured digest is trusted.
@@ -28,6 +29,16 @@
 //!   the boot policy's PCR and systemd's measurement log; every refusal
 //!   first extends the refused record ([`measure_refusal`]; best effort).
 //!   No TPM: logged, or a refusal when the policy requires one.
+//! - The TPM serial floor (issue 19, [`crate::tpm::nv`]): the NV counter
+//!   named by the boot policy is read with NV_ReadPublic + NV_Read, never
+//!   written (0 NV writes per boot; `sealctl tpm-floor raise` raises it
+//!   after a good boot). A counter the floor rules refuse (wrong type or
+//!   attributes, never written) refuses the boot under either setting of
+//!   `floor_required`; no TPM, an unreachable one, or no index at the handle
+//!   refuses it only when the policy requires the floor, and otherwise is
+//!   logged and leaves the TPM floor out. A seal below a floor the TPM set
+//!   is refused with one line naming the serial, the floor and the index
+//!   ([`BootError::BelowTpmFloor`]).
 //! - PID 1 execs the init the boot policy allows with argv `[init]` and the
 //!   policy's fixed environment, never words from the command line.
 
@@ -98,6 +109,23 @@ pub enum BootError {
     },
     /// The boot policy requires a TPM and measuring failed.
     Tpm(TpmError),
+    /// The TPM floor index is unusable (any policy), or unreachable while
+    /// the policy requires the floor.
+    TpmFloor {
+        error: crate::tpm::nv::FloorError,
+        required: bool,
+    },
+    /// The policy requires the TPM floor and no index is defined.
+    TpmFloorMissing {
+        index: u32,
+    },
+    /// The seal verifies but its serial is below the floor the TPM set.
+    BelowTpmFloor {
+        path: String,
+        serial: u64,
+        floor: u64,
+        index: u32,
+    },
 }
 
 impl fmt::Display for BootError {
@@ -133,6 +161,28 @@ impl fmt::Display for BootError {
                 f,
                 "the boot policy requires a TPM measurement, which failed: {e}"
             ),
+            BootError::TpmFloor { error, required } if *required && error.is_unreachable() => {
+                write!(
+                    f,
+                    "the boot policy requires the TPM serial floor, which could not be read: {error}"
+                )
+            }
+            BootError::TpmFloor { error, .. } => error.fmt(f),
+            BootError::TpmFloorMissing { index } => write!(
+                f,
+                "the boot policy requires the TPM serial floor, but no NV index is defined at \
+                 0x{index:08x} (sealctl tpm-floor define provisions it)"
+            ),
+            BootError::BelowTpmFloor {
+                path,
+                serial,
+                floor,
+                index,
+            } => write!(
+                f,
+                "seal {path} rejected: seal serial {serial} is below the TPM floor {floor} \
+                 (NV counter 0x{index:08x}; rollback refused)"
+            ),
         }
     }
 }
@@ -151,10 +201,12 @@ impl BootError {
             BootError::Sysroot { .. } => RefusalClass::Sysroot,
             BootError::Repo(_) | BootError::Meta(_) => RefusalClass::Repository,
             BootError::Image(_) => RefusalClass::Image,
-            BootError::Seal(_) => RefusalClass::Seal,
+            BootError::Seal(_) | BootError::BelowTpmFloor { .. } => RefusalClass::Seal,
             BootError::Mount(_) | BootError::Status { .. } => RefusalClass::Mount,
             BootError::Switch(_) => RefusalClass::Switch,
-            BootError::Tpm(_) => RefusalClass::Tpm,
+            BootError::Tpm(_) | BootError::TpmFloor { .. } | BootError::TpmFloorMissing { .. } => {
+                RefusalClass::Tpm
+            }
         }
     }
 }
@@ -251,6 +303,97 @@ pub fn measure_refusal(policy: &TpmPolicy, expected: Option<&Digest>, e: &BootEr
     let _ = measure(&relaxed, &record);
 }
 
+/// What the TPM floor step found (status.json's `floor.tpm`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TpmFloor {
+    /// The policy names no floor index.
+    Off,
+    /// Sealed-digest policy: no seal, nothing to compare.
+    NotApplicable,
+    /// No TPM or an unreachable one (policy does not require the floor).
+    NotRead { index: u32, reason: String },
+    /// No index at the handle (policy does not require the floor).
+    Undefined { index: u32 },
+    /// The counter's value.
+    Read { index: u32, value: u64 },
+}
+
+impl TpmFloor {
+    /// The floor the TPM contributes (0 when it contributes none).
+    pub fn value(&self) -> u64 {
+        match self {
+            TpmFloor::Read { value, .. } => *value,
+            _ => 0,
+        }
+    }
+
+    fn json(&self) -> String {
+        let idx = |i: &u32| json_str(&format!("0x{i:08x}"));
+        match self {
+            TpmFloor::Off => "{\"state\": \"off\"}".to_string(),
+            TpmFloor::NotApplicable => "{\"state\": \"not-applicable\"}".to_string(),
+            TpmFloor::NotRead { index, reason } => format!(
+                "{{\"state\": \"not-read\", \"index\": {}, \"reason\": {}}}",
+                idx(index),
+                json_str(reason)
+            ),
+            TpmFloor::Undefined { index } => {
+                format!("{{\"state\": \"undefined\", \"index\": {}}}", idx(index))
+            }
+            TpmFloor::Read { index, value } => format!(
+                "{{\"state\": \"read\", \"index\": {}, \"value\": {value}}}",
+                idx(index)
+            ),
+        }
+    }
+}
+
+/// The serial floors a boot compared against (status.json's `floor`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Floors {
+    pub built_in: u64,
+    pub config: u64,
+    pub tpm: TpmFloor,
+    /// max of the three: what the seal was checked against.
+    pub effective: u64,
+}
+
+/// Read the TPM serial floor the policy names (module docs: what is a
+/// refusal under which setting). Two TPM commands, no writes.
+pub fn read_tpm_floor(policy: &TpmPolicy) -> Result<TpmFloor, BootError> {
+    use crate::tpm::nv::{self, FloorRead};
+    let index = policy.floor_index;
+    if index == 0 {
+        return Ok(TpmFloor::Off);
+    }
+    let required = policy.floor_required;
+    match nv::read_floor(index) {
+        Ok(FloorRead::Value(value)) => {
+            log::info(&format!(
+                "TPM serial floor {value} (NV counter 0x{index:08x})"
+            ));
+            Ok(TpmFloor::Read { index, value })
+        }
+        Ok(FloorRead::Undefined) if required => Err(BootError::TpmFloorMissing { index }),
+        Ok(FloorRead::Undefined) => {
+            log::notice(&format!(
+                "no TPM serial floor: no NV index at 0x{index:08x} (not required)"
+            ));
+            Ok(TpmFloor::Undefined { index })
+        }
+        Err(error) if error.is_unreachable() && !required => {
+            log::notice(&format!(
+                "TPM serial floor not read (not required): {error}"
+            ));
+            Ok(TpmFloor::NotRead {
+                index,
+                reason: error.to_string(),
+            })
+        }
+        Err(error) => Err(BootError::TpmFloor { error, required }),
+    }
+}
+
 /// The digest a boot was asked for, if the command line and config name
 /// one consistently (for the refused record).
 fn expected_digest(c: &Cmdline, cfg: &Config) -> Option<Digest> {
@@ -294,6 +437,7 @@ pub struct Prepared {
     pub overlay: OverlayHow,
     pub timings: Timings,
     pub config: Config,
+    pub floors: Floors,
 }
 
 fn us_since(t: Instant) -> u64 {
@@ -340,6 +484,8 @@ pub struct PrepareRequest<'a> {
     pub config: &'a Config,
     pub scratch: &'a Path,
     pub started: Instant,
+    /// The boot policy's TPM settings (the floor index).
+    pub tpm: TpmPolicy,
 }
 
 /// Check, verify, compose. See the module docs.
@@ -384,11 +530,25 @@ pub fn prepare(req: &PrepareRequest<'_>) -> Result<Prepared, BootError> {
             floor: config.serial_floor,
         });
     }
-    let floor = policy.serial_floor().max(config.serial_floor);
+    let base = policy.serial_floor().max(config.serial_floor);
+    let tpm_floor = match &policy {
+        TrustPolicy::Signed { .. } => read_tpm_floor(&req.tpm)?,
+        TrustPolicy::SealedDigest { .. } => TpmFloor::NotApplicable,
+    };
+    let floor = base.max(tpm_floor.value());
+    let floors = Floors {
+        built_in: policy.serial_floor(),
+        config: config.serial_floor,
+        tpm: tpm_floor,
+        effective: floor,
+    };
     match &policy {
         TrustPolicy::Signed { keys, .. } => log::info(&format!(
-            "trust policy signed: {} key(s), serial floor {floor}",
-            keys.len()
+            "trust policy signed: {} key(s), serial floor {floor} (built-in {}, config {}, TPM {})",
+            keys.len(),
+            floors.built_in,
+            floors.config,
+            floors.tpm.value()
         )),
         TrustPolicy::SealedDigest { .. } => log::info("trust policy sealed-digest"),
     }
@@ -396,8 +556,24 @@ pub fn prepare(req: &PrepareRequest<'_>) -> Result<Prepared, BootError> {
     let t = Instant::now();
     let trusted = match &policy {
         TrustPolicy::Signed { keys, .. } => {
-            let checked = seal::check_repository_seal(&repo, &measured, keys, floor)
-                .map_err(BootError::Seal)?;
+            let checked =
+                seal::check_repository_seal(&repo, &measured, keys, floor).map_err(|e| {
+                    match (e, &floors.tpm) {
+                        (
+                            RepoSealError::Rejected {
+                                path,
+                                error: seal::SealError::SerialBelowFloor { serial, floor },
+                            },
+                            TpmFloor::Read { index, value },
+                        ) if *value == floor && *value > base => BootError::BelowTpmFloor {
+                            path,
+                            serial,
+                            floor,
+                            index: *index,
+                        },
+                        (e, _) => BootError::Seal(e),
+                    }
+                })?;
             let v = checked.verified;
             let manifest = checked.manifest;
             log::notice(&format!(
@@ -470,6 +646,7 @@ pub fn prepare(req: &PrepareRequest<'_>) -> Result<Prepared, BootError> {
         overlay: composed.overlay,
         timings,
         config: config.clone(),
+        floors,
     })
 }
 
@@ -562,8 +739,15 @@ pub fn status_json(p: &Prepared, mode: &str, tpm: &TpmOutcome) -> String {
         OverlayHow::StringForm => "lowerdir-string",
     };
     let t = &p.timings;
+    let floor = format!(
+        "{{\"effective\": {}, \"built_in\": {}, \"config\": {}, \"tpm\": {}}}",
+        p.floors.effective,
+        p.floors.built_in,
+        p.floors.config,
+        p.floors.tpm.json()
+    );
     format!(
-        "{{\n  \"version\": 1,\n  \"sealroot\": {},\n  \"mode\": {},\n  \"digest\": {},\n  \"digest_source\": {},\n  \"trust\": {},\n  \"manifest\": {},\n  \"erofs\": {},\n  \"overlay\": {},\n  \"etc\": {},\n  \"var\": {},\n  \"tpm\": {},\n  \"timings_us\": {{\"measure\": {}, \"verify\": {}, \"mount_erofs\": {}, \"mount_overlay\": {}, \"state\": {}, \"total\": {}}}\n}}\n",
+        "{{\n  \"version\": 1,\n  \"sealroot\": {},\n  \"mode\": {},\n  \"digest\": {},\n  \"digest_source\": {},\n  \"trust\": {},\n  \"manifest\": {},\n  \"erofs\": {},\n  \"overlay\": {},\n  \"etc\": {},\n  \"var\": {},\n  \"tpm\": {},\n  \"floor\": {},\n  \"timings_us\": {{\"measure\": {}, \"verify\": {}, \"mount_erofs\": {}, \"mount_overlay\": {}, \"state\": {}, \"total\": {}}}\n}}\n",
         json_str(VERSION),
         json_str(mode),
         json_str(&p.digest.to_composefs()),
@@ -575,6 +759,7 @@ pub fn status_json(p: &Prepared, mode: &str, tpm: &TpmOutcome) -> String {
         json_str(p.config.etc.name()),
         json_str(p.config.var.name()),
         tpm_json(tpm),
+        floor,
         t.measure,
         t.verify,
         t.mount_erofs,
@@ -699,6 +884,7 @@ fn prepare_mode(args: PrepareArgs, started: Instant, ctx: &RefusalCtx) -> Result
         config: &cfg,
         scratch: Path::new(SCRATCH_DIR),
         started,
+        tpm: gate.boot.tpm,
     })?;
     let record = accepted_record(&p).map_err(BootError::Tpm)?;
     let tpm = measure(&gate.boot.tpm, &record).map_err(BootError::Tpm)?;
@@ -829,6 +1015,7 @@ pub fn run_pid1(started: Instant) -> ! {
         config: &cfg,
         scratch: Path::new(SCRATCH_DIR),
         started,
+        tpm: gate.boot.tpm,
     })
     .unwrap_or_else(|e| fail(e));
     let record = accepted_record(&p)
@@ -866,6 +1053,15 @@ mod tests {
                 total: 6,
             },
             config: Config::default(),
+            floors: Floors {
+                built_in: 0,
+                config: 1,
+                tpm: TpmFloor::Read {
+                    index: 0x0180_5EA1,
+                    value: 2,
+                },
+                effective: 2,
+            },
         }
     }
 
@@ -895,6 +1091,11 @@ mod tests {
         assert_eq!(v["overlay"], "lowerdir+");
         assert_eq!(v["etc"], "persistent");
         assert_eq!(v["var"], "bind");
+        assert_eq!(
+            v["floor"],
+            serde_json::json!({"effective": 2, "built_in": 0, "config": 1,
+                               "tpm": {"state": "read", "index": "0x01805ea1", "value": 2}})
+        );
         let t = &v["timings_us"];
         let got: Vec<u64> = [
             "measure",
@@ -992,6 +1193,65 @@ mod tests {
         assert!(BootError::Tpm(e)
             .to_string()
             .contains("requires a TPM measurement, which failed: no TPM device"));
+    }
+
+    #[test]
+    fn tpm_floor_without_a_tpm_by_policy() {
+        if tpm::DEVICES.iter().any(|d| Path::new(d).exists()) {
+            eprintln!("SKIP: this host has a TPM device");
+            return;
+        }
+        let optional = TpmPolicy::default();
+        assert_eq!(optional.floor_index, 0x0180_5EA1);
+        match read_tpm_floor(&optional).unwrap() {
+            TpmFloor::NotRead { index, reason } => {
+                assert_eq!(index, 0x0180_5EA1);
+                assert!(reason.contains("no TPM device"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let required = optional.with_floor(0x0180_5EA1, true).unwrap();
+        let e = read_tpm_floor(&required).unwrap_err();
+        assert_eq!(e.refusal_class(), RefusalClass::Tpm);
+        assert!(e
+            .to_string()
+            .starts_with("the boot policy requires the TPM serial floor, which could not be read: TPM serial floor (NV index 0x01805ea1): no TPM device"),
+            "{e}");
+        let off = optional.with_floor(0, false).unwrap();
+        assert_eq!(read_tpm_floor(&off).unwrap(), TpmFloor::Off);
+        assert!(optional.with_floor(0, true).is_err());
+        assert!(optional.with_floor(0x8100_0001, false).is_err());
+        // The refusal names the serial, the floor and the index.
+        let e = BootError::BelowTpmFloor {
+            path: "composefs/seals/x.json".into(),
+            serial: 1,
+            floor: 2,
+            index: 0x0180_5EA1,
+        };
+        assert_eq!(e.refusal_class(), RefusalClass::Seal);
+        assert_eq!(
+            e.to_string(),
+            "seal composefs/seals/x.json rejected: seal serial 1 is below the TPM floor 2 \
+             (NV counter 0x01805ea1; rollback refused)"
+        );
+        for (t, want) in [
+            (TpmFloor::Off, serde_json::json!({"state": "off"})),
+            (
+                TpmFloor::Undefined { index: 0x0180_0000 },
+                serde_json::json!({"state": "undefined", "index": "0x01800000"}),
+            ),
+            (
+                TpmFloor::NotRead {
+                    index: 1,
+                    reason: "a \"b\"".into(),
+                },
+                serde_json::json!({"state": "not-read", "index": "0x00000001", "reason": "a \"b\""}),
+            ),
+        ] {
+            assert_eq!(t.value(), 0);
+            let v: serde_json::Value = serde_json::from_str(&t.json()).unwrap();
+            assert_eq!(v, want);
+        }
     }
 
     #[test]
