@@ -20,6 +20,7 @@ mod keygen;
 mod mkcomposefs;
 mod pcr;
 mod sign;
+mod tpm_floor;
 mod uki;
 mod upgrade;
 mod verify;
@@ -66,6 +67,8 @@ enum Command {
     Gc(gc::Args),
     /// Print the TPM record a boot of a seal extends and the PCR value it leaves.
     Pcr(pcr::Args),
+    /// Provision, show and raise the TPM serial floor (an NV counter).
+    TpmFloor(tpm_floor::Args),
 }
 
 /// Print one error line for a failed subcommand and return failure.
@@ -100,5 +103,6 @@ fn main() -> ExitCode {
         Command::UpgradeRepo(a) => upgrade::run(a),
         Command::Gc(a) => gc::run(a),
         Command::Pcr(a) => pcr::run(a),
+        Command::TpmFloor(a) => tpm_floor::run(a),
     }
 }
