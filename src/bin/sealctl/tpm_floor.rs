@@ -12,7 +12,9 @@
 //!   holds no index or one the boot would refuse (with the boot's reason).
 //! - `raise --to N | --from-status FILE`: the floor goes to N (from a
 //!   status file: its `manifest.serial`, the serial of the seal the running
-//!   system booted). Refuses to go down, refuses more than `--max-jump`
+//!   system booted; the index is the one the boot read, `floor.tpm.index`,
+//!   unless `--index` names one; a boot policy without a TPM floor makes it
+//!   a no-op). Refuses to go down, refuses more than `--max-jump`
 //!   increments (default 32: each is an NV write), does nothing when the
 //!   floor is already N. Every increment is preceded by a read of the
 //!   counter, so a second raise running at the same time cannot make it
@@ -41,10 +43,10 @@ pub struct Args {
     /// TPM: a device node, or unix:PATH for a swtpm unixio server socket.
     #[arg(long, global = true, value_name = "DEV|unix:PATH")]
     tpm: Option<String>,
-    /// The NV index (the boot policy's `tpm-floor:` handle).
-    #[arg(long, global = true, value_name = "HANDLE", value_parser = crate::embed::parse_floor_index,
-          default_value = "0x01805ea1")]
-    index: u32,
+    /// The NV index (the boot policy's `tpm-floor:` handle; default
+    /// 0x01805ea1, or with --from-status the index the boot read).
+    #[arg(long, global = true, value_name = "HANDLE", value_parser = crate::embed::parse_floor_index)]
+    index: Option<u32>,
 }
 
 #[derive(clap::Subcommand)]
@@ -241,19 +243,37 @@ fn define(t: &mut Transport, index: u32) -> Result<String, Error> {
     }
 }
 
-fn status_serial(path: &std::path::Path) -> Result<u64, Error> {
+/// From sealroot's status file: the booted seal's serial, and the floor
+/// index the boot read (`None`: the boot policy has no TPM floor).
+fn from_status(path: &std::path::Path) -> Result<(u64, Option<Option<u32>>), Error> {
     let bad = |why: String| Error::Status {
         path: path.display().to_string(),
         why,
     };
     let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
     let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
-    v.get("manifest")
+    let serial = v
+        .get("manifest")
         .and_then(|m| m.get("serial"))
         .and_then(|s| s.as_u64())
         .ok_or_else(|| {
             bad("no manifest.serial: the boot verified no seal (sealed-digest policy?)".into())
-        })
+        })?;
+    let tpm = v.get("floor").and_then(|f| f.get("tpm"));
+    let index = match tpm.and_then(|t| t.get("state")).and_then(|s| s.as_str()) {
+        // An older sealroot: no floor object.
+        None => None,
+        Some("off") => Some(None),
+        Some(_) => {
+            let text = tpm
+                .and_then(|t| t.get("index"))
+                .and_then(|i| i.as_str())
+                .ok_or_else(|| bad("floor.tpm has no index".into()))?;
+            let index = crate::embed::parse_floor_index(text).map_err(bad)?;
+            Some(Some(index))
+        }
+    };
+    Ok((serial, index))
 }
 
 fn raise(t: &mut Transport, index: u32, target: u64, max_jump: u64) -> Result<String, Error> {
@@ -292,6 +312,7 @@ fn raise(t: &mut Transport, index: u32, target: u64, max_jump: u64) -> Result<St
 
 pub fn run(args: Args) -> ExitCode {
     let result = (|| {
+        let mut index = args.index.unwrap_or(nv::DEFAULT_FLOOR_INDEX);
         let target = match &args.action {
             Action::Raise {
                 to: Some(n),
@@ -301,16 +322,27 @@ pub fn run(args: Args) -> ExitCode {
             Action::Raise {
                 from_status: Some(p),
                 ..
-            } => Some(status_serial(p)?),
+            } => {
+                let (serial, booted) = from_status(p)?;
+                match (args.index, booted) {
+                    (None, Some(None)) => {
+                        return Ok(format!(
+                            "the boot policy has no TPM floor ({}): nothing to raise\n",
+                            p.display()
+                        ))
+                    }
+                    (None, Some(Some(i))) => index = i,
+                    _ => {}
+                }
+                Some(serial)
+            }
             _ => None,
         };
         let mut t = Transport::open(args.tpm.as_deref())?;
         match args.action {
-            Action::Define => define(&mut t, args.index),
-            Action::Show => show(&mut t, args.index),
-            Action::Raise { max_jump, .. } => {
-                raise(&mut t, args.index, target.unwrap_or(0), max_jump)
-            }
+            Action::Define => define(&mut t, index),
+            Action::Show => show(&mut t, index),
+            Action::Raise { max_jump, .. } => raise(&mut t, index, target.unwrap_or(0), max_jump),
         }
     })();
     match result {
