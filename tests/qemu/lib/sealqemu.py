@@ -488,12 +488,22 @@ def early_crash(text):
 
 def boot(kernel, initrd, append, disks, log_path, timeout=180, stop_after=None, memory=1024, smp=1,
          tpm=None):
+    # A TPM state directory that exists already is one machine's TPM across
+    # boots (a provisioned floor counter): a retry starts from a copy of it
+    # as it was before this boot, never from a fresh TPM.
+    snapshot = None
+    if tpm and Path(tpm).is_dir():
+        snapshot = Path(str(tpm) + ".before")
+        shutil.rmtree(snapshot, ignore_errors=True)
+        shutil.copytree(tpm, snapshot, ignore=shutil.ignore_patterns("*.sock"))
     r = _boot(kernel, initrd, append, disks, log_path, timeout, stop_after, memory, smp, tpm)
     if early_crash(r.text):
         flaky = Path(str(log_path) + ".flake")
         Path(log_path).rename(flaky)
         if tpm:
             shutil.rmtree(tpm, ignore_errors=True)
+            if snapshot:
+                shutil.copytree(snapshot, tpm)
         r = _boot(kernel, initrd, append, disks, log_path, timeout, stop_after, memory, smp, tpm)
         r.retried = flaky
     return r
@@ -540,6 +550,102 @@ class Swtpm:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class SwtpmServer:
+    """swtpm on STATE_DIR with its command channel on a unix socket and no
+    QEMU: the host provisions the TPM (as a factory would) with `sealctl
+    tpm-floor --tpm unix:SOCK` or plants NV indexes with raw commands
+    ([`tx`], encoded here independently of sealroot's encoders). Stop it
+    before a guest boots on the same STATE_DIR (`boot(tpm=STATE_DIR)`): one
+    state directory across several runs is one machine's TPM."""
+
+    def __init__(self, state_dir):
+        self.dir = Path(state_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.sock = self.dir / "server.sock"
+        if self.sock.exists():
+            self.sock.unlink()
+        self.proc = subprocess.Popen(
+            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.dir}",
+             "--server", f"type=unixio,path={self.sock}", "--flags", "not-need-init,startup-clear",
+             "--log", f"file={self.dir / 'swtpm-server.log'},level=1"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        for _ in range(100):
+            if self.sock.exists() or self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        if not self.sock.exists():
+            self.stop()
+            raise RuntimeError(f"swtpm did not create {self.sock}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def tx(self, command):
+        """One raw TPM command; the response (its code checked by the caller)."""
+        import socket
+        with socket.socket(socket.AF_UNIX) as c:
+            c.connect(str(self.sock))
+            c.sendall(command)
+            head = b""
+            while len(head) < 10:
+                head += c.recv(10 - len(head))
+            n = int.from_bytes(head[2:6], "big")
+            body = head
+            while len(body) < n:
+                body += c.recv(n - len(body))
+            return body
+
+    def run(self, command):
+        r = self.tx(command)
+        rc = int.from_bytes(r[6:10], "big")
+        if rc:
+            raise RuntimeError(f"TPM command 0x{int.from_bytes(command[6:10], 'big'):x} failed: rc 0x{rc:x}")
+        return r
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.sock.exists():
+            self.sock.unlink()
+
+
+# Raw TPM 2.0 commands for planting NV indexes (Part 3 31.3, 31.7, 31.8),
+# with a password session carrying the owner's (empty) authorization.
+TPM_RH_OWNER = 0x40000001
+TPMA_NV_OWNERWRITE, TPMA_NV_AUTHWRITE = 1 << 1, 1 << 2
+TPMA_NV_OWNERREAD, TPMA_NV_AUTHREAD, TPMA_NV_NO_DA = 1 << 17, 1 << 18, 1 << 25
+
+
+def tpm_command(cc, handles, params):
+    be = lambda v, n: v.to_bytes(n, "big")  # noqa: E731
+    session = be(0x40000009, 4) + be(0, 2) + b"\x00" + be(0, 2)
+    body = b"".join(be(h, 4) for h in handles) + be(len(session), 4) + session + params
+    return be(0x8002, 2) + be(10 + len(body), 4) + be(cc, 4) + body
+
+
+def nv_define(index, attributes, size=8):
+    public = index.to_bytes(4, "big") + (0x000B).to_bytes(2, "big") + attributes.to_bytes(4, "big") \
+        + b"\x00\x00" + size.to_bytes(2, "big")
+    return tpm_command(0x12A, [TPM_RH_OWNER], b"\x00\x00" + len(public).to_bytes(2, "big") + public)
+
+
+def nv_write(index, data, offset=0):
+    return tpm_command(0x137, [TPM_RH_OWNER, index],
+                       len(data).to_bytes(2, "big") + data + offset.to_bytes(2, "big"))
+
+
+def nv_increment(index):
+    return tpm_command(0x134, [TPM_RH_OWNER, index], b"")
 
 
 def tpm_guest_pcrs(text):
