@@ -41,6 +41,40 @@ pub fn testdata_or_skip() -> Option<PathBuf> {
     dir
 }
 
+/// The upstream version of the C reference `mkcomposefs` the tests use.
+pub const C_MKCOMPOSEFS_VERSION: &str = "1.0.8";
+
+/// The C reference `mkcomposefs`: env `MKCOMPOSEFS` when set (it must then
+/// exist), else the binary `scripts/setup.d/40-mkcomposefs` caches at
+/// `${XDG_CACHE_HOME:-$HOME/.cache}/sealroot/peers/mkcomposefs-1.0.8/`.
+pub fn c_mkcomposefs() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MKCOMPOSEFS") {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "MKCOMPOSEFS={} does not exist", p.display());
+        return Some(p);
+    }
+    let cache = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache"),
+    };
+    let bin = cache
+        .join("sealroot/peers")
+        .join(format!("mkcomposefs-{C_MKCOMPOSEFS_VERSION}"))
+        .join("mkcomposefs");
+    bin.is_file().then_some(bin)
+}
+
+/// [`c_mkcomposefs`]; when it is absent, [`missing`] (a failure under CI).
+pub fn c_mkcomposefs_or_skip() -> Option<PathBuf> {
+    let bin = c_mkcomposefs();
+    if bin.is_none() {
+        missing(&format!(
+            "C mkcomposefs {C_MKCOMPOSEFS_VERSION} (set MKCOMPOSEFS, or run scripts/setup.d/40-mkcomposefs)"
+        ));
+    }
+    bin
+}
+
 /// A vector's bytes, decompressed with `gzip -dc` when it ends in `.gz`.
 pub fn read_vector(path: &Path) -> Vec<u8> {
     if path.extension().is_some_and(|e| e == "gz") {
