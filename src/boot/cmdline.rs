@@ -249,6 +249,25 @@ pub fn capped(key: &str, value: Option<&str>) -> String {
     s
 }
 
+/// The digest key `key` names, if any.
+fn digest_key(key: &str) -> Option<DigestKey> {
+    match key {
+        "composefs.digest" => Some(DigestKey::ComposefsDigest),
+        "composefs" => Some(DigestKey::Composefs),
+        _ => None,
+    }
+}
+
+/// [`CmdlineError::InsecureDigest`] when `key=value` is a digest parameter
+/// carrying composefs's `?` marker (for the boot policy, which meets every
+/// digest word, later ones included, before [`parse`] does).
+pub fn insecure_marker(key: &str, value: &str) -> Option<CmdlineError> {
+    let dk = digest_key(key)?;
+    value
+        .starts_with('?')
+        .then_some(CmdlineError::InsecureDigest { key: dk.name() })
+}
+
 fn parse_digest(key: DigestKey, value: Option<&str>) -> Result<Digest, CmdlineError> {
     let name = key.name();
     let value = value.ok_or(CmdlineError::DigestWithoutValue { key: name })?;
@@ -273,12 +292,7 @@ pub fn parse(text: &str) -> Result<Cmdline, CmdlineError> {
     let mut out = Cmdline::default();
     let mut seen_digest = false;
     for Param { key, value } in split(text) {
-        let digest_key = match key {
-            "composefs.digest" => Some(DigestKey::ComposefsDigest),
-            "composefs" => Some(DigestKey::Composefs),
-            _ => None,
-        };
-        if let Some(dk) = digest_key {
+        if let Some(dk) = digest_key(key) {
             if seen_digest {
                 out.ignored_digests.push(capped(key, value));
             } else {

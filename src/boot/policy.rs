@@ -273,6 +273,9 @@ pub enum PolicyError {
     RootflagNotAllowed { option: String },
     /// A word choosing the failure policy ([`FAILURE_POLICY_KEYS`]).
     FailurePolicyWord { word: String },
+    /// A digest parameter with composefs's `?` "insecure" marker: named as
+    /// such (the parser's own refusal) rather than as an unsafe value byte.
+    InsecureDigest(cmdline::CmdlineError),
     /// `init=` names a program not on the init list.
     InitNotAllowed { init: String, allowed: Vec<String> },
     /// An allowlist entry that cannot match a kernel word as written.
@@ -316,6 +319,7 @@ impl fmt::Display for PolicyError {
                 "kernel command line word {word:?} would choose the failure policy, which \
                  comes only from the initramfs"
             ),
+            PolicyError::InsecureDigest(e) => e.fmt(f),
             PolicyError::InitNotAllowed { init, allowed } => write!(
                 f,
                 "init={init} is not one of the boot policy's inits ({})",
@@ -557,6 +561,9 @@ impl BootPolicy {
             });
         }
         if let Some(v) = value {
+            if let Some(e) = cmdline::insecure_marker(key, v) {
+                return Err(PolicyError::InsecureDigest(e));
+            }
             if let Some(b) = v.bytes().find(|&b| !safe_value_byte(b)) {
                 return Err(PolicyError::UnsafeValue {
                     word: cmdline::capped(key, value),
@@ -744,6 +751,20 @@ mod tests {
                 "{line}: {:?}",
                 p.check(line)
             );
+        }
+    }
+
+    #[test]
+    fn insecure_digest_marker_is_named_as_such() {
+        let p = BootPolicy::default();
+        for line in [
+            format!("composefs=?{HEX}"),
+            format!("composefs.digest=?v1-sha256-12:{HEX}"),
+            format!("composefs={HEX} composefs=?{HEX}"),
+        ] {
+            let e = p.check(&line).unwrap_err();
+            assert!(matches!(e, PolicyError::InsecureDigest(_)), "{line}: {e:?}");
+            assert!(e.to_string().contains("\"?\" insecure marker"), "{e}");
         }
     }
 
