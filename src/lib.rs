@@ -27,6 +27,7 @@
 //! | `image::scan` | reading a directory tree from disk into a tree |
 //! | `image::dumpfile` | composefs dumpfile text format: parse and print |
 //! | `image::fsverity` | userspace fs-verity file digests (Merkle tree) |
+//! | `image::digest_cache` | incremental builds: digests of unchanged files reused (`--digest-cache`) |
 //! | `image::store` | the crash-safe fs-verity object store |
 //! | `image::erofs` | composefs EROFS image format: writer and reader |
 //! | `image::repo` | repository build, offline verify, install |

@@ -594,6 +594,8 @@ pub struct BuildReport {
     pub objects_added: u64,
     pub objects_existing: u64,
     pub bytes_added: u64,
+    /// File digests taken from the digest cache (0 without one).
+    pub digests_reused: u64,
 }
 
 /// Build `rootfs` into `repo`: scan it (files over 64 bytes go into the
@@ -601,6 +603,28 @@ pub struct BuildReport {
 /// the objects (durable, then published under their names), then publish
 /// the image. Nothing is signed here.
 pub fn build(rootfs: &Path, repo: &Repo, opts: &BuildOptions) -> Result<BuildReport, RepoError> {
+    build_inner(rootfs, repo, opts, None).map(|(report, _)| report)
+}
+
+/// [`build`], reusing the digests `cache` holds for files that did not
+/// change (crate::image::digest_cache); a reused digest's object must
+/// already be in the repository, or the file is read. Returns the scan's
+/// record, from which the caller makes the next cache.
+pub fn build_cached(
+    rootfs: &Path,
+    repo: &Repo,
+    opts: &BuildOptions,
+    cache: &crate::image::digest_cache::DigestCache,
+) -> Result<(BuildReport, crate::image::digest_cache::ScanRecord), RepoError> {
+    build_inner(rootfs, repo, opts, Some(cache))
+}
+
+fn build_inner(
+    rootfs: &Path,
+    repo: &Repo,
+    opts: &BuildOptions,
+    cache: Option<&crate::image::digest_cache::DigestCache>,
+) -> Result<(BuildReport, crate::image::digest_cache::ScanRecord), RepoError> {
     let _lock = repo.lock_for_write()?;
     repo.prepare_meta_for_write(opts.hash)?;
     let store =
@@ -612,8 +636,12 @@ pub fn build(rootfs: &Path, repo: &Repo, opts: &BuildOptions) -> Result<BuildRep
         hash: opts.hash,
         ..Default::default()
     };
-    let mut tree = crate::image::scan::scan_directory(rootfs, &scan_opts, Some(&batch))
-        .map_err(|e| RepoError::Scan(Box::new(e)))?;
+    let scanned = match cache {
+        Some(c) => crate::image::scan::scan_directory_cached(rootfs, &scan_opts, Some(&batch), c),
+        None => crate::image::scan::scan_directory(rootfs, &scan_opts, Some(&batch))
+            .map(|t| (t, Default::default())),
+    };
+    let (mut tree, record) = scanned.map_err(|e| RepoError::Scan(Box::new(e)))?;
     fix_mtimes(&mut tree, opts.mtimes);
     let image = crate::image::erofs::writer::write_image(
         &tree,
@@ -624,13 +652,15 @@ pub fn build(rootfs: &Path, repo: &Repo, opts: &BuildOptions) -> Result<BuildRep
     // Objects become visible before the image that names them.
     let stats = batch.commit().map_err(|e| RepoError::Store(Box::new(e)))?;
     let digest = publish_image(repo, &image, opts.hash)?;
-    Ok(BuildReport {
+    let report = BuildReport {
         digest,
         image_size: image.len() as u64,
         objects_added: stats.added,
         objects_existing: stats.existing,
         bytes_added: stats.bytes_added,
-    })
+        digests_reused: record.reused,
+    };
+    Ok((report, record))
 }
 
 /// Publish `image`: store it as an object (named by its fs-verity digest,

@@ -23,6 +23,13 @@
 //!   file; no file data is held beyond 64 bytes.
 //! - Any error (unreadable file, file changed size while reading, store
 //!   failure) stops the scan and names the path.
+//! - [`scan_directory_cached`] is the incremental variant: a regular file
+//!   over 64 bytes whose [`FileKey`] (from the walk's own `statx`) has a
+//!   reusable entry in the [`DigestCache`] gets that digest without being
+//!   opened, provided, with a store batch, that its object is already in the
+//!   store; every other file is read as above. It returns the
+//!   [`ScanRecord`] the next cache is made from (see
+//!   [`crate::image::digest_cache`] for the key and the racy-timestamp rule).
 
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -33,6 +40,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::digest::{Digest, HashAlgorithm};
+use crate::image::digest_cache::{DigestCache, FileKey, Observed, ScanRecord, Stamp};
 use crate::image::store::{Batch, StoreError};
 use crate::image::tree::{
     Inode, InodeId, InodeKind, RegularFile, Timespec, Tree, TreeError, Xattr, INLINE_THRESHOLD,
@@ -104,6 +112,29 @@ pub fn scan_directory(
     opts: &ScanOptions,
     store: Option<&Batch>,
 ) -> Result<Tree, ScanError> {
+    scan_inner(root, opts, store, None).map(|(tree, _)| tree)
+}
+
+/// [`scan_directory`] reusing the digests `cache` holds for unchanged files
+/// (see the module docs). The record lists every regular file over 64
+/// bytes with its key and digest, and when the scan started.
+pub fn scan_directory_cached(
+    root: &Path,
+    opts: &ScanOptions,
+    store: Option<&Batch>,
+    cache: &DigestCache,
+) -> Result<(Tree, ScanRecord), ScanError> {
+    scan_inner(root, opts, store, Some(cache))
+}
+
+fn scan_inner(
+    root: &Path,
+    opts: &ScanOptions,
+    store: Option<&Batch>,
+    cache: Option<&DigestCache>,
+) -> Result<(Tree, ScanRecord), ScanError> {
+    // Before the first stat: the racy-timestamp rule measures from here.
+    let started = Stamp::now();
     if opts.skip_xattrs && opts.user_xattrs {
         return Err(ScanError::ConflictingOptions);
     }
@@ -121,6 +152,9 @@ pub fn scan_directory(
     // Everything but directories is finished by the workers: content,
     // digest, symlink target, xattrs.
     let mut work: Vec<(InodeId, PathBuf)> = Vec::new();
+    // With a cache: the key of each work item that is a regular file over
+    // 64 bytes, from the walk's stat.
+    let mut keys: Vec<Option<FileKey>> = Vec::new();
     let mut stack: Vec<(InodeId, PathBuf)> = vec![(ROOT, root.to_path_buf())];
     let mut names: Vec<(Vec<u8>, fs::Metadata)> = Vec::new();
     while let Some((dir_id, dir_path)) = stack.pop() {
@@ -157,12 +191,29 @@ pub fn scan_directory(
             if is_dir {
                 stack.push((id, path));
             } else {
+                if cache.is_some() {
+                    let hashed = ft.is_file() && meta.len() > INLINE_THRESHOLD;
+                    keys.push(hashed.then(|| FileKey::of(&meta)));
+                }
                 work.push((id, path));
             }
         }
     }
-    finish_files(&mut tree, work, opts, store)?;
-    Ok(tree)
+    let (reused, hashed) = finish_files(&mut tree, &work, &keys, opts, store, cache)?;
+    let mut record = ScanRecord {
+        started,
+        reused,
+        hashed,
+        ..Default::default()
+    };
+    for ((id, _), key) in work.iter().zip(&keys) {
+        if let (Some(key), InodeKind::Regular(r)) = (key, &tree.inodes[*id].kind) {
+            if let Some(digest) = r.digest {
+                record.files.push(Observed { key: *key, digest });
+            }
+        }
+    }
+    Ok((tree, record))
 }
 
 /// The inode for `meta`, without xattrs, content or symlink target.
@@ -207,6 +258,8 @@ struct Finished {
     inline: Option<Box<[u8]>>,
     digest: Option<Digest>,
     target: Option<Box<[u8]>>,
+    /// The digest came from the cache; the file was not opened.
+    reused: bool,
 }
 
 enum Job {
@@ -292,15 +345,40 @@ fn hash_open(
     Ok(h.finish())
 }
 
+/// The cache's digest for `key`, if it may be used: with a store batch,
+/// only if its object is already there (counted as existing).
+fn reusable(
+    cache: Option<&DigestCache>,
+    key: Option<&FileKey>,
+    store: Option<&Batch>,
+) -> Option<Digest> {
+    let d = cache?.lookup(key?)?;
+    match store {
+        Some(b) if !b.add_existing(&d) => None,
+        _ => Some(d),
+    }
+}
+
 fn finish_one(
     path: &Path,
     job: &Job,
     opts: &ScanOptions,
     store: Option<&Batch>,
     buf: &mut [u8],
+    cached: Option<(&DigestCache, &FileKey)>,
 ) -> Result<Finished, ScanError> {
     let mut out = Finished::default();
     let want_x = !opts.skip_xattrs;
+    if let Job::Hash(_) = job {
+        if let Some(d) = reusable(cached.map(|c| c.0), cached.map(|c| c.1), store) {
+            out.digest = Some(d);
+            out.reused = true;
+            if want_x {
+                out.xattrs = read_xattrs(path, XattrSource::Path(path), opts.user_xattrs)?;
+            }
+            return Ok(out);
+        }
+    }
     match job {
         Job::Small(size) | Job::Hash(size) => {
             let mut f = open_regular(path)?;
@@ -346,12 +424,17 @@ fn finish_one(
     Ok(out)
 }
 
+/// Finish every work item; returns how many digests were reused from the
+/// cache and how many were computed.
 fn finish_files(
     tree: &mut Tree,
-    work: Vec<(InodeId, PathBuf)>,
+    work: &[(InodeId, PathBuf)],
+    keys: &[Option<FileKey>],
     opts: &ScanOptions,
     store: Option<&Batch>,
-) -> Result<(), ScanError> {
+    cache: Option<&DigestCache>,
+) -> Result<(u64, u64), ScanError> {
+    let cached_of = |i: usize| cache.zip(keys.get(i).and_then(Option::as_ref));
     let jobs: Vec<Job> = work
         .iter()
         .map(|(id, _)| job_of(&tree.inodes[*id].kind))
@@ -391,7 +474,7 @@ fn finish_files(
                         if is_large(job) {
                             continue;
                         }
-                        match finish_one(path, job, opts, store, &mut buf) {
+                        match finish_one(path, job, opts, store, &mut buf, cached_of(i)) {
                             Ok(f) => mine.push((i, f)),
                             Err(e) => {
                                 fail(e);
@@ -418,11 +501,19 @@ fn finish_files(
     let mut buf = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
         if is_large(job) {
-            let f = finish_one(&work[i].1, job, opts, store, &mut buf)?;
+            let f = finish_one(&work[i].1, job, opts, store, &mut buf, cached_of(i))?;
             results.push(vec![(i, f)]);
         }
     }
+    let (mut reused, mut hashed) = (0, 0);
     for (i, f) in results.into_iter().flatten() {
+        if f.digest.is_some() {
+            if f.reused {
+                reused += 1;
+            } else {
+                hashed += 1;
+            }
+        }
         let inode = &mut tree.inodes[work[i].0];
         inode.xattrs = f.xattrs;
         match &mut inode.kind {
@@ -445,7 +536,7 @@ fn finish_files(
             _ => {}
         }
     }
-    Ok(())
+    Ok((reused, hashed))
 }
 
 /// Where to read xattrs from: an open file (no path walk) or a path
@@ -723,7 +814,7 @@ mod tests {
         let opts = ScanOptions::default();
         let mut buf = vec![0u8; 4096];
         for job in [Job::Small(10), Job::Hash(100)] {
-            match finish_one(&fifo, &job, &opts, None, &mut buf) {
+            match finish_one(&fifo, &job, &opts, None, &mut buf, None) {
                 // Small: the read finds no data (size changed); large: pread
                 // on a pipe is ESPIPE.
                 Err(ScanError::Changed { path }) | Err(ScanError::Io { path, .. }) => {
@@ -732,7 +823,7 @@ mod tests {
                 Err(e) => panic!("{e}"),
                 Ok(_) => panic!("a FIFO was read as a file"),
             }
-            match finish_one(&link, &job, &opts, None, &mut buf) {
+            match finish_one(&link, &job, &opts, None, &mut buf, None) {
                 Err(ScanError::Io { path, source }) => {
                     assert_eq!(path, link);
                     assert_eq!(source.raw_os_error(), Some(libc::ELOOP));

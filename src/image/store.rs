@@ -410,6 +410,21 @@ impl Batch<'_> {
         self.add_from(file, src, digest)
     }
 
+    /// If an object named `digest` is already in the store, count it as
+    /// existing (as [`add_file`](Self::add_file) would) and return `true`;
+    /// otherwise change nothing and return `false`. For a caller that knows a
+    /// file's digest without having read it (an incremental build's cache):
+    /// an object present under that name has that content, one that is
+    /// absent must be added by reading the file.
+    pub fn add_existing(&self, digest: &Digest) -> bool {
+        if self.store.contains(digest) {
+            self.existing.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
     /// Add `data`, which the caller says has `digest` (checked as for
     /// [`add_file`](Self::add_file); the error's path is the object's name).
     pub fn add_bytes(&self, data: &[u8], digest: &Digest) -> Result<(), StoreError> {

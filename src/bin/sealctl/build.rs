@@ -4,12 +4,19 @@
 //! recorded as found, clamped to `SOURCE_DATE_EPOCH` when it is set, or all
 //! zero with `--use-epoch` (see docs/sealing.md). On a terminal it
 //! reports the phases and what was added.
+//!
+//! `--digest-cache FILE` makes the build incremental: files unchanged since
+//! the build that wrote FILE keep their digests without being read (see
+//! `sealroot::image::digest_cache`). A cache that cannot be used or saved
+//! is a warning, never an error.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use sealroot::digest::HashAlgorithm;
+use sealroot::image::digest_cache::{self, CacheError, DigestCache, ScanRecord};
+use sealroot::image::fileio::FileIoError;
 use sealroot::image::repo;
 use sealroot::keys;
 
@@ -35,6 +42,30 @@ pub struct Args {
     /// default) or sha512.
     #[arg(long = "hash-alg", default_value = "sha256", value_parser = parse_hash_alg)]
     hash_alg: HashAlgorithm,
+    /// Reuse the digests of unchanged files from this cache file and update
+    /// it (incremental builds; keep it outside the repository).
+    #[arg(long, value_name = "FILE")]
+    digest_cache: Option<PathBuf>,
+}
+
+/// The cache at `path` for a build with `alg`; empty (with a warning on
+/// stderr unless the file does not exist yet) when it cannot be used.
+pub(crate) fn load_cache(command: &str, path: &Path, alg: HashAlgorithm) -> DigestCache {
+    match DigestCache::load(path, alg) {
+        Ok(c) => c,
+        Err(CacheError::File(FileIoError::Missing { .. })) => DigestCache::empty(alg),
+        Err(e) => {
+            eprintln!("sealctl {command}: warning: digest cache not used: {e}");
+            DigestCache::empty(alg)
+        }
+    }
+}
+
+/// Save the cache the scan leaves; a failure is a warning.
+pub(crate) fn save_cache(command: &str, path: &Path, loaded: &DigestCache, record: &ScanRecord) {
+    if let Err(e) = digest_cache::save_after_scan(path, loaded, record) {
+        eprintln!("sealctl {command}: warning: digest cache not saved: {e}");
+    }
 }
 
 fn parse_hash_alg(name: &str) -> Result<HashAlgorithm, String> {
@@ -86,7 +117,16 @@ pub fn run(args: Args) -> ExitCode {
     if tty {
         eprint!("build: scanning {} ...", args.rootfs.display());
     }
-    let report = repo::build(&args.rootfs, &r, &opts);
+    let report = match &args.digest_cache {
+        Some(path) => {
+            let loaded = load_cache("build", path, args.hash_alg);
+            repo::build_cached(&args.rootfs, &r, &opts, &loaded).map(|(report, record)| {
+                save_cache("build", path, &loaded, &record);
+                report
+            })
+        }
+        None => repo::build(&args.rootfs, &r, &opts),
+    };
     if tty {
         eprint!("\r\x1b[K");
     }
@@ -99,6 +139,12 @@ pub fn run(args: Args) -> ExitCode {
             "build: image {} bytes, {} objects added ({} bytes), {} already present",
             report.image_size, report.objects_added, report.bytes_added, report.objects_existing
         );
+        if args.digest_cache.is_some() {
+            eprintln!(
+                "build: {} file digests reused from the digest cache",
+                report.digests_reused
+            );
+        }
     }
     if let Some(key) = key {
         let manifest = match args.fields.manifest(report.digest) {

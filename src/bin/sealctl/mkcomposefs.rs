@@ -10,6 +10,10 @@
 //! file beside IMAGE, synced and renamed over it: on any error nothing is
 //! written. With `--digest-store`, objects are added in one crash-safe batch
 //! committed before the image is published.
+//!
+//! One option the reference lacks: `--digest-cache FILE` (directory sources
+//! only) reuses the fs-verity digests of files unchanged since the run that
+//! wrote FILE, and updates it (`sealroot::image::digest_cache`).
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read, Write};
@@ -18,7 +22,7 @@ use std::process::ExitCode;
 
 use sealroot::digest::HashAlgorithm;
 use sealroot::image::erofs::{write_image, WriteOptions};
-use sealroot::image::scan::{scan_directory, ScanOptions};
+use sealroot::image::scan::{scan_directory, scan_directory_cached, ScanOptions};
 use sealroot::image::store::ObjectStore;
 
 #[derive(clap::Args)]
@@ -60,6 +64,10 @@ pub struct Args {
     /// Threads for hashing (default: all cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Reuse the fs-verity digests of unchanged files from this cache file,
+    /// and update it (not in the reference mkcomposefs).
+    #[arg(long, value_name = "FILE")]
+    digest_cache: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -83,6 +91,9 @@ fn run_inner(args: Args) -> Result<(), String> {
     if args.threads == Some(0) {
         return Err("invalid threads count 0".into());
     }
+    if args.from_file && args.digest_cache.is_some() {
+        return Err("--digest-cache needs a directory source, not --from-file".into());
+    }
     if args.skip_xattrs && args.user_xattrs {
         return Err("--skip-xattrs and --user-xattrs cannot be combined".into());
     }
@@ -103,6 +114,8 @@ fn run_inner(args: Args) -> Result<(), String> {
         _ => None,
     };
     let batch = store.as_ref().map(|s| s.batch());
+    // The cache loaded, and the scan's record, saved once all else worked.
+    let mut cache_update = None;
     let tree = if args.from_file {
         let mut input = Vec::new();
         if args.source == "-" {
@@ -122,7 +135,19 @@ fn run_inner(args: Args) -> Result<(), String> {
             threads: args.threads.unwrap_or(0),
             hash: HashAlgorithm::Sha256,
         };
-        scan_directory(source, &scan_opts, batch.as_ref()).map_err(|e| e.to_string())?
+        match &args.digest_cache {
+            Some(path) => {
+                let loaded = crate::build::load_cache("mkcomposefs", path, scan_opts.hash);
+                let (tree, record) =
+                    scan_directory_cached(source, &scan_opts, batch.as_ref(), &loaded)
+                        .map_err(|e| e.to_string())?;
+                cache_update = Some((path, loaded, record));
+                tree
+            }
+            None => {
+                scan_directory(source, &scan_opts, batch.as_ref()).map_err(|e| e.to_string())?
+            }
+        }
     };
     let bytes = write_image(&tree, &opts).map_err(|e| e.to_string())?;
     drop(tree);
@@ -139,6 +164,9 @@ fn run_inner(args: Args) -> Result<(), String> {
             sealroot::image::fileio::write_atomic(Path::new(img), &bytes, Some(0o644))
                 .map_err(|e| e.to_string())?;
         }
+    }
+    if let Some((path, loaded, record)) = cache_update {
+        crate::build::save_cache("mkcomposefs", path, &loaded, &record);
     }
     if args.print_digest || args.print_digest_only {
         let d = sealroot::image::fsverity::digest_bytes(HashAlgorithm::Sha256, &bytes);
