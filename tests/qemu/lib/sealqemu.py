@@ -513,6 +513,30 @@ def have_swtpm():
     return shutil.which("swtpm") is not None
 
 
+def _start_swtpm(state_dir, sock_name, log_name, channel_args):
+    """Start swtpm (TPM 2.0, socket mode) on STATE_DIR with the channel
+    CHANNEL_ARGS(sock) names; wait for its socket. (dir, sock, process)."""
+    d = Path(state_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    sock = d / sock_name
+    if sock.exists():
+        sock.unlink()
+    proc = subprocess.Popen(
+        ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={d}", *channel_args(sock),
+         "--log", f"file={d / log_name},level=1"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    for _ in range(100):
+        if sock.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    if not sock.exists():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        raise RuntimeError(f"swtpm did not create {sock} (log {d / log_name})")
+    return d, sock, proc
+
+
 class Swtpm:
     """A fresh swtpm (TPM 2.0, socket mode) in STATE_DIR for one boot; QEMU
     reaches it through the control socket (`-tpmdev emulator`). No state
@@ -520,23 +544,8 @@ class Swtpm:
     default PCR banks; QEMU sends the init, the guest kernel TPM2_Startup."""
 
     def __init__(self, state_dir):
-        self.dir = Path(state_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.sock = self.dir / "ctrl.sock"
-        if self.sock.exists():
-            self.sock.unlink()
-        self.proc = subprocess.Popen(
-            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.dir}",
-             "--ctrl", f"type=unixio,path={self.sock}",
-             "--log", f"file={self.dir / 'swtpm.log'},level=1"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        for _ in range(100):
-            if self.sock.exists() or self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        if not self.sock.exists():
-            self.stop()
-            raise RuntimeError(f"swtpm did not create {self.sock} (log {self.dir / 'swtpm.log'})")
+        self.dir, self.sock, self.proc = _start_swtpm(
+            state_dir, "ctrl.sock", "swtpm.log", lambda sock: ["--ctrl", f"type=unixio,path={sock}"])
 
     def qemu_args(self):
         return ["-chardev", f"socket,id=chrtpm,path={self.sock}",
@@ -561,23 +570,9 @@ class SwtpmServer:
     state directory across several runs is one machine's TPM."""
 
     def __init__(self, state_dir):
-        self.dir = Path(state_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.sock = self.dir / "server.sock"
-        if self.sock.exists():
-            self.sock.unlink()
-        self.proc = subprocess.Popen(
-            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.dir}",
-             "--server", f"type=unixio,path={self.sock}", "--flags", "not-need-init,startup-clear",
-             "--log", f"file={self.dir / 'swtpm-server.log'},level=1"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        for _ in range(100):
-            if self.sock.exists() or self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        if not self.sock.exists():
-            self.stop()
-            raise RuntimeError(f"swtpm did not create {self.sock}")
+        self.dir, self.sock, self.proc = _start_swtpm(
+            state_dir, "server.sock", "swtpm-server.log",
+            lambda sock: ["--server", f"type=unixio,path={sock}", "--flags", "not-need-init,startup-clear"])
 
     def __enter__(self):
         return self
