@@ -500,6 +500,16 @@ impl<'a> Reader<'a> {
     fn rest(&self) -> usize {
         self.buf.len() - self.pos
     }
+    /// Refuse bytes left over after `area` was read in full.
+    fn end(&self, area: &'static str) -> Result<(), TpmError> {
+        match self.rest() {
+            0 => Ok(()),
+            extra => Err(TpmError::Malformed {
+                command: self.command,
+                what: Malformed::Trailing { area, extra },
+            }),
+        }
+    }
 }
 
 /// Header check shared by every response: size field, response code.
@@ -554,12 +564,7 @@ pub fn session_params(buf: &[u8], command: u32) -> Result<&[u8], TpmError> {
     r.tpm2b()?; // nonceTPM
     r.u8()?; // sessionAttributes
     r.tpm2b()?; // hmac
-    if r.rest() != 0 {
-        return Err(bad(Malformed::Trailing {
-            area: "session area",
-            extra: r.rest(),
-        }));
-    }
+    r.end("session area")?;
     Ok(&buf[start..start + param_size as usize])
 }
 
@@ -589,12 +594,7 @@ pub fn parse_pcr_event_response(buf: &[u8]) -> Result<Vec<BankDigest>, TpmError>
         let digest = p.take(bank.digest_len())?.to_vec();
         out.push(BankDigest { bank, digest });
     }
-    if p.rest() != 0 {
-        return Err(bad(Malformed::Trailing {
-            area: "parameters",
-            extra: p.rest(),
-        }));
-    }
+    p.end("parameters")?;
     Ok(out)
 }
 

@@ -345,15 +345,7 @@ pub fn parse_nv_read_public(buf: &[u8], index: u32) -> Result<NvPublic, TpmError
     };
     let public = r.tpm2b()?;
     let name = r.tpm2b()?.to_vec();
-    if r.rest() != 0 {
-        return Err(malformed(
-            command,
-            Malformed::Trailing {
-                area: "parameters",
-                extra: r.rest(),
-            },
-        ));
-    }
+    r.end("parameters")?;
     let mut p = Reader {
         buf: public,
         pos: 0,
@@ -364,15 +356,7 @@ pub fn parse_nv_read_public(buf: &[u8], index: u32) -> Result<NvPublic, TpmError
     let attributes = p.u32()?;
     let auth_policy = p.tpm2b()?.to_vec();
     let data_size = p.u16()?;
-    if p.rest() != 0 {
-        return Err(malformed(
-            command,
-            Malformed::Trailing {
-                area: "NV public area",
-                extra: p.rest(),
-            },
-        ));
-    }
+    p.end("NV public area")?;
     if got != index {
         return Err(malformed(
             command,
@@ -408,15 +392,7 @@ pub fn parse_nv_read(buf: &[u8], size: u16) -> Result<Vec<u8>, TpmError> {
         command,
     };
     let data = r.tpm2b()?;
-    if r.rest() != 0 {
-        return Err(malformed(
-            command,
-            Malformed::Trailing {
-                area: "parameters",
-                extra: r.rest(),
-            },
-        ));
-    }
+    r.end("parameters")?;
     if data.len() != usize::from(size) {
         return Err(malformed(
             command,
@@ -432,16 +408,12 @@ pub fn parse_nv_read(buf: &[u8], size: u16) -> Result<Vec<u8>, TpmError> {
 /// A response with no parameters (NV_DefineSpace, NV_Increment).
 pub fn parse_empty(buf: &[u8], command: u32) -> Result<(), TpmError> {
     let params = super::session_params(buf, command)?;
-    if !params.is_empty() {
-        return Err(malformed(
-            command,
-            Malformed::Trailing {
-                area: "parameters",
-                extra: params.len(),
-            },
-        ));
+    Reader {
+        buf: params,
+        pos: 0,
+        command,
     }
-    Ok(())
+    .end("parameters")
 }
 
 /// `TPM_RC_HANDLE` for a handle (format 1, not a parameter): no such index.

@@ -513,6 +513,17 @@ def have_swtpm():
     return shutil.which("swtpm") is not None
 
 
+def _stop_process(proc):
+    """Terminate PROC, killing it if it has not exited after 5 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def _start_swtpm(state_dir, sock_name, log_name, channel_args):
     """Start swtpm (TPM 2.0, socket mode) on STATE_DIR with the channel
     CHANNEL_ARGS(sock) names; wait for its socket. (dir, sock, process)."""
@@ -530,9 +541,7 @@ def _start_swtpm(state_dir, sock_name, log_name, channel_args):
             break
         time.sleep(0.05)
     if not sock.exists():
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop_process(proc)
         raise RuntimeError(f"swtpm did not create {sock} (log {d / log_name})")
     return d, sock, proc
 
@@ -552,13 +561,7 @@ class Swtpm:
                 "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop_process(self.proc)
 
 
 class SwtpmServer:
@@ -603,13 +606,7 @@ class SwtpmServer:
         return r
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop_process(self.proc)
         if self.sock.exists():
             self.sock.unlink()
 
