@@ -460,8 +460,11 @@ def debugfs_replace(img, path, data, tmpdir):
 # ---------------------------------------------------------------- QEMU
 
 class BootResult:
-    def __init__(self, text, seconds, timed_out, log_path):
+    def __init__(self, text, seconds, timed_out, log_path, qemu_signal=None):
         self.text, self.seconds, self.timed_out, self.log = text, seconds, timed_out, log_path
+        # The signal QEMU died of when the harness did not send one (an
+        # emulator crash, e.g. a TCG segfault), else None.
+        self.qemu_signal = qemu_signal
         self.retried = None
 
     def has(self, pattern):
@@ -476,8 +479,9 @@ FINISHED = re.compile(r"reboot: (System halted|Power down|Restarting system)|Ker
 
 # A guest kernel crash before init ran is an emulation flake, not a result:
 # multi-threaded TCG occasionally trips over the kernel's live code patching
-# (seen: "Oops: int3" in run_timer_softirq during early boot). boot() retries
-# such a boot once.
+# (seen: "Oops: int3" in run_timer_softirq during early boot). QEMU itself
+# dying of a signal the harness did not send (a TCG segfault, seen once in
+# CI) is the emulator's failure too. boot() retries such a boot once.
 CRASH = re.compile(r"Oops:|Kernel panic - not syncing|BUG: kernel")
 
 
@@ -497,7 +501,7 @@ def boot(kernel, initrd, append, disks, log_path, timeout=180, stop_after=None, 
         shutil.rmtree(snapshot, ignore_errors=True)
         shutil.copytree(tpm, snapshot, ignore=shutil.ignore_patterns("*.sock"))
     r = _boot(kernel, initrd, append, disks, log_path, timeout, stop_after, memory, smp, tpm)
-    if early_crash(r.text):
+    if early_crash(r.text) or r.qemu_signal is not None:
         flaky = Path(str(log_path) + ".flake")
         Path(log_path).rename(flaky)
         if tpm:
@@ -725,18 +729,21 @@ def _boot_vm(kernel, initrd, append, disks, log_path, timeout, stop_after, memor
 
     th = threading.Thread(target=reader, daemon=True)
     th.start()
+    killed = False
     while proc.poll() is None:
         if time.monotonic() > deadline[0]:
             if time.monotonic() > start + timeout:
                 timed_out[0] = True
             proc.kill()
+            killed = True
             break
         time.sleep(0.2)
     proc.wait()
+    qemu_signal = -proc.returncode if proc.returncode < 0 and not killed else None
     done.wait(5)
     secs = time.monotonic() - start
     text = b"".join(chunks).decode(errors="replace").replace("\r", "")
     # The command line may carry raw bytes (surrogate-escaped, as in argv).
     Path(log_path).write_text(" ".join(cmd).encode(errors="surrogateescape").decode(errors="replace")
                               + "\n\n" + text)
-    return BootResult(text, secs, timed_out[0], log_path)
+    return BootResult(text, secs, timed_out[0], log_path, qemu_signal)
