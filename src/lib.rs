@@ -36,6 +36,7 @@
 //! | `image::bootcount` | systemd-boot boot counting names (`name+N-M.efi`) and staging a UKI |
 //! | `image::uki` | UKI sections and the digest they seal (PE read by `object`) |
 //! | `image::progress` | the progress line of long operations (drawn by `indicatif`) |
+//! | **oci** (`oci`, feature `tool`) | OCI images and registries: flatten layers, seal, push, pull |
 //!
 //! The `image` side exists only with the `tool` feature; the boot binary is
 //! built with `--no-default-features`, so the compiler (not a table) keeps
@@ -49,6 +50,8 @@ pub mod digest;
 pub mod image;
 pub mod keys;
 pub mod layout;
+#[cfg(feature = "tool")]
+pub mod oci;
 pub mod repo_meta;
 pub mod seal;
 #[allow(unsafe_code)]

@@ -1,0 +1,17 @@
+//! OCI images as sealroot's delivery format (tool side only, feature `tool`).
+//!
+//! A vendor's root filesystem arrives as an OCI image: a manifest naming a
+//! config and an ordered list of tar layers (gzip, zstd or uncompressed). This
+//! module turns such an image into the composefs image a seal covers, and
+//! moves images and seals between OCI stores and a repository.
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`source`] | the [`source::ImageSource`] trait: where manifests and blobs come from |
+//!
+//! Every store of OCI content (an image-layout directory, a registry) is read
+//! through [`source::ImageSource`], so flattening, sealing and pulling are
+//! written once and never know where the bytes came from. Every blob is
+//! checked against its descriptor's digest and size as it streams.
+
+pub mod source;

@@ -1,0 +1,31 @@
+//! Where OCI content comes from: one trait for every store.
+//!
+//! Contract: `manifest` returns the raw bytes of the image manifest the
+//! reference resolves to, with that manifest's own content digest (callers
+//! parse it); `open_blob` streams one blob. Implementations bound what they
+//! read (a manifest is small; a blob is never held whole in memory) and the
+//! caller checks every blob's digest and size against its descriptor while
+//! reading.
+
+use std::io::Read;
+
+/// A content digest as OCI writes it: `sha256:<64 hex>`.
+pub type OciDigest = String;
+
+/// A store of OCI images: an image-layout directory or a registry.
+pub trait ImageSource {
+    /// The error this store reports (names the store, the reference and the cause).
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// A one-line name of the store and reference, for messages
+    /// (`oci:/srv/layout:v2`, `registry 127.0.0.1:5000/os/root:v2`).
+    fn describe(&self) -> String;
+
+    /// The image manifest the store's reference resolves to: its bytes and
+    /// their digest. An index resolving to several manifests is resolved
+    /// for linux/amd64 by the implementation.
+    fn manifest(&self) -> Result<(Vec<u8>, OciDigest), Self::Error>;
+
+    /// Stream the blob with `digest`; `size` is the descriptor's size.
+    fn open_blob(&self, digest: &str, size: u64) -> Result<Box<dyn Read + '_>, Self::Error>;
+}
