@@ -464,6 +464,31 @@ impl Batch<'_> {
         }
     }
 
+    /// Stream `source` into the store and return the fs-verity digest of
+    /// exactly the bytes written (one pass, bounded memory: for contents
+    /// that arrive as a stream, like a file inside an OCI layer). If the
+    /// object already exists or this batch already has it, the copy is
+    /// dropped and counted as existing. `label` names the source in errors.
+    pub fn add_reader_hashed(
+        &self,
+        alg: crate::digest::HashAlgorithm,
+        source: impl Read,
+        label: &Path,
+    ) -> Result<Digest, StoreError> {
+        let (name, digest, size) = self.write_temp(alg, source, label)?;
+        if let Claim::AlreadyThere = self.claim(&digest) {
+            let _ = std::fs::remove_file(self.temp_dir().join(&name));
+            return Ok(digest);
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.push(Pending {
+            temp_name: name,
+            digest,
+            size,
+        });
+        Ok(digest)
+    }
+
     /// Write already-hashed bytes to a new temporary.
     fn write_temp_plain(&self, data: &[u8]) -> Result<OsString, StoreError> {
         self.ensure_temp_dir()?;

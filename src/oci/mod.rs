@@ -8,10 +8,18 @@
 //! | module | concern |
 //! |---|---|
 //! | [`source`] | the [`source::ImageSource`] trait: where manifests and blobs come from |
+//! | [`layout`] | an OCI image-layout directory (`oci:DIR[:REF]`) as a source |
+//! | [`flatten`] | layer tars applied in order onto one tree (whiteouts, hard links, xattrs) |
+//! | [`seal_artifact`] | the OCI artifact a seal travels in beside its image |
+//! | [`pull`] | `oci seal` and `pull`: flatten, build, sign or verify, publish |
 //!
 //! Every store of OCI content (an image-layout directory, a registry) is read
 //! through [`source::ImageSource`], so flattening, sealing and pulling are
 //! written once and never know where the bytes came from. Every blob is
 //! checked against its descriptor's digest and size as it streams.
 
+pub mod flatten;
+pub mod layout;
+pub mod pull;
+pub mod seal_artifact;
 pub mod source;

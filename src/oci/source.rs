@@ -28,4 +28,16 @@ pub trait ImageSource {
 
     /// Stream the blob with `digest`; `size` is the descriptor's size.
     fn open_blob(&self, digest: &str, size: u64) -> Result<Box<dyn Read + '_>, Self::Error>;
+
+    /// The seal stored beside the image manifest `manifest_digest` (a
+    /// [`crate::oci::seal_artifact`] whose subject it is), if the store has
+    /// one. Unverified bytes: the caller checks them against its keys.
+    /// Stores that keep no seals need not implement this.
+    fn seal(
+        &self,
+        manifest_digest: &str,
+    ) -> Result<Option<crate::oci::seal_artifact::SealPair>, Self::Error> {
+        let _ = manifest_digest;
+        Ok(None)
+    }
 }

@@ -18,7 +18,9 @@ mod gc;
 mod install;
 mod keygen;
 mod mkcomposefs;
+mod oci;
 mod pcr;
+mod pull;
 mod sign;
 mod tpm_floor;
 mod uki;
@@ -69,6 +71,11 @@ enum Command {
     Pcr(pcr::Args),
     /// Provision, show and raise the TPM serial floor (an NV counter).
     TpmFloor(tpm_floor::Args),
+    /// OCI images: seal the composefs image of an image's flattened root.
+    #[command(subcommand)]
+    Oci(oci::Command),
+    /// Fetch a sealed OCI image into a repository (seal checked first, digest after).
+    Pull(pull::Args),
 }
 
 /// Print one error line for a failed subcommand and return failure.
@@ -104,5 +111,7 @@ fn main() -> ExitCode {
         Command::Gc(a) => gc::run(a),
         Command::Pcr(a) => pcr::run(a),
         Command::TpmFloor(a) => tpm_floor::run(a),
+        Command::Oci(c) => oci::run(c),
+        Command::Pull(a) => pull::run(a),
     }
 }

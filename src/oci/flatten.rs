@@ -1,0 +1,881 @@
+//! Flattening OCI layers into one [`Tree`], as container runtimes apply them.
+//!
+//! Contract:
+//! - [`Flattener::apply_layer`] reads one layer blob as a stream: it counts
+//!   and SHA-256-hashes the compressed bytes as they arrive, decompresses by
+//!   media type (tar, tar+gzip, tar+zstd, and Docker's `tar.gzip`), reads the
+//!   tar entries in order and applies them. After the tar ends the rest of
+//!   the blob is read too, and the layer is refused ([`FlattenError::Blob`])
+//!   unless its size and digest are the descriptor's. A blob longer than its
+//!   descriptor is refused as soon as the extra byte arrives. Memory is the
+//!   tree plus one copy buffer: no file is held whole (files over 64 bytes
+//!   stream into the object store batch, hashed while copied).
+//! - Entry semantics (the OCI image-spec layer rules, as `umoci unpack` and
+//!   containerd apply them): a path is taken relative to the root (leading
+//!   `./` and `.` / empty components dropped); an absolute path or a `..`
+//!   component is refused ([`FlattenError::PathEscape`]). `.wh.<name>`
+//!   deletes `<name>` (and everything below it) from the layers below;
+//!   `.wh..wh..opq` in a directory deletes everything in it that this layer
+//!   did not itself add. A directory entry over an existing directory
+//!   changes its metadata and keeps its content; any other entry replaces
+//!   what was at its path (a file over a directory, a directory over a
+//!   file). Missing parent directories are created (mode 0755, owner 0,
+//!   mtime 0). A parent that exists but is not a directory is refused: the
+//!   tree is never walked through a symlink.
+//! - Metadata comes from the tar header: permission bits, uid, gid, device
+//!   numbers, mtime (seconds, plus nanoseconds from a PAX `mtime` record),
+//!   and xattrs from PAX `SCHILY.xattr.<name>` records (so
+//!   `security.capability` survives). Long names and link targets come from
+//!   GNU or PAX records (the `tar` crate resolves them).
+//! - A hard link (tar type `1`) names a non-directory already in the tree,
+//!   from this layer or an earlier one. It becomes a separate inode with the
+//!   target's metadata and content (the same object): that is what
+//!   `sealctl build` and the C `mkcomposefs` record for a directory that
+//!   holds hard links, so the flattened image and the image built from the
+//!   unpacked tree are the same bytes (see docs/oci.md).
+//! - Regular files of 1..=64 bytes are inline, larger ones get their
+//!   fs-verity digest and payload path and, with a batch, are added to it.
+//! - [`Flattener::finish`] drops everything no longer reachable (deleted
+//!   subtrees) and returns a tree that satisfies [`Tree::validate`].
+
+use std::collections::HashSet;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::HashAlgorithm;
+use crate::image::fsverity::MerkleHasher;
+use crate::image::progress::Progress;
+use crate::image::store::{Batch, StoreError};
+use crate::image::tree::{
+    valid_name, Inode, InodeId, InodeKind, RegularFile, Timespec, Tree, TreeError, Xattr,
+    INLINE_THRESHOLD, MAX_XATTR_NAME_LEN, MAX_XATTR_VALUE_LEN, ROOT,
+};
+
+/// The prefix that marks a whiteout entry.
+pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
+/// The entry that makes its directory opaque.
+pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+
+/// Layer compression, from the descriptor's media type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// The compression a layer media type names; `None` for a type that is
+    /// not a tar layer this code can read.
+    pub fn from_media_type(media_type: &str) -> Option<Compression> {
+        match media_type {
+            "application/vnd.oci.image.layer.v1.tar"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+            | "application/vnd.docker.image.rootfs.diff.tar" => Some(Compression::None),
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
+                Some(Compression::Gzip)
+            }
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => {
+                Some(Compression::Zstd)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What was wrong with a blob's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob {digest}: {found} bytes, but its descriptor says {expected}")]
+    WrongSize {
+        digest: String,
+        expected: u64,
+        found: u64,
+    },
+    #[error("blob {digest}: more bytes than the {expected} its descriptor says")]
+    TooLong { digest: String, expected: u64 },
+    #[error("blob content has digest {found}, but its descriptor says {expected}")]
+    WrongDigest { expected: String, found: String },
+    #[error("blob digest {digest:?} is not sha256:<64 lowercase hex>")]
+    UnsupportedDigest { digest: String },
+}
+
+/// Why a layer could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum FlattenError {
+    #[error("layer {layer}: {error}")]
+    Blob { layer: usize, error: BlobError },
+    #[error("layer {layer}: unsupported media type {media_type:?}")]
+    MediaType { layer: usize, media_type: String },
+    #[error("layer {layer}: reading the layer: {error}")]
+    Read { layer: usize, error: io::Error },
+    #[error("layer {layer}: entry {path:?} leaves the root (absolute path or '..')")]
+    PathEscape { layer: usize, path: String },
+    #[error("layer {layer}: entry {path:?}: a parent is not a directory")]
+    ParentNotDirectory { layer: usize, path: String },
+    #[error("layer {layer}: hard link {path:?} to {target:?}: {reason}")]
+    BadHardlink {
+        layer: usize,
+        path: String,
+        target: String,
+        reason: &'static str,
+    },
+    #[error("layer {layer}: entry {path:?}: unsupported tar entry type {kind}")]
+    EntryType {
+        layer: usize,
+        path: String,
+        kind: u8,
+    },
+    #[error("layer {layer}: entry {path:?}: {what}")]
+    Entry {
+        layer: usize,
+        path: String,
+        what: String,
+    },
+    #[error("layer {layer}: entry {path:?}: xattr {name:?} is too long for the image format")]
+    XattrTooLong {
+        layer: usize,
+        path: String,
+        name: String,
+    },
+    #[error("layer {layer}: entry {path:?}: {error}")]
+    Tree {
+        layer: usize,
+        path: String,
+        error: TreeError,
+    },
+    #[error("layer {layer}: entry {path:?}: {error}")]
+    Store {
+        layer: usize,
+        path: String,
+        error: Box<StoreError>,
+    },
+}
+
+/// A blob descriptor's facts: digest, size, media type.
+#[derive(Clone, Debug)]
+pub struct LayerInfo<'a> {
+    pub digest: &'a str,
+    pub size: u64,
+    pub media_type: &'a str,
+}
+
+/// The hex of a `sha256:<64 lowercase hex>` digest.
+pub fn sha256_hex(digest: &str) -> Result<&str, BlobError> {
+    match digest.strip_prefix("sha256:") {
+        Some(hex)
+            if hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
+            Ok(hex)
+        }
+        _ => Err(BlobError::UnsupportedDigest {
+            digest: digest.chars().take(100).collect(),
+        }),
+    }
+}
+
+/// `sha256:<hex>` of `data`.
+pub fn sha256_digest(data: &[u8]) -> String {
+    format!("sha256:{}", hex(&Sha256::digest(data)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A reader that counts and hashes a blob and refuses more bytes than its
+/// descriptor's size. What went wrong is kept in `failure` (the tar and
+/// decompression layers above wrap I/O errors and lose their payload).
+pub struct VerifyingReader<R> {
+    inner: R,
+    digest: String,
+    expected: u64,
+    read: u64,
+    hasher: Sha256,
+    failure: Arc<Mutex<Option<BlobError>>>,
+    progress: Option<Arc<Progress>>,
+}
+
+impl<R: Read> VerifyingReader<R> {
+    pub fn new(inner: R, digest: &str, size: u64) -> Self {
+        VerifyingReader {
+            inner,
+            digest: digest.to_owned(),
+            expected: size,
+            read: 0,
+            hasher: Sha256::new(),
+            failure: Arc::new(Mutex::new(None)),
+            progress: None,
+        }
+    }
+
+    /// Count the bytes into `progress` as they arrive.
+    pub fn with_progress(mut self, progress: Arc<Progress>) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// Read whatever is left and check size and digest.
+    pub fn finish(mut self) -> Result<(), BlobError> {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match self.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(self.failure().unwrap_or(BlobError::WrongSize {
+                        digest: format!("{} ({e})", self.digest),
+                        expected: self.expected,
+                        found: self.read,
+                    }))
+                }
+            }
+        }
+        if self.read != self.expected {
+            return Err(BlobError::WrongSize {
+                digest: self.digest.clone(),
+                expected: self.expected,
+                found: self.read,
+            });
+        }
+        let found = format!("sha256:{}", hex(&self.hasher.finalize_reset()));
+        if found != self.digest {
+            return Err(BlobError::WrongDigest {
+                expected: self.digest.clone(),
+                found,
+            });
+        }
+        Ok(())
+    }
+
+    fn failure(&self) -> Option<BlobError> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn failure_slot(&self) -> Arc<Mutex<Option<BlobError>>> {
+        Arc::clone(&self.failure)
+    }
+}
+
+impl<R: Read> Read for VerifyingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Ask for at most one byte past the declared size: enough to notice
+        // a longer blob without reading on.
+        let room = self.expected.saturating_sub(self.read).saturating_add(1);
+        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if self.read + n as u64 > self.expected {
+            let e = BlobError::TooLong {
+                digest: self.digest.clone(),
+                expected: self.expected,
+            };
+            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+        self.read += n as u64;
+        self.hasher.update(&buf[..n]);
+        if let Some(p) = &self.progress {
+            p.add(0, n as u64);
+        }
+        Ok(n)
+    }
+}
+
+/// Read a whole small blob (a manifest or config) of at most `limit`
+/// bytes, checking size and digest.
+pub fn read_small_blob(
+    reader: impl Read,
+    digest: &str,
+    size: u64,
+    limit: u64,
+) -> Result<Vec<u8>, BlobError> {
+    sha256_hex(digest)?;
+    if size > limit {
+        return Err(BlobError::WrongSize {
+            digest: digest.to_owned(),
+            expected: limit,
+            found: size,
+        });
+    }
+    let mut v = VerifyingReader::new(reader, digest, size);
+    let mut out = Vec::with_capacity(size as usize);
+    // `take` keeps a misbehaving source from growing the buffer past size+1.
+    let r = (&mut v).take(size + 1).read_to_end(&mut out);
+    if let Err(e) = r {
+        return Err(v.failure().unwrap_or(BlobError::WrongSize {
+            digest: format!("{digest} ({e})"),
+            expected: size,
+            found: out.len() as u64,
+        }));
+    }
+    v.finish()?;
+    Ok(out)
+}
+
+/// Options for flattening.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FlattenOptions {
+    /// fs-verity algorithm for file objects.
+    pub hash: HashAlgorithm,
+}
+
+/// Applies layers in order onto one tree.
+pub struct Flattener<'b, 's> {
+    tree: Tree,
+    batch: Option<&'b Batch<'s>>,
+    opts: FlattenOptions,
+    layers: usize,
+}
+
+/// Per-layer state: which `(directory, name)` entries this layer wrote, so
+/// an opaque marker spares them.
+#[derive(Default)]
+struct LayerState {
+    touched: HashSet<(InodeId, Box<[u8]>)>,
+}
+
+impl<'b, 's> Flattener<'b, 's> {
+    /// An empty root (mode 0755, owner 0, mtime 0) until a layer sets it.
+    pub fn new(opts: FlattenOptions, batch: Option<&'b Batch<'s>>) -> Self {
+        Flattener {
+            tree: Tree::new(),
+            batch,
+            opts,
+            layers: 0,
+        }
+    }
+
+    /// Apply the layer whose blob `reader` streams. See the module docs.
+    pub fn apply_layer(
+        &mut self,
+        layer: &LayerInfo<'_>,
+        reader: impl Read,
+        progress: Option<Arc<Progress>>,
+    ) -> Result<(), FlattenError> {
+        let index = self.layers;
+        self.layers += 1;
+        let blob_err = |error| FlattenError::Blob {
+            layer: index,
+            error,
+        };
+        sha256_hex(layer.digest).map_err(blob_err)?;
+        let compression =
+            Compression::from_media_type(layer.media_type).ok_or(FlattenError::MediaType {
+                layer: index,
+                media_type: layer.media_type.to_owned(),
+            })?;
+        let mut verifier = VerifyingReader::new(reader, layer.digest, layer.size);
+        if let Some(p) = progress {
+            verifier = verifier.with_progress(p);
+        }
+        let failure = verifier.failure_slot();
+        let result = match compression {
+            Compression::None => self.apply_tar(index, &mut verifier),
+            Compression::Gzip => self.apply_tar(index, flate2::read::GzDecoder::new(&mut verifier)),
+            Compression::Zstd => match zstd::stream::read::Decoder::new(&mut verifier) {
+                Ok(d) => self.apply_tar(index, d),
+                Err(error) => Err(FlattenError::Read {
+                    layer: index,
+                    error,
+                }),
+            },
+        };
+        // A blob fault explains a read error better than the tar parser's
+        // view of it; otherwise the remaining bytes still have to be
+        // counted and hashed before the layer is accepted.
+        let blob_fault = failure.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(e) = blob_fault {
+            return Err(blob_err(e));
+        }
+        match result {
+            Ok(()) => verifier.finish().map_err(blob_err),
+            Err(e) => {
+                // A truncated or corrupted blob usually shows first as a
+                // decompression or tar error: name the blob fault if the
+                // bytes prove one.
+                if let FlattenError::Read { .. } | FlattenError::Entry { .. } = e {
+                    if let Err(blob) = verifier.finish() {
+                        return Err(blob_err(blob));
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn apply_tar(&mut self, layer: usize, reader: impl Read) -> Result<(), FlattenError> {
+        let read_err = |error| FlattenError::Read { layer, error };
+        let mut archive = tar::Archive::new(reader);
+        let mut state = LayerState::default();
+        let mut buf = vec![0u8; 256 << 10];
+        for entry in archive.entries().map_err(read_err)? {
+            let mut entry = entry.map_err(read_err)?;
+            self.apply_entry(layer, &mut state, &mut entry, &mut buf)?;
+        }
+        Ok(())
+    }
+
+    fn apply_entry<R: Read>(
+        &mut self,
+        layer: usize,
+        state: &mut LayerState,
+        entry: &mut tar::Entry<'_, R>,
+        buf: &mut [u8],
+    ) -> Result<(), FlattenError> {
+        let raw_path = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        let components = split_path(&raw_path).ok_or_else(|| FlattenError::PathEscape {
+            layer,
+            path: shown.clone(),
+        })?;
+        let header = entry.header().clone();
+        let kind = header.entry_type();
+        let Some((name, parents)) = components.split_last() else {
+            // The root itself ("./"): only a directory may describe it.
+            if kind.is_dir() {
+                let (xattrs, mtime) = self.pax_facts(layer, &shown, entry)?;
+                let root = &mut self.tree.inodes[ROOT];
+                set_meta(root, &header, mtime);
+                root.xattrs = xattrs;
+                return Ok(());
+            }
+            return Err(FlattenError::Entry {
+                layer,
+                path: shown,
+                what: "the root can only be a directory".into(),
+            });
+        };
+        let parent = self.make_parents(layer, &shown, parents)?;
+
+        // Whiteouts delete and are not themselves part of the tree.
+        if &**name == OPAQUE_MARKER {
+            self.make_opaque(parent, state);
+            return Ok(());
+        }
+        if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
+            if !valid_name(target) {
+                return Err(FlattenError::Entry {
+                    layer,
+                    path: shown,
+                    what: "whiteout of an invalid name".into(),
+                });
+            }
+            remove_entry(&mut self.tree, parent, target);
+            return Ok(());
+        }
+        if !valid_name(name) {
+            return Err(FlattenError::Entry {
+                layer,
+                path: shown,
+                what: "invalid file name".into(),
+            });
+        }
+
+        let (xattrs, mtime) = self.pax_facts(layer, &shown, entry)?;
+        state.touched.insert((parent, name.clone()));
+        let existing = self.tree.lookup(parent, name);
+
+        if kind.is_dir() {
+            if let Some(id) = existing.filter(|&id| self.tree.inodes[id].kind.is_dir()) {
+                // A directory over a directory keeps what is in it.
+                let inode = &mut self.tree.inodes[id];
+                set_meta(inode, &header, mtime);
+                inode.xattrs = xattrs;
+                return Ok(());
+            }
+            let mut inode = Inode::new(InodeKind::Directory(Vec::new()), 0);
+            set_meta(&mut inode, &header, mtime);
+            inode.xattrs = xattrs;
+            return self.replace(layer, &shown, parent, name, inode);
+        }
+
+        if kind.is_hard_link() {
+            let target_raw = entry.link_name_bytes().unwrap_or_default().into_owned();
+            let target_shown = String::from_utf8_lossy(&target_raw).into_owned();
+            let bad = |reason| FlattenError::BadHardlink {
+                layer,
+                path: shown.clone(),
+                target: target_shown.clone(),
+                reason,
+            };
+            let target_parts =
+                split_path(&target_raw).ok_or_else(|| bad("target leaves the root"))?;
+            let target = self
+                .resolve(&target_parts)
+                .ok_or_else(|| bad("target does not exist"))?;
+            if self.tree.inodes[target].kind.is_dir() {
+                return Err(bad("target is a directory"));
+            }
+            // A separate inode with the target's metadata and content: see
+            // the module docs for why.
+            let inode = self.tree.inodes[target].clone();
+            return self.replace(layer, &shown, parent, name, inode);
+        }
+
+        let node_kind = match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let size = entry.size();
+                InodeKind::Regular(self.read_content(layer, &shown, entry, size, buf)?)
+            }
+            tar::EntryType::Symlink => {
+                let target = entry.link_name_bytes().unwrap_or_default().into_owned();
+                if target.is_empty() || target.len() > crate::image::tree::MAX_PATH_LEN {
+                    return Err(FlattenError::Entry {
+                        layer,
+                        path: shown,
+                        what: "symlink target is empty or too long".into(),
+                    });
+                }
+                InodeKind::Symlink(target.into())
+            }
+            tar::EntryType::Char | tar::EntryType::Block => {
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                let rdev = libc::makedev(major, minor);
+                if kind == tar::EntryType::Char {
+                    InodeKind::CharDevice(rdev)
+                } else {
+                    InodeKind::BlockDevice(rdev)
+                }
+            }
+            tar::EntryType::Fifo => InodeKind::Fifo,
+            other => {
+                return Err(FlattenError::EntryType {
+                    layer,
+                    path: shown,
+                    kind: other.as_byte(),
+                })
+            }
+        };
+        let mut inode = Inode::new(node_kind, 0);
+        set_meta(&mut inode, &header, mtime);
+        inode.xattrs = xattrs;
+        self.replace(layer, &shown, parent, name, inode)
+    }
+
+    /// The xattrs (PAX `SCHILY.xattr.*`, in archive order) and the PAX
+    /// `mtime` of an entry.
+    fn pax_facts<R: Read>(
+        &self,
+        layer: usize,
+        shown: &str,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> Result<(Vec<Xattr>, Option<Timespec>), FlattenError> {
+        let mut xattrs: Vec<Xattr> = Vec::new();
+        let mut mtime = None;
+        let exts = entry
+            .pax_extensions()
+            .map_err(|error| FlattenError::Read { layer, error })?;
+        if let Some(exts) = exts {
+            for ext in exts {
+                let ext = ext.map_err(|error| FlattenError::Read { layer, error })?;
+                let key = ext.key_bytes();
+                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                    let value = ext.value_bytes();
+                    if name.is_empty()
+                        || name.len() > MAX_XATTR_NAME_LEN
+                        || value.len() > MAX_XATTR_VALUE_LEN
+                    {
+                        return Err(FlattenError::XattrTooLong {
+                            layer,
+                            path: shown.to_owned(),
+                            name: String::from_utf8_lossy(name).into_owned(),
+                        });
+                    }
+                    if let Some(x) = xattrs.iter_mut().find(|x| &*x.name == name) {
+                        x.value = value.into();
+                    } else {
+                        xattrs.push(Xattr {
+                            name: name.into(),
+                            value: value.into(),
+                        });
+                    }
+                } else if key == b"mtime" {
+                    mtime = parse_pax_time(ext.value_bytes());
+                }
+            }
+        }
+        Ok((xattrs, mtime))
+    }
+
+    /// Read a regular file's content: inline up to 64 bytes, otherwise
+    /// streamed into the batch (or only hashed without one).
+    fn read_content<R: Read>(
+        &self,
+        layer: usize,
+        shown: &str,
+        entry: &mut tar::Entry<'_, R>,
+        size: u64,
+        buf: &mut [u8],
+    ) -> Result<RegularFile, FlattenError> {
+        let read_err = |error| FlattenError::Read { layer, error };
+        let mut file = RegularFile {
+            size,
+            ..Default::default()
+        };
+        if size == 0 {
+            return Ok(file);
+        }
+        if size <= INLINE_THRESHOLD {
+            let mut data = Vec::with_capacity(size as usize);
+            entry.take(size).read_to_end(&mut data).map_err(read_err)?;
+            if data.len() as u64 != size {
+                return Err(short_entry(layer, shown));
+            }
+            file.inline = Some(data.into());
+            return Ok(file);
+        }
+        let mut counted = CountingReader {
+            inner: entry.take(size),
+            count: 0,
+        };
+        let digest = match self.batch {
+            Some(batch) => {
+                let label = PathBuf::from(format!("layer {layer}: {shown}"));
+                batch
+                    .add_reader_hashed(self.opts.hash, &mut counted, &label)
+                    .map_err(|e| match e {
+                        StoreError::ReadSource { source, .. } => read_err(source),
+                        other => FlattenError::Store {
+                            layer,
+                            path: shown.to_owned(),
+                            error: Box::new(other),
+                        },
+                    })?
+            }
+            None => {
+                let mut h = MerkleHasher::new(self.opts.hash);
+                loop {
+                    let n = counted.read(buf).map_err(read_err)?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                }
+                h.finish()
+            }
+        };
+        if counted.count != size {
+            return Err(short_entry(layer, shown));
+        }
+        file.payload = Some(crate::layout::object_name(&digest).into_bytes().into());
+        file.digest = Some(digest);
+        Ok(file)
+    }
+
+    /// The directory for `parents`, creating missing ones.
+    fn make_parents(
+        &mut self,
+        layer: usize,
+        shown: &str,
+        parents: &[Box<[u8]>],
+    ) -> Result<InodeId, FlattenError> {
+        let mut dir = ROOT;
+        for part in parents {
+            dir = match self.tree.lookup(dir, part) {
+                Some(id) if self.tree.inodes[id].kind.is_dir() => id,
+                Some(_) => {
+                    return Err(FlattenError::ParentNotDirectory {
+                        layer,
+                        path: shown.to_owned(),
+                    })
+                }
+                None => self
+                    .tree
+                    .add(
+                        dir,
+                        part,
+                        Inode::new(InodeKind::Directory(Vec::new()), 0o755),
+                    )
+                    .map_err(|error| FlattenError::Tree {
+                        layer,
+                        path: shown.to_owned(),
+                        error,
+                    })?,
+            };
+        }
+        Ok(dir)
+    }
+
+    /// The inode at `parts`, if every component exists (no symlinks followed).
+    fn resolve(&self, parts: &[Box<[u8]>]) -> Option<InodeId> {
+        let mut id = ROOT;
+        for p in parts {
+            id = self.tree.lookup(id, p)?;
+        }
+        Some(id)
+    }
+
+    /// Put `inode` at `parent/name`, replacing whatever was there.
+    fn replace(
+        &mut self,
+        layer: usize,
+        shown: &str,
+        parent: InodeId,
+        name: &[u8],
+        inode: Inode,
+    ) -> Result<(), FlattenError> {
+        remove_entry(&mut self.tree, parent, name);
+        self.tree
+            .add(parent, name, inode)
+            .map(|_| ())
+            .map_err(|error| FlattenError::Tree {
+                layer,
+                path: shown.to_owned(),
+                error,
+            })
+    }
+
+    /// Remove every entry of `dir` this layer did not write.
+    fn make_opaque(&mut self, dir: InodeId, state: &LayerState) {
+        if let InodeKind::Directory(entries) = &mut self.tree.inodes[dir].kind {
+            entries.retain(|e| state.touched.contains(&(dir, e.name.clone())));
+        }
+    }
+
+    /// The flattened tree, with deleted subtrees dropped.
+    pub fn finish(self) -> Tree {
+        compact(&self.tree)
+    }
+}
+
+struct CountingReader<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+fn short_entry(layer: usize, shown: &str) -> FlattenError {
+    FlattenError::Entry {
+        layer,
+        path: shown.to_owned(),
+        what: "content shorter than its header's size".into(),
+    }
+}
+
+/// Apply a tar header's ownership, permissions and mtime.
+fn set_meta(inode: &mut Inode, header: &tar::Header, pax_mtime: Option<Timespec>) {
+    inode.perm = header.mode().unwrap_or(0) & 0o7777;
+    inode.uid = header
+        .uid()
+        .ok()
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(0);
+    inode.gid = header
+        .gid()
+        .ok()
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(0);
+    inode.mtime = pax_mtime.unwrap_or(Timespec {
+        sec: header
+            .mtime()
+            .ok()
+            .and_then(|v| i64::try_from(v).ok())
+            .unwrap_or(0),
+        nsec: 0,
+    });
+}
+
+/// A PAX time (`seconds[.fraction]`, possibly negative).
+fn parse_pax_time(value: &[u8]) -> Option<Timespec> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (neg, text) = match text.strip_prefix('-') {
+        Some(t) => (true, t),
+        None => (false, text),
+    };
+    let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
+    let sec: i64 = secs.parse().ok()?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut digits: String = frac.chars().take(9).collect();
+    while digits.len() < 9 {
+        digits.push('0');
+    }
+    let nsec: u32 = digits.parse().ok()?;
+    Some(if !neg {
+        Timespec { sec, nsec }
+    } else if nsec == 0 {
+        Timespec { sec: -sec, nsec: 0 }
+    } else {
+        Timespec {
+            sec: -sec - 1,
+            nsec: 1_000_000_000 - nsec,
+        }
+    })
+}
+
+/// Split a tar path into components: `None` if it is absolute or has a
+/// `..` component; `.` and empty components are dropped.
+fn split_path(path: &[u8]) -> Option<Vec<Box<[u8]>>> {
+    if path.first() == Some(&b'/') {
+        return None;
+    }
+    let mut out = Vec::new();
+    for part in path.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => return None,
+            p => out.push(Box::from(p)),
+        }
+    }
+    Some(out)
+}
+
+/// Unlink `name` from `dir` (its subtree becomes unreachable; [`compact`]
+/// drops it).
+fn remove_entry(tree: &mut Tree, dir: InodeId, name: &[u8]) {
+    if let Some(InodeKind::Directory(entries)) = tree.inodes.get_mut(dir).map(|i| &mut i.kind) {
+        if let Ok(pos) = entries.binary_search_by(|e| (*e.name).cmp(name)) {
+            entries.remove(pos);
+        }
+    }
+}
+
+/// A copy of `tree` holding only the inodes reachable from the root.
+fn compact(tree: &Tree) -> Tree {
+    let mut out = Tree::with_root(tree.inodes[ROOT].clone());
+    let mut stack = vec![(ROOT, ROOT)];
+    while let Some((old_dir, new_dir)) = stack.pop() {
+        for e in tree.entries(old_dir) {
+            let inode = &tree.inodes[e.inode];
+            let mut copy = inode.clone();
+            if let InodeKind::Directory(entries) = &mut copy.kind {
+                entries.clear();
+            }
+            let id = out.push(copy);
+            // Entries come sorted from the source directory.
+            if let InodeKind::Directory(entries) = &mut out.inodes[new_dir].kind {
+                entries.push(crate::image::tree::DirEntry {
+                    name: e.name.clone(),
+                    inode: id,
+                });
+            }
+            if inode.kind.is_dir() {
+                stack.push((e.inode, id));
+            }
+        }
+    }
+    out
+}
