@@ -879,3 +879,322 @@ fn compact(tree: &Tree) -> Tree {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
+    /// A layer archive built entry by entry.
+    struct Layer(tar::Builder<Vec<u8>>);
+
+    fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(size);
+        h
+    }
+
+    impl Layer {
+        fn new() -> Layer {
+            Layer(tar::Builder::new(Vec::new()))
+        }
+        fn dir(mut self, path: &str, mode: u32) -> Layer {
+            let mut h = header(tar::EntryType::Directory, mode, 0);
+            self.0.append_data(&mut h, path, &[][..]).unwrap();
+            self
+        }
+        fn file(mut self, path: &str, data: &[u8]) -> Layer {
+            let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
+            self.0.append_data(&mut h, path, data).unwrap();
+            self
+        }
+        fn link(mut self, path: &str, target: &str) -> Layer {
+            let mut h = header(tar::EntryType::Link, 0o644, 0);
+            self.0.append_link(&mut h, path, target).unwrap();
+            self
+        }
+        fn node(mut self, path: &str, kind: tar::EntryType, major: u32, minor: u32) -> Layer {
+            let mut h = header(kind, 0o600, 0);
+            h.set_device_major(major).unwrap();
+            h.set_device_minor(minor).unwrap();
+            self.0.append_data(&mut h, path, &[][..]).unwrap();
+            self
+        }
+        fn pax(mut self, records: &[(&str, &[u8])]) -> Layer {
+            self.0
+                .append_pax_extensions(records.iter().map(|(k, v)| (*k, *v)))
+                .unwrap();
+            self
+        }
+        /// An entry whose name is written raw (the builder refuses `..`
+        /// and absolute paths, as a hostile archive would not).
+        fn raw(mut self, name: &[u8]) -> Layer {
+            let mut h = header(tar::EntryType::Regular, 0o644, 1);
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
+            h.set_cksum();
+            self.0.append(&h, &b"x"[..]).unwrap();
+            self
+        }
+        fn bytes(self) -> Vec<u8> {
+            self.0.into_inner().unwrap()
+        }
+    }
+
+    fn apply(f: &mut Flattener<'_, '_>, blob: &[u8], media_type: &str) -> Result<(), FlattenError> {
+        let digest = sha256_digest(blob);
+        let info = LayerInfo {
+            digest: &digest,
+            size: blob.len() as u64,
+            media_type,
+        };
+        f.apply_layer(&info, blob, None)
+    }
+
+    fn flatten(layers: &[Vec<u8>]) -> Tree {
+        let mut f = Flattener::new(FlattenOptions::default(), None);
+        for l in layers {
+            apply(&mut f, l, TAR).unwrap();
+        }
+        let t = f.finish();
+        t.validate().unwrap();
+        t
+    }
+
+    fn at(t: &Tree, path: &str) -> Option<InodeId> {
+        let mut id = ROOT;
+        for p in path.split('/') {
+            id = t.lookup(id, p.as_bytes())?;
+        }
+        Some(id)
+    }
+
+    fn inline(t: &Tree, path: &str) -> Vec<u8> {
+        match &t.inodes[at(t, path).unwrap()].kind {
+            InodeKind::Regular(r) => r.inline.as_deref().unwrap_or_default().to_vec(),
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn whiteouts_remove_lower_entries_and_subtrees() {
+        let lower = Layer::new()
+            .dir("etc", 0o755)
+            .file("etc/a", b"a")
+            .dir("etc/sub", 0o755)
+            .file("etc/sub/deep", b"deep")
+            .file("keep", b"k")
+            .bytes();
+        let upper = Layer::new()
+            .file("etc/.wh.a", b"")
+            .file("etc/.wh.sub", b"")
+            .bytes();
+        let t = flatten(&[lower, upper]);
+        assert!(at(&t, "etc/a").is_none());
+        assert!(at(&t, "etc/sub").is_none());
+        assert!(at(&t, "etc/.wh.a").is_none(), "whiteouts are not files");
+        assert_eq!(inline(&t, "keep"), b"k");
+        // The deleted subtree is gone from the arena too.
+        assert!(!t.inodes.iter().any(|i| matches!(&i.kind,
+            InodeKind::Regular(r) if r.inline.as_deref() == Some(&b"deep"[..]))));
+    }
+
+    #[test]
+    fn opaque_dir_hides_lower_content_but_keeps_its_own_layer() {
+        let lower = Layer::new()
+            .dir("d", 0o755)
+            .file("d/old", b"old")
+            .file("d/other", b"o")
+            .bytes();
+        // The marker after this layer's own entry: the entry survives.
+        let upper = Layer::new()
+            .dir("d", 0o700)
+            .file("d/new", b"new")
+            .file("d/.wh..wh..opq", b"")
+            .bytes();
+        let t = flatten(&[lower, upper]);
+        let names: Vec<&[u8]> = t
+            .entries(at(&t, "d").unwrap())
+            .iter()
+            .map(|e| &*e.name)
+            .collect();
+        assert_eq!(names, vec![&b"new"[..]]);
+        assert_eq!(t.inodes[at(&t, "d").unwrap()].perm, 0o700);
+    }
+
+    #[test]
+    fn hardlinks_within_and_across_layers_copy_the_target() {
+        let big = vec![7u8; 5000];
+        let lower = Layer::new().file("bin/tool", &big).bytes();
+        let upper = Layer::new()
+            .link("usr/bin/tool", "bin/tool")
+            .file("small", b"s")
+            .link("small2", "./small")
+            .bytes();
+        let t = flatten(&[lower, upper]);
+        let a = at(&t, "bin/tool").unwrap();
+        let b = at(&t, "usr/bin/tool").unwrap();
+        assert_ne!(
+            a, b,
+            "hard links become separate inodes (as a directory scan)"
+        );
+        assert_eq!(
+            t.inodes[a].kind, t.inodes[b].kind,
+            "same content and object"
+        );
+        assert_eq!(inline(&t, "small2"), b"s");
+        let missing = Layer::new().link("x", "nowhere").bytes();
+        let mut f = Flattener::new(FlattenOptions::default(), None);
+        assert!(matches!(
+            apply(&mut f, &missing, TAR),
+            Err(FlattenError::BadHardlink { .. })
+        ));
+    }
+
+    #[test]
+    fn pax_xattrs_capabilities_long_names_and_mtime() {
+        let cap: &[u8] =
+            b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+        let long = format!("{}/{}", "d".repeat(120), "f".repeat(200));
+        let layer = Layer::new()
+            .pax(&[
+                ("SCHILY.xattr.security.capability", cap),
+                ("SCHILY.xattr.user.note", b"hello"),
+                ("mtime", b"1700000001.5"),
+            ])
+            .file("bin/ping", &[1u8; 100])
+            .file(&long, b"long")
+            .bytes();
+        let t = flatten(&[layer]);
+        let ping = &t.inodes[at(&t, "bin/ping").unwrap()];
+        assert_eq!(ping.xattr(b"security.capability"), Some(cap));
+        assert_eq!(ping.xattr(b"user.note"), Some(&b"hello"[..]));
+        assert_eq!(
+            ping.mtime,
+            Timespec {
+                sec: 1_700_000_001,
+                nsec: 500_000_000
+            }
+        );
+        match &ping.kind {
+            InodeKind::Regular(r) => {
+                assert_eq!(r.size, 100);
+                assert!(r.inline.is_none() && r.digest.is_some() && r.payload.is_some());
+            }
+            k => panic!("{k:?}"),
+        }
+        assert_eq!(inline(&t, &long), b"long");
+        // Implicit parents: 0755, owner 0, mtime 0.
+        let bin = &t.inodes[at(&t, "bin").unwrap()];
+        assert_eq!((bin.perm, bin.uid, bin.mtime.sec), (0o755, 0, 0));
+    }
+
+    #[test]
+    fn devices_fifos_and_replacements() {
+        let lower = Layer::new()
+            .dir("x", 0o755)
+            .file("x/inner", b"i")
+            .file("y", b"file")
+            .bytes();
+        let upper = Layer::new()
+            .file("x", b"now a file")
+            .dir("y", 0o750)
+            .node("dev/null", tar::EntryType::Char, 1, 3)
+            .node("dev/sda", tar::EntryType::Block, 8, 0)
+            .node("run/fifo", tar::EntryType::Fifo, 0, 0)
+            .bytes();
+        let t = flatten(&[lower, upper]);
+        assert_eq!(inline(&t, "x"), b"now a file");
+        assert!(t.inodes[at(&t, "y").unwrap()].kind.is_dir());
+        assert_eq!(
+            t.inodes[at(&t, "dev/null").unwrap()].kind,
+            InodeKind::CharDevice(libc::makedev(1, 3))
+        );
+        assert_eq!(
+            t.inodes[at(&t, "dev/sda").unwrap()].kind,
+            InodeKind::BlockDevice(libc::makedev(8, 0))
+        );
+        assert_eq!(t.inodes[at(&t, "run/fifo").unwrap()].kind, InodeKind::Fifo);
+    }
+
+    #[test]
+    fn path_escapes_are_refused() {
+        for bad in [&b"../etc/passwd"[..], b"/etc/passwd", b"a/../../b"] {
+            let layer = Layer::new().raw(bad).bytes();
+            let mut f = Flattener::new(FlattenOptions::default(), None);
+            let err = apply(&mut f, &layer, TAR).unwrap_err();
+            assert!(
+                matches!(err, FlattenError::PathEscape { .. }),
+                "{}: {err}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // A file in the way of a parent is refused (no walking through it).
+        let layer = Layer::new().file("f", b"x").file("f/g", b"y").bytes();
+        let mut f = Flattener::new(FlattenOptions::default(), None);
+        assert!(matches!(
+            apply(&mut f, &layer, TAR),
+            Err(FlattenError::ParentNotDirectory { .. })
+        ));
+    }
+
+    #[test]
+    fn compressed_layers_give_the_same_tree() {
+        use std::io::Write;
+        let tar = Layer::new().file("a", &[3u8; 1000]).dir("d", 0o711).bytes();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&tar).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::encode_all(&tar[..], 3).unwrap();
+        let plain = flatten(&[tar]);
+        for (blob, media) in [
+            (gz, "application/vnd.oci.image.layer.v1.tar+gzip"),
+            (zst, "application/vnd.oci.image.layer.v1.tar+zstd"),
+        ] {
+            let mut f = Flattener::new(FlattenOptions::default(), None);
+            apply(&mut f, &blob, media).unwrap();
+            assert_eq!(f.finish(), plain, "{media}");
+        }
+    }
+
+    #[test]
+    fn blob_digest_and_size_are_checked() {
+        let tar = Layer::new().file("a", b"a").bytes();
+        let right = sha256_digest(&tar);
+        let wrong = sha256_digest(b"other");
+        let cases: [(&str, u64, &[u8]); 3] = [
+            (&wrong, tar.len() as u64, &tar),
+            (&right, tar.len() as u64 + 10, &tar),
+            (&right, tar.len() as u64 - 512, &tar),
+        ];
+        for (digest, size, data) in cases {
+            let info = LayerInfo {
+                digest,
+                size,
+                media_type: TAR,
+            };
+            let mut f = Flattener::new(FlattenOptions::default(), None);
+            let err = f.apply_layer(&info, data, None).unwrap_err();
+            assert!(matches!(err, FlattenError::Blob { .. }), "{err}");
+        }
+        let info = LayerInfo {
+            digest: "sha256:../../etc",
+            size: 1,
+            media_type: TAR,
+        };
+        let mut f = Flattener::new(FlattenOptions::default(), None);
+        assert!(f.apply_layer(&info, &b"x"[..], None).is_err());
+        assert_eq!(
+            parse_pax_time(b"-1.25"),
+            Some(Timespec {
+                sec: -2,
+                nsec: 750_000_000
+            })
+        );
+    }
+}
