@@ -16,6 +16,7 @@ mod dump;
 mod embed;
 mod gc;
 mod install;
+mod integrity;
 mod keygen;
 mod mkcomposefs;
 mod oci;
@@ -76,6 +77,8 @@ enum Command {
     Oci(oci::Command),
     /// Fetch a sealed OCI image into a repository (seal checked first, digest after).
     Pull(pull::Args),
+    /// Fail when the kernel logged an fs-verity or overlayfs verity error this boot.
+    IntegrityCheck(integrity::Args),
 }
 
 /// Print one error line for a failed subcommand and return failure.
@@ -113,5 +116,6 @@ fn main() -> ExitCode {
         Command::TpmFloor(a) => tpm_floor::run(a),
         Command::Oci(c) => oci::run(c),
         Command::Pull(a) => pull::run(a),
+        Command::IntegrityCheck(a) => integrity::run(a),
     }
 }
