@@ -71,7 +71,10 @@ fn old_key_seals_stop_booting_once_the_floor_passes_them() {
     // 2. B blessed, the floor is 2: A (old key, serial 1) is refused by the
     // floor although its key is still trusted; B still boots.
     match check(&seal_a, &[&old, &new], &a, 2) {
-        Err(SealError::SerialBelowFloor { serial: 1, floor: 2 }) => {}
+        Err(SealError::SerialBelowFloor {
+            serial: 1,
+            floor: 2,
+        }) => {}
         other => panic!("old-key seal below the floor: {other:?}"),
     }
     assert!(check(&seal_b, &[&old, &new], &b, 2).is_ok());
@@ -114,6 +117,9 @@ fn the_floor_never_blocks_the_new_release_itself() {
     assert!(check(&seal_b, &[&new], &b, 2).is_ok());
     assert!(matches!(
         check(&seal_b, &[&new], &b, 3),
-        Err(SealError::SerialBelowFloor { serial: 2, floor: 3 })
+        Err(SealError::SerialBelowFloor {
+            serial: 2,
+            floor: 3
+        })
     ));
 }
