@@ -11,6 +11,7 @@
 //! | [`layout`] | an OCI image-layout directory (`oci:DIR[:REF]`) as a source |
 //! | [`flatten`] | layer tars applied in order onto one tree (whiteouts, hard links, xattrs) |
 //! | [`seal_artifact`] | the OCI artifact a seal travels in beside its image |
+//! | [`registry`] | a registry (`docker://HOST/REPO[:TAG]`) as a source; seals pushed and found as referrers |
 //! | [`pull`] | `oci seal` and `pull`: flatten, build, sign or verify, publish |
 //!
 //! Every store of OCI content (an image-layout directory, a registry) is read
@@ -21,5 +22,6 @@
 pub mod flatten;
 pub mod layout;
 pub mod pull;
+pub mod registry;
 pub mod seal_artifact;
 pub mod source;
