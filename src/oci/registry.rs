@@ -517,12 +517,7 @@ impl Registry {
                     return Ok(resp);
                 }
                 Err(e) => {
-                    let retryable = matches!(
-                        e,
-                        ureq::Error::Io(_)
-                            | ureq::Error::Timeout(_)
-                            | ureq::Error::ConnectionFailed
-                    );
+                    let retryable = is_retryable(&e);
                     if retryable && attempt <= self.options.retries {
                         self.backoff(attempt);
                         continue;
@@ -546,7 +541,7 @@ impl Registry {
     fn transport_detail(&self, e: &ureq::Error) -> String {
         let text = e.to_string();
         match e {
-            ureq::Error::Rustls(_) | ureq::Error::Tls(_) => {
+            e if is_tls_failure(e) => {
                 // A plain-HTTP server answering a TLS hello looks like a corrupt record.
                 let hint = if text.contains("corrupt") || text.contains("InvalidContentType") {
                     format!(
@@ -654,14 +649,7 @@ impl Registry {
                 }
                 Ok(r) => break r,
                 Err(e) => {
-                    if attempt <= self.options.retries
-                        && matches!(
-                            e,
-                            ureq::Error::Io(_)
-                                | ureq::Error::Timeout(_)
-                                | ureq::Error::ConnectionFailed
-                        )
-                    {
+                    if attempt <= self.options.retries && is_retryable(&e) {
                         self.backoff(attempt);
                         continue;
                     }
@@ -1007,6 +995,33 @@ impl Registry {
         }
         Ok(out)
     }
+}
+
+/// What rustls says when a handshake fails, as ureq passes it on (often
+/// inside an `Io` error): a plain-HTTP peer, an unknown issuer, a name
+/// mismatch. Such a failure is final, never retried.
+fn is_tls_failure(e: &ureq::Error) -> bool {
+    if matches!(e, ureq::Error::Rustls(_) | ureq::Error::Tls(_)) {
+        return true;
+    }
+    let text = e.to_string();
+    [
+        "corrupt message",
+        "invalid peer certificate",
+        "InvalidContentType",
+        "HandshakeFailure",
+        "AlertReceived",
+    ]
+    .iter()
+    .any(|m| text.contains(m))
+}
+
+/// Connection errors and timeouts are worth another try; TLS refusals not.
+fn is_retryable(e: &ureq::Error) -> bool {
+    matches!(
+        e,
+        ureq::Error::Io(_) | ureq::Error::Timeout(_) | ureq::Error::ConnectionFailed
+    ) && !is_tls_failure(e)
 }
 
 /// A manifest or index as fetched.

@@ -22,6 +22,8 @@ mod mkcomposefs;
 mod oci;
 mod pcr;
 mod pull;
+mod push_seal;
+mod registry_flags;
 mod sign;
 mod tpm_floor;
 mod uki;

@@ -1,14 +1,16 @@
-//! `sealctl oci seal --image oci:DIR[:REF] --key KEY.pem [--serial N] [--repo R]
-//! [--attach] [--out DIR]`: flatten an OCI image's layers, compute the
-//! composefs digest of the result and sign a seal for it.
+//! `sealctl oci seal --image oci:DIR[:REF]|docker://HOST/REPO[:TAG] --key
+//! KEY.pem [--serial N] [--repo R] [--attach] [--out DIR]`: flatten an OCI
+//! image's layers, compute the composefs digest of the result and sign a
+//! seal for it.
 //!
 //! Prints `digest <hex>`, `manifest <oci digest>`, the seal manifest line and
 //! where the seal went: with `--repo`, the image, its objects and the seal
 //! are published there (`sealctl pull` of the same image then finds
 //! everything present); with `--attach`, the seal is stored in the layout
-//! as an OCI artifact whose subject is the image manifest (what `sealctl
-//! pull` looks for); with `--out DIR`, `<hex>.json` and `<hex>.sig` are
-//! written there. `created` follows `sealctl sign` (now, `SOURCE_DATE_EPOCH`,
+//! (or pushed to the registry) as an OCI artifact whose subject is the
+//! image manifest (what `sealctl pull` looks for); with `--out DIR`,
+//! `<hex>.json` and `<hex>.sig` are written there. `sealctl oci push-seal`
+//! (push_seal.rs) pushes a seal made earlier. `created` follows `sealctl sign` (now, `SOURCE_DATE_EPOCH`,
 //! or none with `--no-created`).
 
 use std::path::PathBuf;
@@ -18,19 +20,27 @@ use sealroot::image::repo::{MtimePolicy, Repo};
 use sealroot::keys;
 use sealroot::oci::layout::{attach_seal, LayoutSource};
 use sealroot::oci::pull::{seal_image, ImageOptions};
-use sealroot::oci::seal_artifact::Subject;
+use sealroot::oci::registry::referrers::fallback_tag;
+use sealroot::oci::registry::Registry;
+use sealroot::oci::seal_artifact::{SealPair, Subject};
+use sealroot::oci::source::ImageSource;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Seal the composefs image of an OCI image's flattened root.
     Seal(SealArgs),
+    /// Push a seal to a registry beside its image (an OCI 1.1 referrer).
+    PushSeal(crate::push_seal::Args),
 }
 
 #[derive(clap::Args)]
 pub struct SealArgs {
-    /// The image: oci:DIR[:REF] (an OCI image layout).
+    /// The image: oci:DIR[:REF] (an OCI image layout) or
+    /// docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX] (a registry).
     #[arg(long)]
     image: String,
+    #[command(flatten)]
+    registry: crate::registry_flags::RegistryFlags,
     /// Private key (PKCS#8 PEM).
     #[arg(long)]
     key: PathBuf,
@@ -39,7 +49,8 @@ pub struct SealArgs {
     /// Also publish objects, image and seal into this repository.
     #[arg(long)]
     repo: Option<PathBuf>,
-    /// Store the seal in the layout as an OCI artifact (subject: the image).
+    /// Store the seal beside the image as an OCI artifact (subject: the
+    /// image): in the layout, or pushed to the registry.
     #[arg(long)]
     attach: bool,
     /// Write <hex>.json and <hex>.sig into this directory.
@@ -56,11 +67,37 @@ pub fn run(cmd: Command) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => crate::fail("oci seal", e),
         },
+        Command::PushSeal(a) => crate::push_seal::run(a),
     }
 }
 
 fn seal(args: SealArgs) -> Result<(), String> {
-    let source = LayoutSource::parse(&args.image).map_err(|e| e.to_string())?;
+    if args.image.starts_with("docker://") {
+        let source =
+            Registry::open(&args.image, &args.registry.options()).map_err(|e| e.to_string())?;
+        seal_from(&source, args, |subject, pair| {
+            let pushed = source
+                .push_seal_for(subject, pair)
+                .map_err(|e| e.to_string())?;
+            if !pushed.referrers_api {
+                println!("referrers-tag {}", fallback_tag(&pushed.subject));
+            }
+            Ok(pushed.artifact)
+        })
+    } else {
+        let source = LayoutSource::parse(&args.image).map_err(|e| e.to_string())?;
+        seal_from(&source, args, |subject, pair| {
+            attach_seal(&source, subject, pair).map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// Seal `source`'s image; `attach` stores the seal beside it (`--attach`).
+fn seal_from<S: ImageSource>(
+    source: &S,
+    args: SealArgs,
+    attach: impl FnOnce(&Subject<'_>, &SealPair) -> Result<String, String>,
+) -> Result<(), String> {
     let key = keys::load_private_key(&args.key).map_err(|e| e.to_string())?;
     // The digest is a placeholder: seal_image fills in the computed one.
     let template = args
@@ -80,7 +117,7 @@ fn seal(args: SealArgs) -> Result<(), String> {
         ..Default::default()
     };
     let sealed =
-        seal_image(&source, &key, &template, repo.as_ref(), &opts).map_err(|e| e.to_string())?;
+        seal_image(source, &key, &template, repo.as_ref(), &opts).map_err(|e| e.to_string())?;
     println!("digest {}", sealed.digest.to_hex());
     println!("manifest {}", sealed.manifest_digest);
     print!("seal {}", String::from_utf8_lossy(&sealed.seal.manifest));
@@ -105,7 +142,7 @@ fn seal(args: SealArgs) -> Result<(), String> {
             size: sealed.manifest_size,
             media_type: &sealed.manifest_media_type,
         };
-        let art = attach_seal(&source, &subject, &sealed.seal).map_err(|e| e.to_string())?;
+        let art = attach(&subject, &sealed.seal)?;
         println!("artifact {art}");
     }
     Ok(())

@@ -1,4 +1,5 @@
-//! `sealctl pull --from oci:DIR[:REF] --repo R --trusted-key PUB.pem...
+//! `sealctl pull --from oci:DIR[:REF]|docker://HOST/REPO[:TAG] --repo R
+//! --trusted-key PUB.pem...
 //! [--seal FILE.json] [--floor N] [--use-epoch]`: fetch a sealed OCI image
 //! into a repository.
 //!
@@ -17,14 +18,19 @@ use sealroot::image::repo::{MtimePolicy, Repo};
 use sealroot::keys;
 use sealroot::oci::layout::LayoutSource;
 use sealroot::oci::pull::{pull, PullOptions};
+use sealroot::oci::registry::Registry;
 use sealroot::oci::seal_artifact::SealPair;
+use sealroot::oci::source::ImageSource;
 use sealroot::seal::{MAX_MANIFEST_SIZE, SIGNATURE_SIZE};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The image: oci:DIR[:REF] (an OCI image layout).
+    /// The image: oci:DIR[:REF] (an OCI image layout) or
+    /// docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX] (a registry).
     #[arg(long)]
     from: String,
+    #[command(flatten)]
+    registry: crate::registry_flags::RegistryFlags,
     /// Repository root (holds composefs/).
     #[arg(long)]
     repo: PathBuf,
@@ -56,7 +62,17 @@ fn read_seal(path: &Path) -> Result<SealPair, String> {
 }
 
 fn run_pull(args: Args) -> Result<(), String> {
-    let source = LayoutSource::parse(&args.from).map_err(|e| e.to_string())?;
+    if args.from.starts_with("docker://") {
+        let source =
+            Registry::open(&args.from, &args.registry.options()).map_err(|e| e.to_string())?;
+        pull_from(&source, args)
+    } else {
+        let source = LayoutSource::parse(&args.from).map_err(|e| e.to_string())?;
+        pull_from(&source, args)
+    }
+}
+
+fn pull_from<S: ImageSource>(source: &S, args: Args) -> Result<(), String> {
     let mut trusted = Vec::new();
     for path in &args.trusted_keys {
         trusted.push(keys::load_public_key(path).map_err(|e| e.to_string())?);
@@ -64,7 +80,7 @@ fn run_pull(args: Args) -> Result<(), String> {
     let seal = args.seal.as_deref().map(read_seal).transpose()?;
     let repo = Repo::new(&args.repo);
     let report = pull(
-        &source,
+        source,
         &repo,
         PullOptions {
             keys: &trusted,

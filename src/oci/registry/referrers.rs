@@ -20,7 +20,7 @@
 //! fetched with size caps and digest checks; a broken referrer is skipped
 //! (another may be good), and reported only when no seal is found.
 
-use super::{FetchedManifest, Registry, RegistryError, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST};
+use super::{Registry, RegistryError, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST};
 use crate::oci::flatten::sha256_hex;
 use crate::oci::seal_artifact::{self, SealPair, Subject, SEAL_ARTIFACT_TYPE};
 use crate::seal::{MAX_MANIFEST_SIZE as MAX_SEAL_SIZE, SIGNATURE_SIZE};
@@ -76,32 +76,30 @@ impl Registry {
     /// Push `seal` as an artifact whose subject is the image manifest this
     /// reference resolves to.
     pub fn push_seal(&self, seal: &SealPair) -> Result<PushedSeal, RegistryError> {
-        let subject = self.resolve()?;
+        let m = self.resolve()?;
+        let subject = Subject {
+            digest: &m.digest,
+            size: m.bytes.len() as u64,
+            media_type: &m.media_type,
+        };
         self.push_seal_for(&subject, seal)
     }
 
-    /// Push `seal` for an already fetched subject manifest: blobs, the
-    /// artifact by digest, and the tag-schema index when the registry did
-    /// not take the subject itself.
+    /// Push `seal` for the image manifest `subject` (already in the
+    /// repository): blobs, the artifact by digest, and the tag-schema index
+    /// when the registry did not take the subject itself.
     pub fn push_seal_for(
         &self,
-        subject: &FetchedManifest,
+        subject: &Subject<'_>,
         seal: &SealPair,
     ) -> Result<PushedSeal, RegistryError> {
-        let artifact = seal_artifact::build(
-            &Subject {
-                digest: &subject.digest,
-                size: subject.bytes.len() as u64,
-                media_type: &subject.media_type,
-            },
-            seal,
-        );
+        let artifact = seal_artifact::build(subject, seal);
         for blob in &artifact.blobs {
             self.push_blob(&blob.bytes)?;
         }
         let oci_subject =
             self.put_manifest(&artifact.digest, MEDIA_OCI_MANIFEST, &artifact.manifest)?;
-        let referrers_api = oci_subject.as_deref() == Some(subject.digest.as_str());
+        let referrers_api = oci_subject.as_deref() == Some(subject.digest);
         if !referrers_api {
             let entry = serde_json::json!({
                 "mediaType": MEDIA_OCI_MANIFEST,
@@ -109,10 +107,10 @@ impl Registry {
                 "size": artifact.manifest.len(),
                 "artifactType": SEAL_ARTIFACT_TYPE,
             });
-            self.add_to_fallback_index(&subject.digest, entry)?;
+            self.add_to_fallback_index(subject.digest, entry)?;
         }
         Ok(PushedSeal {
-            subject: subject.digest.clone(),
+            subject: subject.digest.to_string(),
             artifact: artifact.digest,
             referrers_api,
         })
