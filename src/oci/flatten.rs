@@ -459,14 +459,22 @@ impl<'b, 's> Flattener<'b, 's> {
                 what: "the root can only be a directory".into(),
             });
         };
-        let parent = self.make_parents(layer, &shown, parents)?;
-
-        // Whiteouts delete and are not themselves part of the tree.
-        if &**name == OPAQUE_MARKER {
-            self.make_opaque(parent, state);
-            return Ok(());
-        }
-        if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
+        // Whiteouts delete and are not themselves part of the tree. One
+        // whose directory is missing or no longer a directory has nothing
+        // to delete (umoci writes `d/.wh.x` after the file that replaced
+        // the directory `d`).
+        if name.starts_with(WHITEOUT_PREFIX) {
+            let parent = self
+                .resolve(parents)
+                .filter(|&id| self.tree.inodes[id].kind.is_dir());
+            let Some(parent) = parent else {
+                return Ok(());
+            };
+            if &**name == OPAQUE_MARKER {
+                self.make_opaque(parent, state);
+                return Ok(());
+            }
+            let target = &name[WHITEOUT_PREFIX.len()..];
             if !valid_name(target) {
                 return Err(FlattenError::Entry {
                     layer,
@@ -477,6 +485,7 @@ impl<'b, 's> Flattener<'b, 's> {
             remove_entry(&mut self.tree, parent, target);
             return Ok(());
         }
+        let parent = self.make_parents(layer, &shown, parents)?;
         if !valid_name(name) {
             return Err(FlattenError::Entry {
                 layer,
@@ -1092,6 +1101,20 @@ mod tests {
         // Implicit parents: 0755, owner 0, mtime 0.
         let bin = &t.inodes[at(&t, "bin").unwrap()];
         assert_eq!((bin.perm, bin.uid, bin.mtime.sec), (0o755, 0, 0));
+    }
+
+    #[test]
+    fn whiteouts_below_a_replaced_directory_delete_nothing() {
+        let lower = Layer::new().dir("d", 0o755).file("d/x", b"x").bytes();
+        // As umoci writes a directory replaced by a file.
+        let upper = Layer::new()
+            .file("d", b"file now")
+            .file("d/.wh.x", b"")
+            .file("gone/.wh.y", b"")
+            .bytes();
+        let t = flatten(&[lower, upper]);
+        assert_eq!(inline(&t, "d"), b"file now");
+        assert!(at(&t, "gone").is_none(), "a whiteout creates no parents");
     }
 
     #[test]

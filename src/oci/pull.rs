@@ -51,7 +51,8 @@ pub const MAX_CONFIG: u64 = 4 << 20;
 /// Why sealing or pulling an OCI image failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
-    #[error("{source_name}: {error}")]
+    /// The store's own error names the store and reference.
+    #[error("{error}")]
     Source {
         source_name: String,
         error: Box<dyn std::error::Error + Send + Sync>,
