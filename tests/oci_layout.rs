@@ -473,3 +473,124 @@ fn pull_reproduces_the_sealed_image_and_refuses_bad_cases() {
     let oracle_digest = oracle(&w, "v3", false);
     assert_eq!(oracle_digest, d3);
 }
+
+/// A pull SIGKILLed at scattered moments: each time, what the repository
+/// shows is what it had before, plus at most the new image's objects, then
+/// its image, then its seal (in that order: a visible seal always has its
+/// image, a visible image all its objects); nothing that was there is
+/// damaged; and a rerun completes.
+#[test]
+fn killed_pull_leaves_the_repository_usable_and_a_rerun_completes() {
+    if !ready() {
+        return;
+    }
+    let w = work_dir("oci-layout-kill");
+    umoci(&w, &["init", "--layout", "L"]);
+    umoci(&w, &["new", "--image", "L:big"]);
+    umoci(&w, &["unpack", "--image", "L:big", "B"]);
+    sh(&format!(
+        r#"cd {w}/B/rootfs
+mkdir -p data
+for i in $(seq 1 240); do head -c 131072 /dev/urandom > data/f$i; done
+"#,
+        w = w.display()
+    ));
+    umoci(&w, &["repack", "--image", "L:big", "B"]);
+    let from = format!("oci:{}:big", w.join("L").display());
+    let (digest, seal) = oci_seal(&from, &key("sealroot-test.pem"), &w.join("seals"), &[]);
+
+    // The repository starts with another sealed image in it.
+    let repo = w.join("repo");
+    let base = w.join("base");
+    fs::create_dir_all(base.join("etc")).unwrap();
+    fs::write(base.join("etc/os-release"), "ID=base\n".repeat(20)).unwrap();
+    let o = sealctl(&[
+        "build",
+        base.to_str().unwrap(),
+        "--repo",
+        repo.to_str().unwrap(),
+        "--sign",
+        &key("sealroot-test.pem"),
+    ]);
+    assert_success(&o);
+    let base_digest = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let verify = |d: &str| {
+        sealctl(&[
+            "verify",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--key",
+            &key("sealroot-test.pub.pem"),
+            d,
+        ])
+    };
+    let pub_key = key("sealroot-test.pub.pem");
+    let args = [
+        "pull",
+        "--from",
+        &from,
+        "--repo",
+        repo.to_str().unwrap(),
+        "--trusted-key",
+        &pub_key,
+        "--seal",
+        seal.to_str().unwrap(),
+    ];
+
+    // How long a whole pull takes here (into a scratch repository).
+    let scratch = w.join("scratch");
+    let t0 = std::time::Instant::now();
+    let mut scratch_args = args;
+    let scratch_str = scratch.to_str().unwrap().to_owned();
+    scratch_args[4] = &scratch_str;
+    assert_success(&sealctl(&scratch_args));
+    let full = t0.elapsed().as_micros() as u64;
+
+    let mut rng = common::Rng::seeded(0x0c1);
+    let (mut round, mut landed) = (0, 0);
+    let image = repo.join("composefs/images").join(&digest);
+    let seal_file = repo.join("composefs/seals").join(format!("{digest}.json"));
+    while common::more_kill_rounds(round, 6, landed) {
+        round += 1;
+        let child = common::spawn_sealctl_quiet(&args);
+        let finished = common::kill_after(child, 1 + rng.next(full.max(2)));
+        if !finished {
+            landed += 1;
+        }
+        assert_success(&verify(&base_digest));
+        if seal_file.exists() {
+            assert!(image.exists(), "round {round}: a seal without its image");
+        }
+        if image.exists() {
+            // A visible image has all its objects (and its seal verifies,
+            // if it is there yet).
+            let o = verify(&digest);
+            let report = text(&o);
+            assert!(
+                o.status.success() || (!seal_file.exists() && !report.contains("object")),
+                "round {round}: {report}"
+            );
+        }
+        // Start over from the repository without the new image, so the
+        // next kill meets a pull with everything still to do.
+        let _ = fs::remove_file(&seal_file);
+        let _ = fs::remove_file(repo.join("composefs/seals").join(format!("{digest}.sig")));
+        let _ = fs::remove_file(&image);
+        let o = sealctl(&["gc", "--repo", repo.to_str().unwrap()]);
+        assert_success(&o);
+    }
+    assert!(landed > 0, "no kill landed during a pull");
+    let o = sealctl(&args);
+    assert_success(&o);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), digest);
+    assert_success(&verify(&digest));
+    assert_success(&verify(&base_digest));
+    assert!(
+        !repo.join("composefs/objects/.tmp").exists()
+            || fs::read_dir(repo.join("composefs/objects/.tmp"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "temporaries of killed pulls were left behind"
+    );
+}
