@@ -10,8 +10,9 @@
 //!    and the TPM floor rises to its serial: every old-key seal below it is
 //!    refused, though the old key is still trusted;
 //! 3. a later initramfs/UKI trusts {new} only: old-key seals are refused at
-//!    any serial and any floor;
-//! and the limit: with the old key leaked, a seal it makes at a serial at
+//!    any serial and any floor.
+//!
+//! And the limit: with the old key leaked, a seal it makes at a serial at
 //! or above the floor passes step 2's check; only step 3 stops it.
 //!
 //! Keys: keys/test/sealroot-test.pem (old) and other-test.pem (new).
