@@ -280,6 +280,11 @@ fn listing(dir: &Path) -> BTreeMap<PathBuf, Option<u64>> {
             let e = e.unwrap();
             let m = fs::symlink_metadata(e.path()).unwrap();
             let rel = e.path().strip_prefix(dir).unwrap().to_path_buf();
+            // The layer cache is a pull's memo, not repository content
+            // (a refused pull may drop entries it used).
+            if rel == Path::new("oci-cache") {
+                continue;
+            }
             if m.is_dir() {
                 out.insert(rel, None);
                 stack.push(e.path());
@@ -472,6 +477,58 @@ fn pull_reproduces_the_sealed_image_and_refuses_bad_cases() {
     // The pulled image is the oracle's image, byte for byte.
     let oracle_digest = oracle(&w, "v3", false);
     assert_eq!(oracle_digest, d3);
+
+    // The layer cache: a fresh repository pulls v2; then v3 from a copy of
+    // the layout that lacks v2's layer blobs still pulls (they are not
+    // fetched: the cache replays them).
+    let repo2 = w.join("repo2");
+    let o = pull(&v2, &repo2, None, &[]);
+    assert_success(&o);
+    assert!(text(&o).contains("0 from the layer cache"), "{}", text(&o));
+    let (_, m2) = manifest_of(&layout, "v2");
+    let lower: Vec<String> = m2["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_owned())
+        .collect();
+    let bare = w.join("L-bare");
+    let _ = fs::remove_dir_all(&bare);
+    run(Command::new("cp").arg("-a").arg(&layout).arg(&bare));
+    for d in &lower {
+        fs::remove_file(blob_path(&bare, d)).unwrap();
+    }
+    let bare_v3 = format!("oci:{}:v3", bare.display());
+    let o = pull(&bare_v3, &repo2, Some(&seal3), &[]);
+    assert_success(&o);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), d3);
+    assert!(text(&o).contains("2 from the layer cache"), "{}", text(&o));
+    // Without the cache the missing blobs are needed, and missed.
+    let o = pull(&bare_v3, &repo2, Some(&seal3), &["--no-layer-cache"]);
+    assert!(
+        !o.status.success() && text(&o).contains("missing"),
+        "{}",
+        text(&o)
+    );
+
+    // A damaged cache entry costs a retry that reads every layer, never a
+    // wrong image: the zstd variant shares v3's first two layers. (The
+    // damage must show in the image: the root's mode, say, is set again by
+    // layer 2.)
+    let cache_dir = repo2.join("oci-cache/layers");
+    let first = cache_dir.join(format!(
+        "{}.sha256.json",
+        lower[0].strip_prefix("sha256:").unwrap()
+    ));
+    let entry = fs::read_to_string(&first).unwrap();
+    // usr/share/suid (04755), which no later layer touches.
+    assert!(entry.contains("\"perm\":2541"), "the set-uid file's entry");
+    fs::write(&first, entry.replacen("\"perm\":2541", "\"perm\":493", 1)).unwrap();
+    let v3z = format!("oci:{}:v3z", layout.display());
+    let o = pull(&v3z, &repo2, Some(&seal3), &[]);
+    assert_success(&o);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), d3);
+    assert!(!first.exists(), "the damaged entry was dropped");
 }
 
 /// A pull SIGKILLed at scattered moments: each time, what the repository

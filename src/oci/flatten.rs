@@ -112,6 +112,12 @@ pub enum BlobError {
 pub enum FlattenError {
     #[error("layer {layer}: {error}")]
     Blob { layer: usize, error: BlobError },
+    #[error("layer {layer}: uncompressed content has digest {found}, but the config's diff_id says {expected}")]
+    DiffId {
+        layer: usize,
+        expected: String,
+        found: String,
+    },
     #[error("layer {layer}: unsupported media type {media_type:?}")]
     MediaType { layer: usize, media_type: String },
     #[error("layer {layer}: reading the layer: {error}")]
@@ -165,6 +171,9 @@ pub struct LayerInfo<'a> {
     pub digest: &'a str,
     pub size: u64,
     pub media_type: &'a str,
+    /// The config's `diff_id` for this layer (the digest of the
+    /// uncompressed tar), checked when given.
+    pub diff_id: Option<&'a str>,
 }
 
 /// The hex of a `sha256:<64 lowercase hex>` digest.
@@ -326,6 +335,172 @@ pub fn read_small_blob(
     Ok(out)
 }
 
+/// One change a layer makes, as read from its tar (file contents already
+/// in the store batch): what a layer cache keeps to replay a layer without
+/// reading its blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// A whiteout or opaque marker at `path` (its last component).
+    Whiteout { path: Vec<Box<[u8]>> },
+    /// A hard link at `path` to `target`.
+    Hardlink {
+        path: Vec<Box<[u8]>>,
+        target: Vec<Box<[u8]>>,
+    },
+    /// Anything else: `inode` (a directory's entries are empty) at `path`;
+    /// an empty path is the root.
+    Put { path: Vec<Box<[u8]>>, inode: Inode },
+}
+
+/// A path for messages.
+fn show(path: &[Box<[u8]>]) -> String {
+    let joined: Vec<&[u8]> = path.iter().map(|p| &**p).collect();
+    String::from_utf8_lossy(&joined.join(&b'/')).into_owned()
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    hex(bytes)
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl Op {
+    /// The cache form: JSON with byte strings in hex.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let path_json = |p: &[Box<[u8]>]| {
+            serde_json::Value::from(p.iter().map(|c| hex_of(c)).collect::<Vec<_>>())
+        };
+        match self {
+            Op::Whiteout { path } => json!({"op": "whiteout", "path": path_json(path)}),
+            Op::Hardlink { path, target } => {
+                json!({"op": "link", "path": path_json(path), "target": path_json(target)})
+            }
+            Op::Put { path, inode } => {
+                let kind = match &inode.kind {
+                    InodeKind::Directory(_) => json!({"dir": true}),
+                    InodeKind::Regular(r) => json!({
+                        "size": r.size,
+                        "inline": r.inline.as_deref().map(hex_of),
+                        "digest": r.digest.map(|d| d.to_hex()),
+                    }),
+                    InodeKind::Symlink(t) => json!({"symlink": hex_of(t)}),
+                    InodeKind::CharDevice(d) => json!({"char": d}),
+                    InodeKind::BlockDevice(d) => json!({"block": d}),
+                    InodeKind::Fifo => json!({"fifo": true}),
+                    InodeKind::Socket => json!({"socket": true}),
+                };
+                let xattrs: Vec<[String; 2]> = inode
+                    .xattrs
+                    .iter()
+                    .map(|x| [hex_of(&x.name), hex_of(&x.value)])
+                    .collect();
+                json!({
+                    "op": "put", "path": path_json(path), "perm": inode.perm,
+                    "uid": inode.uid, "gid": inode.gid,
+                    "mtime": [inode.mtime.sec, inode.mtime.nsec],
+                    "xattrs": xattrs, "kind": kind,
+                })
+            }
+        }
+    }
+
+    /// Parse [`to_json`](Self::to_json)'s form; `None` if it is not one
+    /// (a cache entry that does not parse is not used). File digests are
+    /// of algorithm `hash`.
+    pub fn from_json(v: &serde_json::Value, hash: HashAlgorithm) -> Option<Op> {
+        let path_of = |v: &serde_json::Value| -> Option<Vec<Box<[u8]>>> {
+            v.as_array()?
+                .iter()
+                .map(|c| unhex(c.as_str()?).map(Vec::into_boxed_slice))
+                .collect()
+        };
+        let path = path_of(v.get("path")?)?;
+        match v.get("op")?.as_str()? {
+            "whiteout" => Some(Op::Whiteout { path }),
+            "link" => Some(Op::Hardlink {
+                path,
+                target: path_of(v.get("target")?)?,
+            }),
+            "put" => {
+                let k = v.get("kind")?;
+                let kind = if k.get("dir").is_some() {
+                    InodeKind::Directory(Vec::new())
+                } else if let Some(size) = k.get("size") {
+                    let size = size.as_u64()?;
+                    let inline = match k.get("inline")? {
+                        serde_json::Value::Null => None,
+                        t => Some(unhex(t.as_str()?)?.into_boxed_slice()),
+                    };
+                    let digest = match k.get("digest")? {
+                        serde_json::Value::Null => None,
+                        t => Some(crate::digest::Digest::parse_hex(hash, t.as_str()?).ok()?),
+                    };
+                    if inline.as_ref().is_some_and(|i| i.len() as u64 != size)
+                        || (inline.is_none() && size > 0 && digest.is_none())
+                    {
+                        return None;
+                    }
+                    InodeKind::Regular(RegularFile {
+                        size,
+                        payload: digest.map(|d| crate::layout::object_name(&d).into_bytes().into()),
+                        inline,
+                        digest,
+                    })
+                } else if let Some(t) = k.get("symlink") {
+                    InodeKind::Symlink(unhex(t.as_str()?)?.into())
+                } else if let Some(d) = k.get("char") {
+                    InodeKind::CharDevice(d.as_u64()?)
+                } else if let Some(d) = k.get("block") {
+                    InodeKind::BlockDevice(d.as_u64()?)
+                } else if k.get("fifo").is_some() {
+                    InodeKind::Fifo
+                } else if k.get("socket").is_some() {
+                    InodeKind::Socket
+                } else {
+                    return None;
+                };
+                let mut inode = Inode::new(kind, u32::try_from(v.get("perm")?.as_u64()?).ok()?);
+                inode.uid = u32::try_from(v.get("uid")?.as_u64()?).ok()?;
+                inode.gid = u32::try_from(v.get("gid")?.as_u64()?).ok()?;
+                let m = v.get("mtime")?.as_array()?;
+                inode.mtime = Timespec {
+                    sec: m.first()?.as_i64()?,
+                    nsec: u32::try_from(m.get(1)?.as_u64()?).ok()?,
+                };
+                for x in v.get("xattrs")?.as_array()? {
+                    let pair = x.as_array()?;
+                    inode.xattrs.push(Xattr {
+                        name: unhex(pair.first()?.as_str()?)?.into(),
+                        value: unhex(pair.get(1)?.as_str()?)?.into(),
+                    });
+                }
+                Some(Op::Put { path, inode })
+            }
+            _ => None,
+        }
+    }
+
+    /// The object digest this operation needs in the store, if any.
+    pub fn object(&self) -> Option<crate::digest::Digest> {
+        match self {
+            Op::Put { inode, .. } => match &inode.kind {
+                InodeKind::Regular(r) if r.inline.is_none() => r.digest,
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
 /// Options for flattening.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FlattenOptions {
@@ -339,6 +514,7 @@ pub struct Flattener<'b, 's> {
     batch: Option<&'b Batch<'s>>,
     opts: FlattenOptions,
     layers: usize,
+    record: bool,
 }
 
 /// Per-layer state: which `(directory, name)` entries this layer wrote, so
@@ -356,16 +532,25 @@ impl<'b, 's> Flattener<'b, 's> {
             batch,
             opts,
             layers: 0,
+            record: false,
         }
     }
 
+    /// Keep the operations each layer applied ([`apply_layer`](Self::apply_layer)
+    /// returns them) so a layer cache can replay them later.
+    pub fn recording(mut self, on: bool) -> Self {
+        self.record = on;
+        self
+    }
+
     /// Apply the layer whose blob `reader` streams. See the module docs.
+    /// Returns the layer's operations when recording (else nothing).
     pub fn apply_layer(
         &mut self,
         layer: &LayerInfo<'_>,
         reader: impl Read,
         progress: Option<Arc<Progress>>,
-    ) -> Result<(), FlattenError> {
+    ) -> Result<Vec<Op>, FlattenError> {
         let index = self.layers;
         self.layers += 1;
         let blob_err = |error| FlattenError::Blob {
@@ -383,11 +568,16 @@ impl<'b, 's> Flattener<'b, 's> {
             verifier = verifier.with_progress(p);
         }
         let failure = verifier.failure_slot();
+        let mut record = self.record.then(Vec::new);
         let result = match compression {
-            Compression::None => self.apply_tar(index, &mut verifier),
-            Compression::Gzip => self.apply_tar(index, flate2::read::GzDecoder::new(&mut verifier)),
+            Compression::None => self.apply_stream(index, &mut verifier, &mut record),
+            Compression::Gzip => self.apply_stream(
+                index,
+                flate2::read::GzDecoder::new(&mut verifier),
+                &mut record,
+            ),
             Compression::Zstd => match zstd::stream::read::Decoder::new(&mut verifier) {
-                Ok(d) => self.apply_tar(index, d),
+                Ok(d) => self.apply_stream(index, d, &mut record),
                 Err(error) => Err(FlattenError::Read {
                     layer: index,
                     error,
@@ -402,7 +592,19 @@ impl<'b, 's> Flattener<'b, 's> {
             return Err(blob_err(e));
         }
         match result {
-            Ok(()) => verifier.finish().map_err(blob_err),
+            Ok(diff_id) => {
+                verifier.finish().map_err(blob_err)?;
+                // The blob is the one the manifest names; the config's
+                // diff_id must then name its uncompressed content too.
+                if let Some(expected) = layer.diff_id.filter(|d| *d != diff_id) {
+                    return Err(FlattenError::DiffId {
+                        layer: index,
+                        expected: expected.to_owned(),
+                        found: diff_id,
+                    });
+                }
+                Ok(record.unwrap_or_default())
+            }
             Err(e) => {
                 // A truncated or corrupted blob usually shows first as a
                 // decompression or tar error: name the blob fault if the
@@ -417,125 +619,94 @@ impl<'b, 's> Flattener<'b, 's> {
         }
     }
 
-    fn apply_tar(&mut self, layer: usize, reader: impl Read) -> Result<(), FlattenError> {
+    /// Apply the uncompressed tar `reader` streams, read it to its end, and
+    /// return its `sha256:` digest (the layer's diff_id).
+    fn apply_stream(
+        &mut self,
+        layer: usize,
+        reader: impl Read,
+        record: &mut Option<Vec<Op>>,
+    ) -> Result<String, FlattenError> {
+        let mut hashing = HashingReader {
+            inner: reader,
+            hasher: Sha256::new(),
+        };
+        self.apply_tar(layer, &mut hashing, record)?;
+        // The tar reader stops at the end-of-archive blocks; the padding
+        // after them is part of the diff_id.
+        io::copy(&mut hashing, &mut io::sink())
+            .map_err(|error| FlattenError::Read { layer, error })?;
+        Ok(format!("sha256:{}", hex(&hashing.hasher.finalize())))
+    }
+
+    fn apply_tar(
+        &mut self,
+        layer: usize,
+        reader: impl Read,
+        record: &mut Option<Vec<Op>>,
+    ) -> Result<(), FlattenError> {
         let read_err = |error| FlattenError::Read { layer, error };
         let mut archive = tar::Archive::new(reader);
         let mut state = LayerState::default();
         let mut buf = vec![0u8; 256 << 10];
         for entry in archive.entries().map_err(read_err)? {
             let mut entry = entry.map_err(read_err)?;
-            self.apply_entry(layer, &mut state, &mut entry, &mut buf)?;
+            let op = self.parse_entry(layer, &mut entry, &mut buf)?;
+            self.apply_op(layer, &mut state, &op)?;
+            if let Some(ops) = record {
+                ops.push(op);
+            }
         }
         Ok(())
     }
 
-    fn apply_entry<R: Read>(
+    /// Apply a layer from the operations a earlier [`apply_layer`](Self::apply_layer)
+    /// recorded (a layer cache), without reading its blob. The caller has
+    /// made sure every object the operations name is in the store.
+    pub fn replay_layer(&mut self, ops: &[Op]) -> Result<(), FlattenError> {
+        let index = self.layers;
+        self.layers += 1;
+        let mut state = LayerState::default();
+        for op in ops {
+            self.apply_op(index, &mut state, op)?;
+        }
+        Ok(())
+    }
+
+    /// Read one tar entry into an [`Op`] (file contents go to the batch).
+    fn parse_entry<R: Read>(
         &mut self,
         layer: usize,
-        state: &mut LayerState,
         entry: &mut tar::Entry<'_, R>,
         buf: &mut [u8],
-    ) -> Result<(), FlattenError> {
+    ) -> Result<Op, FlattenError> {
         let raw_path = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
-        let components = split_path(&raw_path).ok_or_else(|| FlattenError::PathEscape {
+        let path = split_path(&raw_path).ok_or_else(|| FlattenError::PathEscape {
             layer,
             path: shown.clone(),
         })?;
         let header = entry.header().clone();
         let kind = header.entry_type();
-        let Some((name, parents)) = components.split_last() else {
-            // The root itself ("./"): only a directory may describe it.
-            if kind.is_dir() {
-                let (xattrs, mtime) = self.pax_facts(layer, &shown, entry)?;
-                let root = &mut self.tree.inodes[ROOT];
-                set_meta(root, &header, mtime);
-                root.xattrs = xattrs;
-                return Ok(());
-            }
-            return Err(FlattenError::Entry {
-                layer,
-                path: shown,
-                what: "the root can only be a directory".into(),
-            });
-        };
-        // Whiteouts delete and are not themselves part of the tree. One
-        // whose directory is missing or no longer a directory has nothing
-        // to delete (umoci writes `d/.wh.x` after the file that replaced
-        // the directory `d`).
-        if name.starts_with(WHITEOUT_PREFIX) {
-            let parent = self
-                .resolve(parents)
-                .filter(|&id| self.tree.inodes[id].kind.is_dir());
-            let Some(parent) = parent else {
-                return Ok(());
-            };
-            if &**name == OPAQUE_MARKER {
-                self.make_opaque(parent, state);
-                return Ok(());
-            }
-            let target = &name[WHITEOUT_PREFIX.len()..];
-            if !valid_name(target) {
-                return Err(FlattenError::Entry {
-                    layer,
-                    path: shown,
-                    what: "whiteout of an invalid name".into(),
-                });
-            }
-            remove_entry(&mut self.tree, parent, target);
-            return Ok(());
+        if path
+            .last()
+            .is_some_and(|name| name.starts_with(WHITEOUT_PREFIX))
+        {
+            return Ok(Op::Whiteout { path });
         }
-        let parent = self.make_parents(layer, &shown, parents)?;
-        if !valid_name(name) {
-            return Err(FlattenError::Entry {
-                layer,
-                path: shown,
-                what: "invalid file name".into(),
-            });
-        }
-
-        let (xattrs, mtime) = self.pax_facts(layer, &shown, entry)?;
-        state.touched.insert((parent, name.clone()));
-        let existing = self.tree.lookup(parent, name);
-
-        if kind.is_dir() {
-            if let Some(id) = existing.filter(|&id| self.tree.inodes[id].kind.is_dir()) {
-                // A directory over a directory keeps what is in it.
-                let inode = &mut self.tree.inodes[id];
-                set_meta(inode, &header, mtime);
-                inode.xattrs = xattrs;
-                return Ok(());
-            }
-            let mut inode = Inode::new(InodeKind::Directory(Vec::new()), 0);
-            set_meta(&mut inode, &header, mtime);
-            inode.xattrs = xattrs;
-            return self.replace(layer, &shown, parent, name, inode);
-        }
-
         if kind.is_hard_link() {
             let target_raw = entry.link_name_bytes().unwrap_or_default().into_owned();
-            let target_shown = String::from_utf8_lossy(&target_raw).into_owned();
-            let bad = |reason| FlattenError::BadHardlink {
+            let target = split_path(&target_raw).ok_or_else(|| FlattenError::BadHardlink {
                 layer,
                 path: shown.clone(),
-                target: target_shown.clone(),
-                reason,
-            };
-            let target_parts =
-                split_path(&target_raw).ok_or_else(|| bad("target leaves the root"))?;
-            let target = self
-                .resolve(&target_parts)
-                .ok_or_else(|| bad("target does not exist"))?;
-            if self.tree.inodes[target].kind.is_dir() {
-                return Err(bad("target is a directory"));
-            }
-            // A separate inode with the target's metadata and content: see
-            // the module docs for why.
-            let inode = self.tree.inodes[target].clone();
-            return self.replace(layer, &shown, parent, name, inode);
+                target: String::from_utf8_lossy(&target_raw).into_owned(),
+                reason: "target leaves the root",
+            })?;
+            return Ok(Op::Hardlink { path, target });
         }
-
+        let (xattrs, mtime) = self.pax_facts(layer, &shown, entry)?;
         let node_kind = match kind {
+            tar::EntryType::Directory => InodeKind::Directory(Vec::new()),
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let size = entry.size();
                 InodeKind::Regular(self.read_content(layer, &shown, entry, size, buf)?)
@@ -573,7 +744,131 @@ impl<'b, 's> Flattener<'b, 's> {
         let mut inode = Inode::new(node_kind, 0);
         set_meta(&mut inode, &header, mtime);
         inode.xattrs = xattrs;
-        self.replace(layer, &shown, parent, name, inode)
+        Ok(Op::Put { path, inode })
+    }
+
+    /// Apply one operation of layer `layer` to the tree.
+    fn apply_op(
+        &mut self,
+        layer: usize,
+        state: &mut LayerState,
+        op: &Op,
+    ) -> Result<(), FlattenError> {
+        let (path, shown) = match op {
+            Op::Whiteout { path } | Op::Hardlink { path, .. } | Op::Put { path, .. } => {
+                (path, show(path))
+            }
+        };
+        let Some((name, parents)) = path.split_last() else {
+            // The root itself ("./"): only a directory may describe it.
+            return match op {
+                Op::Put { inode, .. } if inode.kind.is_dir() => {
+                    let root = &mut self.tree.inodes[ROOT];
+                    root.perm = inode.perm;
+                    root.uid = inode.uid;
+                    root.gid = inode.gid;
+                    root.mtime = inode.mtime;
+                    root.xattrs = inode.xattrs.clone();
+                    Ok(())
+                }
+                _ => Err(FlattenError::Entry {
+                    layer,
+                    path: shown,
+                    what: "the root can only be a directory".into(),
+                }),
+            };
+        };
+        match op {
+            // Whiteouts delete and are not themselves part of the tree.
+            // One whose directory is missing or no longer a directory has
+            // nothing to delete (umoci writes `d/.wh.x` after the file that
+            // replaced the directory `d`).
+            Op::Whiteout { .. } => {
+                let parent = self
+                    .resolve(parents)
+                    .filter(|&id| self.tree.inodes[id].kind.is_dir());
+                let Some(parent) = parent else {
+                    return Ok(());
+                };
+                if &**name == OPAQUE_MARKER {
+                    self.make_opaque(parent, state);
+                    return Ok(());
+                }
+                let target = &name[WHITEOUT_PREFIX.len()..];
+                if !valid_name(target) {
+                    return Err(FlattenError::Entry {
+                        layer,
+                        path: shown,
+                        what: "whiteout of an invalid name".into(),
+                    });
+                }
+                remove_entry(&mut self.tree, parent, target);
+                Ok(())
+            }
+            Op::Hardlink { target, .. } => {
+                let parent = self.checked_parent(layer, &shown, parents, name)?;
+                let bad = |reason| FlattenError::BadHardlink {
+                    layer,
+                    path: shown.clone(),
+                    target: show(target),
+                    reason,
+                };
+                let target = self
+                    .resolve(target)
+                    .ok_or_else(|| bad("target does not exist"))?;
+                if self.tree.inodes[target].kind.is_dir() {
+                    return Err(bad("target is a directory"));
+                }
+                state.touched.insert((parent, name.clone()));
+                // A separate inode with the target's metadata and content:
+                // see the module docs for why.
+                let inode = self.tree.inodes[target].clone();
+                self.replace(layer, &shown, parent, name, inode)
+            }
+            Op::Put { inode, .. } => {
+                let parent = self.checked_parent(layer, &shown, parents, name)?;
+                state.touched.insert((parent, name.clone()));
+                let existing = self
+                    .tree
+                    .lookup(parent, name)
+                    .filter(|&id| self.tree.inodes[id].kind.is_dir());
+                if let (Some(id), true) = (existing, inode.kind.is_dir()) {
+                    // A directory over a directory keeps what is in it.
+                    let old = &mut self.tree.inodes[id];
+                    old.perm = inode.perm;
+                    old.uid = inode.uid;
+                    old.gid = inode.gid;
+                    old.mtime = inode.mtime;
+                    old.xattrs = inode.xattrs.clone();
+                    return Ok(());
+                }
+                let mut fresh = inode.clone();
+                if let InodeKind::Directory(entries) = &mut fresh.kind {
+                    entries.clear();
+                }
+                self.replace(layer, &shown, parent, name, fresh)
+            }
+        }
+    }
+
+    /// The parent directory of a new entry (made if missing); the name
+    /// must be valid.
+    fn checked_parent(
+        &mut self,
+        layer: usize,
+        shown: &str,
+        parents: &[Box<[u8]>],
+        name: &[u8],
+    ) -> Result<InodeId, FlattenError> {
+        let parent = self.make_parents(layer, shown, parents)?;
+        if !valid_name(name) {
+            return Err(FlattenError::Entry {
+                layer,
+                path: shown.to_owned(),
+                what: "invalid file name".into(),
+            });
+        }
+        Ok(parent)
     }
 
     /// The xattrs (PAX `SCHILY.xattr.*`, in archive order) and the PAX
@@ -759,6 +1054,19 @@ impl<'b, 's> Flattener<'b, 's> {
     /// The flattened tree, with deleted subtrees dropped.
     pub fn finish(self) -> Tree {
         compact(&self.tree)
+    }
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
     }
 }
 
@@ -961,8 +1269,9 @@ mod tests {
             digest: &digest,
             size: blob.len() as u64,
             media_type,
+            diff_id: None,
         };
-        f.apply_layer(&info, blob, None)
+        f.apply_layer(&info, blob, None).map(|_| ())
     }
 
     fn flatten(layers: &[Vec<u8>]) -> Tree {
@@ -1200,6 +1509,7 @@ mod tests {
                 digest,
                 size,
                 media_type: TAR,
+                diff_id: None,
             };
             let mut f = Flattener::new(FlattenOptions::default(), None);
             let err = f.apply_layer(&info, data, None).unwrap_err();
@@ -1209,6 +1519,7 @@ mod tests {
             digest: "sha256:../../etc",
             size: 1,
             media_type: TAR,
+            diff_id: None,
         };
         let mut f = Flattener::new(FlattenOptions::default(), None);
         assert!(f.apply_layer(&info, &b"x"[..], None).is_err());
@@ -1219,5 +1530,73 @@ mod tests {
                 nsec: 750_000_000
             })
         );
+    }
+
+    #[test]
+    fn recorded_operations_replay_to_the_same_tree_through_json() {
+        let cap: &[u8] = b"\x01\x00\x00\x02";
+        let lower = Layer::new()
+            .dir("d", 0o755)
+            .file("d/x", b"x")
+            .pax(&[("SCHILY.xattr.security.capability", cap)])
+            .file("big", &[9u8; 3000])
+            .node("dev/null", tar::EntryType::Char, 1, 3)
+            .bytes();
+        let upper = Layer::new()
+            .file("d/.wh..wh..opq", b"")
+            .file("d/y", b"y")
+            .link("big2", "big")
+            .file(".wh.dev", b"")
+            .bytes();
+        let mut read = Flattener::new(FlattenOptions::default(), None).recording(true);
+        let mut recorded = Vec::new();
+        for l in [&lower, &upper] {
+            let digest = sha256_digest(l);
+            let info = LayerInfo {
+                digest: &digest,
+                size: l.len() as u64,
+                media_type: TAR,
+                diff_id: Some(&digest),
+            };
+            recorded.push(read.apply_layer(&info, &l[..], None).unwrap());
+        }
+        let expected = read.finish();
+        let mut replayed = Flattener::new(FlattenOptions::default(), None);
+        for ops in &recorded {
+            let back: Vec<Op> = ops
+                .iter()
+                .map(|o| Op::from_json(&o.to_json(), HashAlgorithm::Sha256).unwrap())
+                .collect();
+            assert_eq!(&back, ops);
+            replayed.replay_layer(&back).unwrap();
+        }
+        assert_eq!(replayed.finish(), expected);
+        assert!(Op::from_json(&serde_json::json!({"op": "put"}), HashAlgorithm::Sha256).is_none());
+    }
+
+    #[test]
+    fn a_layer_whose_content_is_not_its_diff_id_is_refused() {
+        use std::io::Write;
+        let tar = Layer::new().file("a", b"a").bytes();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&tar).unwrap();
+        let gz = gz.finish().unwrap();
+        let digest = sha256_digest(&gz);
+        let right = sha256_digest(&tar);
+        let wrong = sha256_digest(b"another tar");
+        for (diff_id, ok) in [(&right, true), (&wrong, false)] {
+            let info = LayerInfo {
+                digest: &digest,
+                size: gz.len() as u64,
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip",
+                diff_id: Some(diff_id),
+            };
+            let mut f = Flattener::new(FlattenOptions::default(), None);
+            let r = f.apply_layer(&info, &gz[..], None);
+            assert_eq!(r.is_ok(), ok, "{r:?}");
+            if !ok {
+                assert!(matches!(r, Err(FlattenError::DiffId { .. })));
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! | module | concern |
 //! |---|---|
 //! | [`source`] | the [`source::ImageSource`] trait: where manifests and blobs come from |
+//! | [`layer_cache`] | the layers a repository has read, replayed instead of fetched |
 //! | [`layout`] | an OCI image-layout directory (`oci:DIR[:REF]`) as a source |
 //! | [`flatten`] | layer tars applied in order onto one tree (whiteouts, hard links, xattrs) |
 //! | [`seal_artifact`] | the OCI artifact a seal travels in beside its image |
@@ -20,6 +21,7 @@
 //! checked against its descriptor's digest and size as it streams.
 
 pub mod flatten;
+pub mod layer_cache;
 pub mod layout;
 pub mod pull;
 pub mod registry;

@@ -38,9 +38,11 @@ use crate::image::progress::Progress;
 use crate::image::repo::{self, MtimePolicy, Repo, RepoError};
 use crate::image::store::{Batch, ObjectStore, StoreError};
 use crate::image::tree::Tree;
+use crate::oci::flatten::Op;
 use crate::oci::flatten::{
     read_small_blob, BlobError, FlattenError, FlattenOptions, Flattener, LayerInfo,
 };
+use crate::oci::layer_cache::LayerCache;
 use crate::oci::seal_artifact::SealPair;
 use crate::oci::source::{ImageSource, OciDigest};
 use crate::seal::{self, SealError};
@@ -92,6 +94,8 @@ pub enum OciError {
         source_name: String,
         sealed: Box<Digest>,
         built: Box<Digest>,
+        /// Layers replayed from the layer cache in that build.
+        cached_layers: usize,
     },
     #[error("cannot write the image: {0}")]
     WriteImage(Box<WriteError>),
@@ -159,7 +163,31 @@ pub fn image_tree<S: ImageSource>(
     batch: Option<&Batch<'_>>,
     opts: &ImageOptions,
 ) -> Result<Tree, OciError> {
+    image_tree_cached(source, manifest, batch.map(|b| (b, None)), opts).map(|(t, _)| t)
+}
+
+/// Which layers came from the layer cache, and the operations of those
+/// that were read (to record once the pull is accepted).
+#[derive(Default)]
+pub struct LayerUse {
+    /// `(layer digest)` of each layer replayed from the cache.
+    pub cached: Vec<String>,
+    /// `(layer digest, diff_id, ops)` of each layer read from its blob.
+    pub read: Vec<(String, String, Vec<Op>)>,
+}
+
+/// [`image_tree`], with a store batch and optionally a layer cache: a
+/// layer the cache has (with all its objects in the store) is replayed
+/// instead of fetched; the others are read and their operations returned.
+pub fn image_tree_cached<S: ImageSource>(
+    source: &S,
+    manifest: &ImageManifest,
+    store: Option<(&Batch<'_>, Option<&LayerCache>)>,
+    opts: &ImageOptions,
+) -> Result<(Tree, LayerUse), OciError> {
     let name = source.describe();
+    let batch = store.map(|(b, _)| b);
+    let cache = store.and_then(|(_, c)| c);
     let config = manifest.parsed.config();
     let config_digest = config.digest().to_string();
     let reader = source
@@ -179,25 +207,41 @@ pub fn image_tree<S: ImageSource>(
             reason: e.to_string(),
         })?;
     let layers = manifest.parsed.layers();
-    if parsed.rootfs().diff_ids().len() != layers.len() {
+    let diff_ids: Vec<String> = parsed
+        .rootfs()
+        .diff_ids()
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    if diff_ids.len() != layers.len() {
         return Err(OciError::BadConfig {
             source_name: name,
             digest: config_digest,
-            reason: format!(
-                "{} diff_ids for {} layers",
-                parsed.rootfs().diff_ids().len(),
-                layers.len()
-            ),
+            reason: format!("{} diff_ids for {} layers", diff_ids.len(), layers.len()),
         });
     }
-    let mut flattener = Flattener::new(FlattenOptions { hash: opts.hash }, batch);
-    for (i, layer) in layers.iter().enumerate() {
+    let mut used = LayerUse::default();
+    let mut flattener =
+        Flattener::new(FlattenOptions { hash: opts.hash }, batch).recording(cache.is_some());
+    for (i, (layer, diff_id)) in layers.iter().zip(&diff_ids).enumerate() {
         let digest = layer.digest().to_string();
+        let flatten_err = |error| OciError::Flatten {
+            source_name: name.clone(),
+            error,
+        };
+        if let (Some(c), Some(b)) = (cache, batch) {
+            if let Some(ops) = c.load(&digest, diff_id, b) {
+                flattener.replay_layer(&ops).map_err(flatten_err)?;
+                used.cached.push(digest);
+                continue;
+            }
+        }
         let media_type = layer.media_type().to_string();
         let info = LayerInfo {
             digest: &digest,
             size: layer.size(),
             media_type: &media_type,
+            diff_id: Some(diff_id),
         };
         let progress = opts.progress.then(|| {
             let short: String = digest.chars().take(19).collect();
@@ -216,14 +260,14 @@ pub fn image_tree<S: ImageSource>(
         if let Some(p) = progress {
             p.finish();
         }
-        result.map_err(|error| OciError::Flatten {
-            source_name: name.clone(),
-            error,
-        })?;
+        let ops = result.map_err(flatten_err)?;
+        if cache.is_some() {
+            used.read.push((digest, diff_id.clone(), ops));
+        }
     }
     let mut tree = flattener.finish();
     repo::fix_mtimes(&mut tree, opts.mtimes);
-    Ok(tree)
+    Ok((tree, used))
 }
 
 /// The composefs image bytes of `tree` and their digest.
@@ -333,6 +377,9 @@ pub struct PullOptions<'a> {
     pub seal: Option<SealPair>,
     pub mtimes: MtimePolicy,
     pub progress: bool,
+    /// Skip fetching layers the repository's layer cache has
+    /// ([`crate::oci::layer_cache`]), and record the ones read.
+    pub layer_cache: bool,
 }
 
 /// What [`pull`] added.
@@ -343,6 +390,8 @@ pub struct PullReport {
     pub serial: u64,
     pub key_fingerprint: String,
     pub layers: usize,
+    /// Layers replayed from the layer cache instead of fetched.
+    pub layers_cached: usize,
     pub image_size: u64,
     pub objects_added: u64,
     pub objects_existing: u64,
@@ -400,37 +449,81 @@ pub fn pull<S: ImageSource>(
 
     let _lock = repo.lock_for_write()?;
     repo.prepare_meta_for_write(hash)?;
-    let store = ObjectStore::open(&repo.objects_dir())?;
-    let batch = store.batch();
     let image_opts = ImageOptions {
         mtimes: opts.mtimes,
         hash,
         progress: opts.progress,
     };
-    let tree = image_tree(source, &manifest, Some(&batch), &image_opts)?;
-    let (image, built) = image_of(&tree, hash)?;
-    drop(tree);
-    if built != sealed {
-        // The batch is dropped here: its temporaries go, nothing is published.
-        return Err(OciError::DigestMismatch {
-            source_name: source.describe(),
-            sealed: Box::new(sealed),
-            built: Box::new(built),
-        });
+    let cache = opts.layer_cache.then(|| LayerCache::new(repo, hash));
+    let mut built = build_checked(
+        source,
+        repo,
+        &manifest,
+        &image_opts,
+        cache.as_ref(),
+        &sealed,
+    );
+    if let Err(OciError::DigestMismatch { cached_layers, .. }) = &built {
+        if *cached_layers > 0 {
+            // A cache entry may be what made the difference (build_checked
+            // removed the ones it used): read every layer.
+            built = build_checked(source, repo, &manifest, &image_opts, None, &sealed);
+        }
     }
-    let stats = batch.commit()?;
+    let (image, stats, used) = built?;
     repo::publish_image(repo, &image, hash)?;
     let seal_paths = repo::write_seal(repo, &sealed, &pair.manifest, &pair.signature)?;
+    if let Some(c) = &cache {
+        // Best effort: a cache that cannot be written only costs a fetch.
+        for (digest, diff_id, ops) in &used.read {
+            let _ = c.store(digest, diff_id, ops);
+        }
+    }
     Ok(PullReport {
         digest: sealed,
         manifest_digest: manifest.digest,
         serial: verified.manifest.serial,
         key_fingerprint: verified.key_fingerprint,
         layers: manifest.parsed.layers().len(),
+        layers_cached: used.cached.len(),
         image_size: image.len() as u64,
         objects_added: stats.added,
         objects_existing: stats.existing,
         bytes_added: stats.bytes_added,
         seal_paths,
     })
+}
+
+/// Build the image into a batch, and commit the batch only if the image
+/// has the sealed digest. On a mismatch after cache entries were used,
+/// those entries are removed (the caller retries without the cache).
+fn build_checked<S: ImageSource>(
+    source: &S,
+    repo: &Repo,
+    manifest: &ImageManifest,
+    opts: &ImageOptions,
+    cache: Option<&LayerCache>,
+    sealed: &Digest,
+) -> Result<(Vec<u8>, crate::image::store::BatchStats, LayerUse), OciError> {
+    let store = ObjectStore::open(&repo.objects_dir())?;
+    let batch = store.batch();
+    let (tree, used) = image_tree_cached(source, manifest, Some((&batch, cache)), opts)?;
+    let (image, built) = image_of(&tree, opts.hash)?;
+    drop(tree);
+    if built != *sealed {
+        if let Some(c) = cache {
+            for layer in &used.cached {
+                c.remove(layer);
+            }
+        }
+        // The batch is dropped here: its temporaries go, nothing is published.
+        return Err(OciError::DigestMismatch {
+            source_name: source.describe(),
+            sealed: Box::new(*sealed),
+            built: Box::new(built),
+            cached_layers: used.cached.len(),
+        });
+    }
+    let stats = batch.commit()?;
+    Ok((image, stats, used))
 }

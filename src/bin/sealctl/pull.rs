@@ -44,6 +44,10 @@ pub struct Args {
     /// Refuse seals with a serial below this.
     #[arg(long, default_value_t = 0)]
     floor: u64,
+    /// Fetch every layer, ignoring (and not recording) the repository's
+    /// layer cache (REPO/oci-cache/).
+    #[arg(long)]
+    no_layer_cache: bool,
     /// Record every mtime as 0 (as the sealer's `oci seal --use-epoch`).
     #[arg(long)]
     use_epoch: bool,
@@ -92,14 +96,16 @@ fn pull_from<S: ImageSource>(source: &S, args: Args) -> Result<(), String> {
                 MtimePolicy::AsFound
             },
             progress: true,
+            layer_cache: !args.no_layer_cache,
         },
     )
     .map_err(|e| e.to_string())?;
     println!("{}", report.digest.to_hex());
     eprintln!(
-        "pulled {} ({} layers, manifest {}): serial {}, key {}; image {} bytes, {} objects added ({} bytes), {} already present; seal {}",
+        "pulled {} ({} layers, {} from the layer cache, manifest {}): serial {}, key {}; image {} bytes, {} objects added ({} bytes), {} already present; seal {}",
         args.from,
         report.layers,
+        report.layers_cached,
         report.manifest_digest,
         report.serial,
         report.key_fingerprint,
