@@ -24,8 +24,13 @@
 //!   does not list get mtime 0; [`MtimePolicy::Zero`] zeroes all of them.
 //!   The sealer and the puller must use the same policy, or the digests
 //!   differ and the pull is refused.
-//! - No per-layer cache: every layer of a pull is fetched and read; objects
-//!   already in the repository are not written again (the store skips them).
+//! - With `layer_cache`, a layer the repository's
+//!   [`crate::oci::layer_cache`] has (all its objects still in the store) is
+//!   replayed instead of fetched; the layers read are recorded after the
+//!   image is published. A build that used cache entries and misses the
+//!   sealed digest drops them and is redone reading every layer. Objects
+//!   already in the repository are never written again either way.
+//! - Each layer's uncompressed tar must hash to its config `diff_id`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
