@@ -22,10 +22,12 @@
 //!   file). Missing parent directories are created (mode 0755, owner 0,
 //!   mtime 0). A parent that exists but is not a directory is refused: the
 //!   tree is never walked through a symlink.
-//! - Metadata comes from the tar header: permission bits, uid, gid, device
-//!   numbers, mtime (seconds, plus nanoseconds from a PAX `mtime` record),
-//!   and xattrs from PAX `SCHILY.xattr.<name>` records (so
-//!   `security.capability` survives). Long names and link targets come from
+//! - Metadata comes from the tar header: permission bits, uid, gid (PAX
+//!   `uid`/`gid` records override them), device numbers, mtime (seconds,
+//!   plus nanoseconds from a PAX `mtime` record), and xattrs from PAX
+//!   `SCHILY.xattr.<name>` records (so `security.capability` survives;
+//!   libarchive's base64 `LIBARCHIVE.xattr.*` records are not read). GNU
+//!   sparse files are read expanded. Long names and link targets come from
 //!   GNU or PAX records (the `tar` crate resolves them).
 //! - A hard link (tar type `1`) names a non-directory already in the tree,
 //!   from this layer or an earlier one. It becomes a separate inode with the
@@ -704,10 +706,12 @@ impl<'b, 's> Flattener<'b, 's> {
             })?;
             return Ok(Op::Hardlink { path, target });
         }
-        let (xattrs, mtime) = self.pax_facts(layer, &shown, entry)?;
+        let pax = self.pax_facts(layer, &shown, entry)?;
         let node_kind = match kind {
             tar::EntryType::Directory => InodeKind::Directory(Vec::new()),
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
+            // The tar crate expands GNU sparse entries (holes read as
+            // zeros; size is the real size), so they are files like others.
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 let size = entry.size();
                 InodeKind::Regular(self.read_content(layer, &shown, entry, size, buf)?)
             }
@@ -742,8 +746,10 @@ impl<'b, 's> Flattener<'b, 's> {
             }
         };
         let mut inode = Inode::new(node_kind, 0);
-        set_meta(&mut inode, &header, mtime);
-        inode.xattrs = xattrs;
+        set_meta(&mut inode, &header, pax.mtime);
+        inode.uid = pax.uid.unwrap_or(inode.uid);
+        inode.gid = pax.gid.unwrap_or(inode.gid);
+        inode.xattrs = pax.xattrs;
         Ok(Op::Put { path, inode })
     }
 
@@ -871,16 +877,18 @@ impl<'b, 's> Flattener<'b, 's> {
         Ok(parent)
     }
 
-    /// The xattrs (PAX `SCHILY.xattr.*`, in archive order) and the PAX
-    /// `mtime` of an entry.
+    /// What an entry's PAX records say: xattrs (`SCHILY.xattr.*`, in
+    /// archive order), `mtime` with nanoseconds, and `uid`/`gid` (which
+    /// writers use for ids too large for the header).
     fn pax_facts<R: Read>(
         &self,
         layer: usize,
         shown: &str,
         entry: &mut tar::Entry<'_, R>,
-    ) -> Result<(Vec<Xattr>, Option<Timespec>), FlattenError> {
+    ) -> Result<PaxFacts, FlattenError> {
         let mut xattrs: Vec<Xattr> = Vec::new();
         let mut mtime = None;
+        let mut ids = (None, None);
         let exts = entry
             .pax_extensions()
             .map_err(|error| FlattenError::Read { layer, error })?;
@@ -910,10 +918,24 @@ impl<'b, 's> Flattener<'b, 's> {
                     }
                 } else if key == b"mtime" {
                     mtime = parse_pax_time(ext.value_bytes());
+                } else if key == b"uid" || key == b"gid" {
+                    let id = std::str::from_utf8(ext.value_bytes())
+                        .ok()
+                        .and_then(|t| t.parse::<u32>().ok());
+                    if key == b"uid" {
+                        ids.0 = id;
+                    } else {
+                        ids.1 = id;
+                    }
                 }
             }
         }
-        Ok((xattrs, mtime))
+        Ok(PaxFacts {
+            xattrs,
+            mtime,
+            uid: ids.0,
+            gid: ids.1,
+        })
     }
 
     /// Read a regular file's content: inline up to 64 bytes, otherwise
@@ -1055,6 +1077,14 @@ impl<'b, 's> Flattener<'b, 's> {
     pub fn finish(self) -> Tree {
         compact(&self.tree)
     }
+}
+
+/// See [`Flattener::pax_facts`].
+struct PaxFacts {
+    xattrs: Vec<Xattr>,
+    mtime: Option<Timespec>,
+    uid: Option<u32>,
+    gid: Option<u32>,
 }
 
 struct HashingReader<R> {
@@ -1384,6 +1414,7 @@ mod tests {
                 ("SCHILY.xattr.security.capability", cap),
                 ("SCHILY.xattr.user.note", b"hello"),
                 ("mtime", b"1700000001.5"),
+                ("uid", b"4000000000"),
             ])
             .file("bin/ping", &[1u8; 100])
             .file(&long, b"long")
@@ -1392,6 +1423,7 @@ mod tests {
         let ping = &t.inodes[at(&t, "bin/ping").unwrap()];
         assert_eq!(ping.xattr(b"security.capability"), Some(cap));
         assert_eq!(ping.xattr(b"user.note"), Some(&b"hello"[..]));
+        assert_eq!(ping.uid, 4_000_000_000, "PAX uid beyond the header's range");
         assert_eq!(
             ping.mtime,
             Timespec {
