@@ -10,8 +10,8 @@
 //! (or pushed to the registry) as an OCI artifact whose subject is the
 //! image manifest (what `sealctl pull` looks for); with `--out DIR`,
 //! `<hex>.json` and `<hex>.sig` are written there. `sealctl oci push-seal`
-//! (push_seal.rs) pushes a seal made earlier. `created` follows `sealctl sign` (now, `SOURCE_DATE_EPOCH`,
-//! or none with `--no-created`).
+//! (push_seal.rs) pushes a seal made earlier. `created` follows `sealctl
+//! sign` (now, `SOURCE_DATE_EPOCH`, or none with `--no-created`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
