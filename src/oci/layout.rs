@@ -407,3 +407,121 @@ pub fn manifest_subject(bytes: &[u8], digest: &str) -> (String, u64, String) {
         .unwrap_or_else(|| seal_artifact::MANIFEST_MEDIA_TYPE.to_owned());
     (digest.to_owned(), bytes.len() as u64, media)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::flatten::sha256_digest;
+
+    /// A layout with one manifest blob per `(ref, manifest bytes)`.
+    fn layout(dir: &Path, images: &[(&str, &[u8])]) -> Vec<String> {
+        let blobs = dir.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        let mut manifests = Vec::new();
+        let mut digests = Vec::new();
+        for (r, bytes) in images {
+            let d = sha256_digest(bytes);
+            std::fs::write(blobs.join(&d[7..]), bytes).unwrap();
+            manifests.push(serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": d, "size": bytes.len(),
+                "annotations": {REF_NAME: r},
+            }));
+            digests.push(d);
+        }
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": manifests});
+        std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+        digests
+    }
+
+    #[test]
+    fn references_select_index_entries() {
+        let t = tempfile::tempdir().unwrap();
+        let d = layout(t.path(), &[("v1", b"{\"a\":1}"), ("v2", b"{\"b\":2}")]);
+        let spec = format!("oci:{}:v2", t.path().display());
+        let src = LayoutSource::parse(&spec).unwrap();
+        assert_eq!(
+            src.manifest().unwrap(),
+            (b"{\"b\":2}".to_vec(), d[1].clone())
+        );
+        let none = LayoutSource::new(t.path(), None);
+        assert!(matches!(
+            none.manifest(),
+            Err(LayoutError::Ambiguous { count: 2, .. })
+        ));
+        let missing = LayoutSource::new(t.path(), Some("v3".into()));
+        assert!(matches!(
+            missing.manifest(),
+            Err(LayoutError::NoSuchRef { .. })
+        ));
+        assert!(LayoutSource::parse("docker://x").is_err());
+        assert!(LayoutSource::parse("oci:").is_err());
+    }
+
+    #[test]
+    fn blobs_are_checked_against_their_descriptors() {
+        let t = tempfile::tempdir().unwrap();
+        let d = layout(t.path(), &[("v1", b"{\"a\":1}")]);
+        // Same size, other content: the manifest's digest is wrong.
+        std::fs::write(t.path().join("blobs/sha256").join(&d[0][7..]), b"{\"a\":2}").unwrap();
+        let src = LayoutSource::new(t.path(), Some("v1".into()));
+        assert!(matches!(
+            src.manifest(),
+            Err(LayoutError::Blob {
+                error: BlobError::WrongDigest { .. },
+                ..
+            })
+        ));
+        // Another size.
+        std::fs::write(t.path().join("blobs/sha256").join(&d[0][7..]), b"{}").unwrap();
+        assert!(matches!(
+            src.manifest(),
+            Err(LayoutError::WrongBlobSize {
+                expected: 7,
+                found: 2,
+                ..
+            })
+        ));
+        // Digests never name paths.
+        assert!(matches!(
+            src.open_blob("sha256:../../../etc/passwd", 1),
+            Err(LayoutError::Blob {
+                error: BlobError::UnsupportedDigest { .. },
+                ..
+            })
+        ));
+        let absent = format!("sha256:{}", "0".repeat(64));
+        assert!(matches!(
+            src.open_blob(&absent, 1),
+            Err(LayoutError::MissingBlob { .. })
+        ));
+    }
+
+    #[test]
+    fn attached_seals_are_found_by_subject() {
+        let t = tempfile::tempdir().unwrap();
+        let d = layout(t.path(), &[("v1", b"{\"a\":1}")]);
+        let src = LayoutSource::new(t.path(), None);
+        assert_eq!(src.seal(&d[0]).unwrap(), None);
+        let pair = SealPair {
+            manifest: b"{\"format\":\"sealroot-seal-v1\"}\n".to_vec(),
+            signature: vec![1; 64],
+        };
+        let subject = seal_artifact::Subject {
+            digest: &d[0],
+            size: 7,
+            media_type: seal_artifact::MANIFEST_MEDIA_TYPE,
+        };
+        attach_seal(&src, &subject, &pair).unwrap();
+        // Attaching again replaces the entry instead of adding one.
+        attach_seal(&src, &subject, &pair).unwrap();
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(t.path().join("index.json")).unwrap()).unwrap();
+        assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
+        // The seal entry does not make the image ambiguous.
+        assert_eq!(src.manifest().unwrap().1, d[0]);
+        assert_eq!(src.seal(&d[0]).unwrap(), Some(pair));
+        assert_eq!(src.seal(&sha256_digest(b"other")).unwrap(), None);
+    }
+}
