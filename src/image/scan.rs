@@ -17,9 +17,11 @@
 //!   single-threaded; everything else about a non-directory (content of
 //!   small files, fs-verity digest and store copy of large ones, symlink
 //!   target, xattrs read through the already-open fd where there is one)
-//!   runs on `threads` workers (default: all cores) pulling from one work
-//!   list. Files of 64 MiB or more are hashed afterwards one at a time with
-//!   the multi-core Merkle hasher. Memory is the tree plus one path per
+//!   runs on `threads` workers (default: all cores) fed through a queue
+//!   while the walk goes on, so stat calls overlap hashing (profiled on
+//!   /usr/share: the walk alone was a fifth of the wall time when it came
+//!   first). Files of 64 MiB or more are hashed afterwards one at a time
+//!   with the multi-core Merkle hasher. Memory is the tree plus one path per
 //!   file; no file data is held beyond 64 bytes.
 //! - Any error (unreadable file, file changed size while reading, store
 //!   failure) stops the scan and names the path.
@@ -36,7 +38,7 @@ use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use crate::digest::{Digest, HashAlgorithm};
@@ -149,15 +151,154 @@ fn scan_inner(
         root_inode.xattrs = read_xattrs(root, XattrSource::Path(root), opts.user_xattrs)?;
     }
     let mut tree = Tree::with_root(root_inode);
-    // Everything but directories is finished by the workers: content,
-    // digest, symlink target, xattrs.
-    let mut work: Vec<(InodeId, PathBuf)> = Vec::new();
+    let threads = worker_count(opts);
+    // Everything but directories is finished by the workers (content,
+    // digest, symlink target, xattrs) while the walk goes on: the walk's
+    // readdir and stat calls overlap the hashing instead of preceding it.
+    let mut ids: Vec<InodeId> = Vec::new();
     // With a cache: the key of each work item that is a regular file over
     // 64 bytes, from the walk's stat.
     let mut keys: Vec<Option<FileKey>> = Vec::new();
+    // Files of LARGE_FILE or more run after the rest, one at a time, each
+    // on all cores.
+    let mut large: Vec<WorkItem> = Vec::new();
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<ScanError>> = Mutex::new(None);
+    let fail = |e: ScanError| {
+        failed.store(true, Ordering::Relaxed);
+        if let Ok(mut fe) = first_error.lock() {
+            fe.get_or_insert(e);
+        }
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<WorkItem>();
+    let rx = Mutex::new(rx);
+    let mut results: Vec<(usize, Finished)> = Vec::new();
+    let walked = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    let mut buf = vec![0u8; 128 << 10];
+                    loop {
+                        let next = match rx.lock() {
+                            Ok(r) => r.recv(),
+                            Err(_) => break,
+                        };
+                        // The walk hung up: nothing more to do.
+                        let Ok(item) = next else { break };
+                        if failed.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let cached = cache.zip(item.key.as_ref());
+                        match finish_one(&item.path, &item.job, opts, store, &mut buf, cached) {
+                            Ok(f) => mine.push((item.index, f)),
+                            Err(e) => {
+                                fail(e);
+                                break;
+                            }
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let walked = walk(root, &mut tree, opts, cache.is_some(), &failed, |item| {
+            ids.push(item.id);
+            keys.push(item.key);
+            let job = WorkItem {
+                index: ids.len() - 1,
+                path: item.path,
+                job: item.job,
+                key: item.key,
+            };
+            if matches!(job.job, Job::Hash(size) if size >= LARGE_FILE) {
+                large.push(job);
+            } else if tx.send(job).is_err() {
+                // Every worker has stopped: one failed, its error is kept.
+                failed.store(true, Ordering::Relaxed);
+            }
+        });
+        drop(tx);
+        for h in handles {
+            match h.join() {
+                Ok(v) => results.extend(v),
+                Err(_) => fail(ScanError::Changed {
+                    path: PathBuf::from("<worker panicked>"),
+                }),
+            }
+        }
+        walked
+    });
+    walked?;
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    let mut buf = Vec::new();
+    for item in &large {
+        let cached = cache.zip(item.key.as_ref());
+        let f = finish_one(&item.path, &item.job, opts, store, &mut buf, cached)?;
+        results.push((item.index, f));
+    }
+    let (reused, hashed) = apply_results(&mut tree, &ids, results);
+    let mut record = ScanRecord {
+        started,
+        reused,
+        hashed,
+        ..Default::default()
+    };
+    for (id, key) in ids.iter().zip(&keys) {
+        if let (Some(key), InodeKind::Regular(r)) = (key, &tree.inodes[*id].kind) {
+            if let Some(digest) = r.digest {
+                record.files.push(Observed { key: *key, digest });
+            }
+        }
+    }
+    Ok((tree, record))
+}
+
+/// A non-directory the walk found, as the walk hands it over.
+struct Found {
+    id: InodeId,
+    path: PathBuf,
+    job: Job,
+    key: Option<FileKey>,
+}
+
+/// One non-directory for a worker: its index in the walk's order.
+struct WorkItem {
+    index: usize,
+    path: PathBuf,
+    job: Job,
+    key: Option<FileKey>,
+}
+
+fn worker_count(opts: &ScanOptions) -> usize {
+    if opts.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        opts.threads
+    }
+    .clamp(1, 256)
+}
+
+/// Walk the tree below `root` (whose inode is the tree's root) depth first,
+/// adding every entry to `tree` in sorted order per directory and reading
+/// directory xattrs; every non-directory goes to `found`. Stops early (Ok)
+/// once `failed` is set: a worker's error is the one reported.
+fn walk(
+    root: &Path,
+    tree: &mut Tree,
+    opts: &ScanOptions,
+    want_keys: bool,
+    failed: &AtomicBool,
+    mut found: impl FnMut(Found),
+) -> Result<(), ScanError> {
     let mut stack: Vec<(InodeId, PathBuf)> = vec![(ROOT, root.to_path_buf())];
     let mut names: Vec<(Vec<u8>, fs::Metadata)> = Vec::new();
     while let Some((dir_id, dir_path)) = stack.pop() {
+        if failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         names.clear();
         for entry in fs::read_dir(&dir_path).map_err(io_err(&dir_path))? {
             let entry = entry.map_err(io_err(&dir_path))?;
@@ -182,6 +323,7 @@ fn scan_inner(
             if is_dir && !opts.skip_xattrs {
                 inode.xattrs = read_xattrs(&path, XattrSource::Path(&path), opts.user_xattrs)?;
             }
+            let job = job_of(&inode.kind);
             let id = tree
                 .add(dir_id, &name, inode)
                 .map_err(|error| ScanError::Tree {
@@ -191,29 +333,13 @@ fn scan_inner(
             if is_dir {
                 stack.push((id, path));
             } else {
-                if cache.is_some() {
-                    let hashed = ft.is_file() && meta.len() > INLINE_THRESHOLD;
-                    keys.push(hashed.then(|| FileKey::of(&meta)));
-                }
-                work.push((id, path));
+                let hashed = ft.is_file() && meta.len() > INLINE_THRESHOLD;
+                let key = (want_keys && hashed).then(|| FileKey::of(&meta));
+                found(Found { id, path, job, key });
             }
         }
     }
-    let (reused, hashed) = finish_files(&mut tree, &work, &keys, opts, store, cache)?;
-    let mut record = ScanRecord {
-        started,
-        reused,
-        hashed,
-        ..Default::default()
-    };
-    for ((id, _), key) in work.iter().zip(&keys) {
-        if let (Some(key), InodeKind::Regular(r)) = (key, &tree.inodes[*id].kind) {
-            if let Some(digest) = r.digest {
-                record.files.push(Observed { key: *key, digest });
-            }
-        }
-    }
-    Ok((tree, record))
+    Ok(())
 }
 
 /// The inode for `meta`, without xattrs, content or symlink target.
@@ -424,89 +550,11 @@ fn finish_one(
     Ok(out)
 }
 
-/// Finish every work item; returns how many digests were reused from the
-/// cache and how many were computed.
-fn finish_files(
-    tree: &mut Tree,
-    work: &[(InodeId, PathBuf)],
-    keys: &[Option<FileKey>],
-    opts: &ScanOptions,
-    store: Option<&Batch>,
-    cache: Option<&DigestCache>,
-) -> Result<(u64, u64), ScanError> {
-    let cached_of = |i: usize| cache.zip(keys.get(i).and_then(Option::as_ref));
-    let jobs: Vec<Job> = work
-        .iter()
-        .map(|(id, _)| job_of(&tree.inodes[*id].kind))
-        .collect();
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        opts.threads
-    }
-    .clamp(1, 256);
-    // Files of LARGE_FILE or more run last, one at a time, each on all cores.
-    let is_large = |j: &Job| matches!(j, Job::Hash(s) if *s >= LARGE_FILE);
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let first_error: Mutex<Option<ScanError>> = Mutex::new(None);
-    let fail = |e: ScanError| {
-        failed.store(true, Ordering::Relaxed);
-        if let Ok(mut fe) = first_error.lock() {
-            fe.get_or_insert(e);
-        }
-    };
-    let mut results: Vec<Vec<(usize, Finished)>> = Vec::new();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads.min(work.len().max(1)))
-            .map(|_| {
-                s.spawn(|| {
-                    let mut mine = Vec::new();
-                    let mut buf = vec![0u8; 128 << 10];
-                    loop {
-                        if failed.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let (Some((_, path)), Some(job)) = (work.get(i), jobs.get(i)) else {
-                            break;
-                        };
-                        if is_large(job) {
-                            continue;
-                        }
-                        match finish_one(path, job, opts, store, &mut buf, cached_of(i)) {
-                            Ok(f) => mine.push((i, f)),
-                            Err(e) => {
-                                fail(e);
-                                break;
-                            }
-                        }
-                    }
-                    mine
-                })
-            })
-            .collect();
-        for h in handles {
-            match h.join() {
-                Ok(v) => results.push(v),
-                Err(_) => fail(ScanError::Changed {
-                    path: PathBuf::from("<worker panicked>"),
-                }),
-            }
-        }
-    });
-    if let Some(e) = first_error.into_inner().ok().flatten() {
-        return Err(e);
-    }
-    let mut buf = Vec::new();
-    for (i, job) in jobs.iter().enumerate() {
-        if is_large(job) {
-            let f = finish_one(&work[i].1, job, opts, store, &mut buf, cached_of(i))?;
-            results.push(vec![(i, f)]);
-        }
-    }
+/// Put what the workers found into the tree; returns how many digests were
+/// reused from the cache and how many were computed.
+fn apply_results(tree: &mut Tree, ids: &[InodeId], results: Vec<(usize, Finished)>) -> (u64, u64) {
     let (mut reused, mut hashed) = (0, 0);
-    for (i, f) in results.into_iter().flatten() {
+    for (i, f) in results {
         if f.digest.is_some() {
             if f.reused {
                 reused += 1;
@@ -514,7 +562,7 @@ fn finish_files(
                 hashed += 1;
             }
         }
-        let inode = &mut tree.inodes[work[i].0];
+        let inode = &mut tree.inodes[ids[i]];
         inode.xattrs = f.xattrs;
         match &mut inode.kind {
             InodeKind::Regular(r) => {
@@ -536,7 +584,7 @@ fn finish_files(
             _ => {}
         }
     }
-    Ok((reused, hashed))
+    (reused, hashed)
 }
 
 /// Where to read xattrs from: an open file (no path walk) or a path
