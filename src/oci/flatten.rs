@@ -517,6 +517,8 @@ pub struct Flattener<'b, 's> {
     opts: FlattenOptions,
     layers: usize,
     record: bool,
+    /// The current layer's progress line.
+    progress: Option<Arc<Progress>>,
 }
 
 /// Per-layer state: which `(directory, name)` entries this layer wrote, so
@@ -535,6 +537,7 @@ impl<'b, 's> Flattener<'b, 's> {
             opts,
             layers: 0,
             record: false,
+            progress: None,
         }
     }
 
@@ -566,9 +569,11 @@ impl<'b, 's> Flattener<'b, 's> {
                 media_type: layer.media_type.to_owned(),
             })?;
         let mut verifier = VerifyingReader::new(reader, layer.digest, layer.size);
-        if let Some(p) = progress {
-            verifier = verifier.with_progress(p);
+        if let Some(p) = &progress {
+            verifier = verifier.with_progress(Arc::clone(p));
         }
+        // Entries are counted as the line's "files".
+        self.progress = progress;
         let failure = verifier.failure_slot();
         let mut record = self.record.then(Vec::new);
         let result = match compression {
@@ -654,6 +659,9 @@ impl<'b, 's> Flattener<'b, 's> {
         for entry in archive.entries().map_err(read_err)? {
             let mut entry = entry.map_err(read_err)?;
             let op = self.parse_entry(layer, &mut entry, &mut buf)?;
+            if let Some(p) = &self.progress {
+                p.add(1, 0);
+            }
             self.apply_op(layer, &mut state, &op)?;
             if let Some(ops) = record {
                 ops.push(op);
