@@ -294,6 +294,21 @@ struct Request<'a> {
     what: String,
 }
 
+impl<'a> Request<'a> {
+    /// A request with no body, no `Accept`, pull rights.
+    fn new(method: &'static str, url: String, what: String) -> Request<'a> {
+        Request {
+            method,
+            url,
+            accept: None,
+            content_type: None,
+            body: None,
+            push: false,
+            what,
+        }
+    }
+}
+
 /// A client for one reference on one registry.
 pub struct Registry {
     reference: Reference,
@@ -631,13 +646,8 @@ impl Registry {
     fn fetch_token(&self, url: &str) -> Result<String, RegistryError> {
         let what = format!("token from {}", url.split('?').next().unwrap_or(url));
         let req = Request {
-            method: "GET",
-            url: url.to_string(),
             accept: Some("application/json"),
-            content_type: None,
-            body: None,
-            push: false,
-            what: what.clone(),
+            ..Request::new("GET", url.to_string(), what.clone())
         };
         let basic = self.credentials.as_ref().map(|c| c.basic_header());
         let mut attempt = 0;
@@ -745,13 +755,12 @@ impl Registry {
         ]
         .join(", ");
         let resp = self.send(&Request {
-            method: "GET",
-            url: self.url(&format!("manifests/{reference}")),
             accept: Some(&accept),
-            content_type: None,
-            body: None,
-            push: false,
-            what: what.clone(),
+            ..Request::new(
+                "GET",
+                self.url(&format!("manifests/{reference}")),
+                what.clone(),
+            )
         })?;
         match resp.status().as_u16() {
             200 => {}
@@ -845,13 +854,8 @@ impl Registry {
     fn blob_exists(&self, digest: &str) -> Result<bool, RegistryError> {
         let what = format!("blob {digest}");
         let resp = self.send(&Request {
-            method: "HEAD",
-            url: self.url(&format!("blobs/{digest}")),
-            accept: None,
-            content_type: None,
-            body: None,
             push: true,
-            what: what.clone(),
+            ..Request::new("HEAD", self.url(&format!("blobs/{digest}")), what.clone())
         })?;
         match resp.status().as_u16() {
             200 => Ok(true),
@@ -868,13 +872,9 @@ impl Registry {
         }
         let what = format!("upload of blob {digest}");
         let resp = self.send(&Request {
-            method: "POST",
-            url: self.url("blobs/uploads/"),
-            accept: None,
-            content_type: None,
             body: Some(&[]),
             push: true,
-            what: what.clone(),
+            ..Request::new("POST", self.url("blobs/uploads/"), what.clone())
         })?;
         if resp.status().as_u16() != 202 {
             return Err(self.status_error(&what, resp));
@@ -919,13 +919,14 @@ impl Registry {
     ) -> Result<Option<String>, RegistryError> {
         let what = format!("push of manifest {reference}");
         let resp = self.send(&Request {
-            method: "PUT",
-            url: self.url(&format!("manifests/{reference}")),
-            accept: None,
             content_type: Some(media_type),
             body: Some(bytes),
             push: true,
-            what: what.clone(),
+            ..Request::new(
+                "PUT",
+                self.url(&format!("manifests/{reference}")),
+                what.clone(),
+            )
         })?;
         if resp.status().as_u16() != 201 {
             return Err(self.status_error(&what, resp));
@@ -945,15 +946,11 @@ impl Registry {
         cap: u64,
     ) -> Result<Box<dyn Read + Send + 'static>, RegistryError> {
         let what = format!("blob {digest}");
-        let resp = self.send(&Request {
-            method: "GET",
-            url: self.url(&format!("blobs/{digest}")),
-            accept: None,
-            content_type: None,
-            body: None,
-            push: false,
-            what: what.clone(),
-        })?;
+        let resp = self.send(&Request::new(
+            "GET",
+            self.url(&format!("blobs/{digest}")),
+            what.clone(),
+        ))?;
         if resp.status().as_u16() != 200 {
             return Err(self.status_error(&what, resp));
         }

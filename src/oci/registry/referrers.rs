@@ -164,17 +164,16 @@ impl Registry {
     ) -> Result<(Vec<serde_json::Value>, SealDiscovery), RegistryError> {
         let what = format!("referrers of {subject}");
         let resp = self.send(&super::Request {
-            method: "GET",
-            url: format!(
-                "{}?artifactType={}",
-                self.url(&format!("referrers/{subject}")),
-                super::auth::query_escape(SEAL_ARTIFACT_TYPE)
-            ),
             accept: Some(MEDIA_OCI_INDEX),
-            content_type: None,
-            body: None,
-            push: false,
-            what: what.clone(),
+            ..super::Request::new(
+                "GET",
+                format!(
+                    "{}?artifactType={}",
+                    self.url(&format!("referrers/{subject}")),
+                    super::auth::query_escape(SEAL_ARTIFACT_TYPE)
+                ),
+                what.clone(),
+            )
         })?;
         let (json, discovery) = match resp.status().as_u16() {
             200 => {
