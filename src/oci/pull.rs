@@ -438,17 +438,45 @@ pub fn pull<S: ImageSource>(
     opts: PullOptions<'_>,
 ) -> Result<PullReport, OciError> {
     let manifest = read_manifest(source)?;
-    let pair = match opts.seal {
-        Some(p) => p,
-        None => source
-            .seal(&manifest.digest)
-            .map_err(source_err(source))?
-            .ok_or_else(|| OciError::NoSeal {
+    let candidates = match opts.seal {
+        Some(p) => vec![p],
+        None => source.seals(&manifest.digest).map_err(source_err(source))?,
+    };
+    // Newest first; the first that the keys and floor accept is used. When
+    // none is, the newest refusal of a seal a trusted key signed (below the
+    // floor, say) is reported, else the newest refusal: "below the floor"
+    // says more than "another vendor's key".
+    let mut refusal = None;
+    let mut accepted = None;
+    for pair in candidates.into_iter().rev() {
+        match check_seal_first(&pair, opts.keys, opts.floor) {
+            Ok(v) => {
+                accepted = Some((pair, v));
+                break;
+            }
+            Err(e) => {
+                let foreign = |e: &SealError| {
+                    matches!(
+                        e,
+                        SealError::UnknownKey { .. } | SealError::SignatureInvalid
+                    )
+                };
+                if refusal.as_ref().is_none_or(|r| foreign(r) && !foreign(&e)) {
+                    refusal = Some(e);
+                }
+            }
+        }
+    }
+    let (pair, verified) = match (accepted, refusal) {
+        (Some(a), _) => a,
+        (None, Some(e)) => return Err(OciError::Seal(e)),
+        (None, None) => {
+            return Err(OciError::NoSeal {
                 source_name: source.describe(),
                 digest: manifest.digest.clone(),
-            })?,
+            })
+        }
     };
-    let verified = check_seal_first(&pair, opts.keys, opts.floor).map_err(OciError::Seal)?;
     let sealed = verified.manifest.digest;
     let hash = sealed.algorithm();
 

@@ -1075,14 +1075,20 @@ impl ImageSource for Registry {
     /// (the tag schema appends, so that is the latest push); referrers
     /// that do not are skipped unless none does. Reads no layer.
     fn seal(&self, manifest_digest: &str) -> Result<Option<SealPair>, RegistryError> {
-        let mut found = self.find_seals(manifest_digest)?;
-        match found.seals.pop() {
-            Some(s) => Ok(Some(s.pair)),
-            None => match found.broken.into_iter().next() {
-                Some(e) => Err(e),
-                None => Ok(None),
-            },
+        Ok(self.seals(manifest_digest)?.pop())
+    }
+
+    /// Every seal listed beside `manifest_digest` that reads cleanly, in
+    /// the registry's order (the tag schema's is push order); a broken
+    /// referrer is skipped, and reported only when no seal reads.
+    fn seals(&self, manifest_digest: &str) -> Result<Vec<SealPair>, RegistryError> {
+        let found = self.find_seals(manifest_digest)?;
+        if found.seals.is_empty() {
+            if let Some(e) = found.broken.into_iter().next() {
+                return Err(e);
+            }
         }
+        Ok(found.seals.into_iter().map(|s| s.pair).collect())
     }
 }
 

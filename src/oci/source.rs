@@ -40,4 +40,16 @@ pub trait ImageSource {
         let _ = manifest_digest;
         Ok(None)
     }
+
+    /// Every seal stored beside `manifest_digest`, oldest first, for a
+    /// store that can keep several (a registry lists one referrer per
+    /// push: a re-seal at a higher serial, a seal by a rotated key). The
+    /// puller verifies them newest first and takes the first its keys and
+    /// floor accept. Defaults to [`ImageSource::seal`].
+    fn seals(
+        &self,
+        manifest_digest: &str,
+    ) -> Result<Vec<crate::oci::seal_artifact::SealPair>, Self::Error> {
+        Ok(self.seal(manifest_digest)?.into_iter().collect())
+    }
 }
