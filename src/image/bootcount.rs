@@ -15,6 +15,10 @@
 //! [`stage`] writes a new UKI onto the ESP so that a crash leaves either no
 //! entry or the complete one: a temporary name systemd-boot does not list,
 //! `fsync`, `rename`, `fsync` of the directory.
+//!
+//! Type #1 entries (`ESP/loader/entries/NAME[+LEFT[-DONE]].conf`) carry the
+//! same counter grammar; [`EntryName::parse_type1`] and [`type1_entries`]
+//! read them (`sealroot::oci::update` writes them).
 
 use std::fmt;
 use std::io;
@@ -24,6 +28,9 @@ use crate::image::fileio;
 
 /// Where Type #2 entries live, relative to the ESP's root.
 pub const TYPE2_DIR: &str = "EFI/Linux";
+
+/// Where Type #1 entries (`*.conf`) live, relative to the ESP's root.
+pub const TYPE1_DIR: &str = "loader/entries";
 
 /// Longest accepted entry name (without counter and `.efi`); FAT long names
 /// go to 255 UTF-16 units, leaving room for the counter and suffix.
@@ -66,7 +73,22 @@ impl EntryName {
     /// `*.efi` (systemd-boot ignores those). A `+` part that is not a
     /// well-formed counter is kept in the stem, as systemd-boot does.
     pub fn parse(file_name: &str) -> Option<EntryName> {
-        let base = strip_efi_suffix(file_name)?;
+        Self::parse_base(strip_suffix_ci(file_name, ".efi")?)
+    }
+
+    /// Parse a file name of `loader/entries/` (a Type #1 entry): `*.conf`,
+    /// the same counter grammar as [`EntryName::parse`].
+    pub fn parse_type1(file_name: &str) -> Option<EntryName> {
+        Self::parse_base(strip_suffix_ci(file_name, ".conf")?)
+    }
+
+    /// The Type #1 file name this entry has now (`<stem>[+L[-D]].conf`).
+    pub fn type1_file_name(&self) -> String {
+        let efi = self.file_name();
+        format!("{}.conf", &efi[..efi.len() - 4])
+    }
+
+    fn parse_base(base: &str) -> Option<EntryName> {
         if base.is_empty() || base.starts_with('.') {
             return None;
         }
@@ -123,11 +145,11 @@ impl EntryName {
     }
 }
 
-/// `.efi` in any case (FAT names are case-insensitive; systemd-boot compares
-/// the suffix case-insensitively too).
-fn strip_efi_suffix(name: &str) -> Option<&str> {
-    let cut = name.len().checked_sub(4)?;
-    if !name.is_char_boundary(cut) || !name[cut..].eq_ignore_ascii_case(".efi") {
+/// `suffix` (`.efi`, `.conf`) in any case (FAT names are case-insensitive;
+/// systemd-boot compares the suffix case-insensitively too).
+fn strip_suffix_ci<'a>(name: &'a str, suffix: &str) -> Option<&'a str> {
+    let cut = name.len().checked_sub(suffix.len())?;
+    if !name.is_char_boundary(cut) || !name[cut..].eq_ignore_ascii_case(suffix) {
         return None;
     }
     Some(&name[..cut])
@@ -210,7 +232,20 @@ pub fn check_stem(stem: &str) -> Result<(), StageError> {
 /// The Type #2 entries in `ESP/EFI/Linux/`, sorted by file name, with their
 /// current file names. A missing directory is an empty list.
 pub fn entries(esp: &Path) -> Result<Vec<(EntryName, PathBuf)>, StageError> {
-    let dir = esp.join(TYPE2_DIR);
+    list(&esp.join(TYPE2_DIR), EntryName::parse)
+}
+
+/// The Type #1 entries in `ESP/loader/entries/`, as [`entries`] lists the
+/// Type #2 ones.
+pub fn type1_entries(esp: &Path) -> Result<Vec<(EntryName, PathBuf)>, StageError> {
+    list(&esp.join(TYPE1_DIR), EntryName::parse_type1)
+}
+
+fn list(
+    dir: &Path,
+    parse: fn(&str) -> Option<EntryName>,
+) -> Result<Vec<(EntryName, PathBuf)>, StageError> {
+    let dir = dir.to_path_buf();
     let rd = match std::fs::read_dir(&dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -223,7 +258,7 @@ pub fn entries(esp: &Path) -> Result<Vec<(EntryName, PathBuf)>, StageError> {
         if !ft.is_file() {
             continue;
         }
-        if let Some(name) = ent.file_name().to_str().and_then(EntryName::parse) {
+        if let Some(name) = ent.file_name().to_str().and_then(parse) {
             out.push((name, ent.path()));
         }
     }
@@ -299,6 +334,37 @@ mod tests {
         assert_eq!(EntryName::parse("os-2.conf"), None);
         assert_eq!(EntryName::parse(".os-2.efi.staging"), None);
         assert_eq!(EntryName::parse(".efi"), None);
+    }
+
+    #[test]
+    fn type1_names() {
+        let e = EntryName::parse_type1("os-2+1-2.conf").unwrap();
+        assert_eq!(e, n("os-2", Some(1), Some(2)));
+        assert_eq!(e.type1_file_name(), "os-2+1-2.conf");
+        assert_eq!(
+            EntryName::parse_type1("os-2.CONF"),
+            Some(n("os-2", None, None))
+        );
+        assert_eq!(EntryName::parse_type1("os-2.efi"), None);
+        assert_eq!(EntryName::parse_type1(".tmp-sealctl-1-2"), None);
+        let esp = tempfile::tempdir().unwrap();
+        let dir = esp.path().join(TYPE1_DIR);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["b+3.conf", "a.conf", "x.efi", ".tmp-sealctl-1-1"] {
+            std::fs::write(dir.join(f), b"").unwrap();
+        }
+        let listed: Vec<_> = type1_entries(esp.path())
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| (n.type1_file_name(), n.state()))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("a.conf".to_string(), EntryState::Good),
+                ("b+3.conf".to_string(), EntryState::Trying)
+            ]
+        );
     }
 
     #[test]
