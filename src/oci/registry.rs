@@ -502,49 +502,50 @@ impl Registry {
     /// Send `req`, retrying transport failures, 429 and 5xx with backoff,
     /// and answering one auth challenge. Returns whatever status came last.
     fn send(&self, req: &Request<'_>) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
+        let auth = self.authorization_header(req.push);
+        let resp = self.send_retrying(req, auth.as_deref())?;
+        if resp.status().as_u16() != 401 {
+            return Ok(resp);
+        }
+        let challenge = resp
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .map(auth::parse_challenge);
+        match challenge {
+            Some(c) if self.answer_challenge(&c, req.push)? => {
+                let auth = self.authorization_header(req.push);
+                self.send_retrying(req, auth.as_deref())
+            }
+            _ => Ok(resp),
+        }
+    }
+
+    /// Send `req` with a fixed `Authorization`, retrying transport
+    /// failures (not TLS refusals), 429 and 5xx with backoff.
+    fn send_retrying(
+        &self,
+        req: &Request<'_>,
+        authorization: Option<&str>,
+    ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
         let mut attempt = 0u32;
-        let mut challenged = false;
         loop {
             attempt += 1;
-            let auth_header = self.authorization_header(req.push);
-            match self.send_once(req, auth_header.as_deref()) {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    if status == 401 && !challenged {
-                        challenged = true;
-                        let challenge = resp
-                            .headers()
-                            .get("www-authenticate")
-                            .and_then(|v| v.to_str().ok())
-                            .map(auth::parse_challenge);
-                        if let Some(c) = challenge {
-                            if self.answer_challenge(&c, req.push)? {
-                                attempt -= 1;
-                                continue;
-                            }
-                        }
-                        return Ok(resp);
-                    }
-                    if (status == 429 || status >= 500) && attempt <= self.options.retries {
-                        self.backoff(attempt);
-                        continue;
-                    }
-                    return Ok(resp);
-                }
+            let more = attempt <= self.options.retries;
+            match self.send_once(req, authorization) {
+                Ok(r) if more && (r.status().as_u16() == 429 || r.status().as_u16() >= 500) => {}
+                Ok(r) => return Ok(r),
+                Err(e) if more && is_retryable(&e) => {}
                 Err(e) => {
-                    let retryable = is_retryable(&e);
-                    if retryable && attempt <= self.options.retries {
-                        self.backoff(attempt);
-                        continue;
-                    }
                     return Err(RegistryError::Transport {
                         at: self.at(),
                         what: req.what.clone(),
                         detail: self.transport_detail(&e),
                         attempts: attempt,
-                    });
+                    })
                 }
             }
+            self.backoff(attempt);
         }
     }
 
@@ -650,28 +651,7 @@ impl Registry {
             ..Request::new("GET", url.to_string(), what.clone())
         };
         let basic = self.credentials.as_ref().map(|c| c.basic_header());
-        let mut attempt = 0;
-        let resp = loop {
-            attempt += 1;
-            match self.send_once(&req, basic.as_deref()) {
-                Ok(r) if r.status().as_u16() >= 500 && attempt <= self.options.retries => {
-                    self.backoff(attempt)
-                }
-                Ok(r) => break r,
-                Err(e) => {
-                    if attempt <= self.options.retries && is_retryable(&e) {
-                        self.backoff(attempt);
-                        continue;
-                    }
-                    return Err(RegistryError::Transport {
-                        at: self.at(),
-                        what,
-                        detail: self.transport_detail(&e),
-                        attempts: attempt,
-                    });
-                }
-            }
-        };
+        let resp = self.send_retrying(&req, basic.as_deref())?;
         if resp.status().as_u16() != 200 {
             return Err(self.status_error(&what, resp));
         }
