@@ -14,6 +14,7 @@
 //! | [`seal_artifact`] | the OCI artifact a seal travels in beside its image |
 //! | [`registry`] | a registry (`docker://HOST/REPO[:TAG]`) as a source; seals pushed and found as referrers |
 //! | [`pull`] | `oci seal` and `pull`: flatten, build, sign or verify, publish |
+//! | [`update`] | `update`: pull into the physical root, install, stage a counted boot entry |
 //!
 //! Every store of OCI content (an image-layout directory, a registry) is read
 //! through [`source::ImageSource`], so flattening, sealing and pulling are
@@ -27,3 +28,4 @@ pub mod pull;
 pub mod registry;
 pub mod seal_artifact;
 pub mod source;
+pub mod update;

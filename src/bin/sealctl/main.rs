@@ -27,6 +27,7 @@ mod registry_flags;
 mod sign;
 mod tpm_floor;
 mod uki;
+mod update;
 mod upgrade;
 mod verify;
 
@@ -79,6 +80,8 @@ enum Command {
     Oci(oci::Command),
     /// Fetch a sealed OCI image into a repository (seal checked first, digest after).
     Pull(pull::Args),
+    /// Pull, install and stage the next image as a counted trial boot entry.
+    Update(update::Args),
     /// Fail when the kernel logged an fs-verity or overlayfs verity error this boot.
     IntegrityCheck(integrity::Args),
 }
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
         Command::TpmFloor(a) => tpm_floor::run(a),
         Command::Oci(c) => oci::run(c),
         Command::Pull(a) => pull::run(a),
+        Command::Update(a) => update::run(a),
         Command::IntegrityCheck(a) => integrity::run(a),
     }
 }

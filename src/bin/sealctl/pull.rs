@@ -53,7 +53,7 @@ pub struct Args {
     use_epoch: bool,
 }
 
-fn read_seal(path: &Path) -> Result<SealPair, String> {
+pub(crate) fn read_seal(path: &Path) -> Result<SealPair, String> {
     let sig_path = path.with_extension("sig");
     let manifest =
         fileio::read_bounded(path, MAX_MANIFEST_SIZE as u64).map_err(|e| e.to_string())?;

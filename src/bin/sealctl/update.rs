@@ -1,0 +1,162 @@
+//! `sealctl update --from oci:DIR[:REF]|docker://… --repo ROOT --esp ESP
+//! --trusted-key PUB.pem... [--tries N] [--name NAME] [--cmdline TEXT]
+//! [--kver KVER] [--floor N] [--seal FILE.json] [--no-verity]`: on a
+//! running sealed machine, pull the next image into the physical root's
+//! repository (the seal first, the digest after), install it there
+//! (fs-verity on), and stage its boot entry with a boot counter, so the
+//! next boot is a trial that falls back on failure
+//! (`sealroot::oci::update`; docs/oci.md, "Updating a running machine").
+//! Prints the digest; the entry, its state and the options on stderr.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use sealroot::image::repo::{MtimePolicy, Repo};
+use sealroot::keys;
+use sealroot::oci::layout::LayoutSource;
+use sealroot::oci::pull::PullOptions;
+use sealroot::oci::registry::Registry;
+use sealroot::oci::source::ImageSource;
+use sealroot::oci::update::{update, Staged, UpdateOptions};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The image: oci:DIR[:REF] (an OCI image layout) or
+    /// docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX] (a registry).
+    #[arg(long)]
+    from: String,
+    #[command(flatten)]
+    registry: crate::registry_flags::RegistryFlags,
+    /// The physical root (holds composefs/ and state/), mounted read-write.
+    #[arg(long)]
+    repo: PathBuf,
+    /// The mounted EFI system partition.
+    #[arg(long)]
+    esp: PathBuf,
+    /// Trusted public key (SPKI PEM); repeat for several.
+    #[arg(long = "trusted-key", required = true)]
+    trusted_keys: Vec<PathBuf>,
+    /// The seal manifest (<hex>.json, <hex>.sig beside it); default: the
+    /// seal stored beside the image.
+    #[arg(long)]
+    seal: Option<PathBuf>,
+    /// Refuse seals with a serial below this.
+    #[arg(long, default_value_t = 0)]
+    floor: u64,
+    /// Tries systemd-boot gives the new entry before falling back.
+    #[arg(long, default_value_t = 3)]
+    tries: u32,
+    /// Entry name (loader/entries/NAME+N.conf); default
+    /// sealroot-<serial>-<12 hex of the digest>.
+    #[arg(long)]
+    name: Option<String>,
+    /// Base kernel command line (no digest); default: the image's
+    /// /usr/lib/kernel/cmdline.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// The kernel version directory of /usr/lib/modules, when the image has several.
+    #[arg(long)]
+    kver: Option<String>,
+    /// The entry's sort-key (match A's IMAGE_ID so the newer version sorts first).
+    #[arg(long, default_value = "sealroot")]
+    sort_key: String,
+    /// Do not enable fs-verity (a root whose filesystem lacks it; the boot
+    /// refuses the image until `sealctl install` enables it).
+    #[arg(long)]
+    no_verity: bool,
+    /// Fetch every layer, ignoring the repository's layer cache.
+    #[arg(long)]
+    no_layer_cache: bool,
+    /// Record every mtime as 0 (as the sealer's `oci seal --use-epoch`).
+    #[arg(long)]
+    use_epoch: bool,
+}
+
+fn run_update(args: Args) -> Result<(), String> {
+    if args.from.starts_with("docker://") {
+        let source =
+            Registry::open(&args.from, &args.registry.options()).map_err(|e| e.to_string())?;
+        update_from(&source, args)
+    } else {
+        let source = LayoutSource::parse(&args.from).map_err(|e| e.to_string())?;
+        update_from(&source, args)
+    }
+}
+
+fn update_from<S: ImageSource>(source: &S, args: Args) -> Result<(), String> {
+    let mut trusted = Vec::new();
+    for path in &args.trusted_keys {
+        trusted.push(keys::load_public_key(path).map_err(|e| e.to_string())?);
+    }
+    let seal = args
+        .seal
+        .as_deref()
+        .map(crate::pull::read_seal)
+        .transpose()?;
+    let root = Repo::new(&args.repo);
+    let progress = sealroot::image::progress::Progress::new("install");
+    let result = update(
+        source,
+        &root,
+        UpdateOptions {
+            pull: PullOptions {
+                keys: &trusted,
+                floor: args.floor,
+                seal,
+                mtimes: if args.use_epoch {
+                    MtimePolicy::Zero
+                } else {
+                    MtimePolicy::AsFound
+                },
+                progress: true,
+                layer_cache: !args.no_layer_cache,
+            },
+            esp: args.esp.clone(),
+            tries: args.tries,
+            name: args.name.clone(),
+            cmdline: args.cmdline.clone(),
+            kver: args.kver.clone(),
+            sort_key: args.sort_key.clone(),
+            verity: !args.no_verity,
+        },
+        &progress,
+    );
+    progress.finish();
+    let r = result.map_err(|e| e.to_string())?;
+    println!("{}", r.pull.digest.to_hex());
+    eprintln!(
+        "pulled {} (serial {}, {} layers, {} from the layer cache): {} objects added, {} already present",
+        args.from,
+        r.pull.serial,
+        r.pull.layers,
+        r.pull.layers_cached,
+        r.pull.objects_added,
+        r.pull.objects_existing
+    );
+    if !r.install.verity_enabled {
+        eprintln!("sealctl update: fs-verity not enabled (--no-verity): the boot refuses this image until `sealctl install` enables it");
+    }
+    for (from, to) in &r.boot_files {
+        eprintln!("boot file {from} -> {}", to.display());
+    }
+    match r.staged {
+        Staged::New => eprintln!(
+            "staged {} ({} tries before fallback): options {}",
+            r.entry.display(),
+            args.tries,
+            r.options
+        ),
+        Staged::Already(state) => eprintln!(
+            "already staged: {} ({state}); nothing changed on the ESP",
+            r.entry.display()
+        ),
+    }
+    Ok(())
+}
+
+pub fn run(args: Args) -> ExitCode {
+    match run_update(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => crate::fail("update", e),
+    }
+}
