@@ -31,7 +31,11 @@
 //!   only to a registry named in [`RegistryOptions::insecure`] as it is
 //!   written in the reference (`HOST:PORT`). Connection errors, timeouts,
 //!   `429` and `5xx` are retried [`RegistryOptions::retries`] times with
-//!   doubling backoff from 250 ms; other statuses are not.
+//!   doubling backoff from 250 ms; other statuses are not. A layer whose
+//!   body stops early (the connection dropped) is requested again from the
+//!   byte reached with `Range: bytes=N-` (`206` with a matching
+//!   `Content-Range`, or a `200` whose first N bytes are skipped), up to the
+//!   same number of times per blob.
 //!
 //! Why ureq and not `oci-client`: [`ImageSource`] is a blocking trait read
 //! through `std::io::Read`; ureq is blocking and streams a response body as
@@ -291,6 +295,8 @@ struct Request<'a> {
     body: Option<&'a [u8]>,
     /// Needs push rights (Bearer scope `pull,push`).
     push: bool,
+    /// `Range: bytes=N-`: resume a blob from byte N.
+    from: Option<u64>,
     what: String,
 }
 
@@ -304,6 +310,7 @@ impl<'a> Request<'a> {
             content_type: None,
             body: None,
             push: false,
+            from: None,
             what,
         }
     }
@@ -688,6 +695,9 @@ impl Registry {
                 if let Some(a) = authorization {
                     b = b.header("Authorization", a);
                 }
+                if let Some(n) = req.from {
+                    b = b.header("Range", format!("bytes={n}-"));
+                }
                 b
             }};
         }
@@ -821,6 +831,15 @@ impl Registry {
         Ok(inner)
     }
 
+    fn io_error(&self, what: &str, e: std::io::Error) -> RegistryError {
+        RegistryError::Transport {
+            at: self.at(),
+            what: what.to_string(),
+            detail: e.to_string(),
+            attempts: 1,
+        }
+    }
+
     fn not_found(&self, what: &str) -> RegistryError {
         RegistryError::Status {
             at: self.at(),
@@ -875,13 +894,10 @@ impl Registry {
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str(&format!("digest={}", auth::query_escape(&digest)));
         let resp = self.send(&Request {
-            method: "PUT",
-            url,
-            accept: None,
             content_type: Some("application/octet-stream"),
             body: Some(bytes),
             push: true,
-            what: what.clone(),
+            ..Request::new("PUT", url, what.clone())
         })?;
         if resp.status().as_u16() != 201 {
             return Err(self.status_error(&what, resp));
@@ -918,23 +934,51 @@ impl Registry {
             .map(str::to_string))
     }
 
-    /// Open a blob for streaming; `cap` bytes at most are readable (one
-    /// past the descriptor's size, so a longer blob is seen as longer).
+    /// Open a blob for streaming from byte `from`; `cap` bytes at most
+    /// are readable (one past the descriptor's size, so a longer blob is
+    /// seen as longer). A registry that ignores `Range` (200, not 206) has
+    /// the first `from` bytes read and dropped.
     fn get_blob(
         &self,
         digest: &str,
+        from: u64,
         cap: u64,
     ) -> Result<Box<dyn Read + Send + 'static>, RegistryError> {
         let what = format!("blob {digest}");
-        let resp = self.send(&Request::new(
-            "GET",
-            self.url(&format!("blobs/{digest}")),
-            what.clone(),
-        ))?;
-        if resp.status().as_u16() != 200 {
-            return Err(self.status_error(&what, resp));
-        }
-        Ok(Box::new(resp.into_body().into_reader().take(cap)))
+        let resp = self.send(&Request {
+            from: (from > 0).then_some(from),
+            ..Request::new("GET", self.url(&format!("blobs/{digest}")), what.clone())
+        })?;
+        let body = match resp.status().as_u16() {
+            200 => {
+                let mut r = resp.into_body().into_reader();
+                let skipped = std::io::copy(&mut (&mut r).take(from), &mut std::io::sink())
+                    .map_err(|e| self.io_error(&what, e))?;
+                if skipped != from {
+                    return Err(self.protocol_error(
+                        &what,
+                        format!("ended at byte {skipped} of {from} on a resume"),
+                    ));
+                }
+                Box::new(r) as Box<dyn Read + Send>
+            }
+            206 if from > 0 => {
+                let range = resp
+                    .headers()
+                    .get("content-range")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if !range.starts_with(&format!("bytes {from}-")) {
+                    return Err(self.protocol_error(
+                        &what,
+                        format!("asked for bytes {from}- and got Content-Range {range:?}"),
+                    ));
+                }
+                Box::new(resp.into_body().into_reader())
+            }
+            _ => return Err(self.status_error(&what, resp)),
+        };
+        Ok(Box::new(body.take(cap.saturating_sub(from))))
     }
 
     /// Read a whole small blob (a seal) and check its digest.
@@ -952,7 +996,7 @@ impl Registry {
             ));
         }
         let mut out = Vec::new();
-        self.get_blob(digest, size + 1)?
+        self.get_blob(digest, 0, size + 1)?
             .read_to_end(&mut out)
             .map_err(|e| RegistryError::Transport {
                 at: self.at(),
@@ -999,6 +1043,50 @@ fn is_retryable(e: &ureq::Error) -> bool {
         e,
         ureq::Error::Io(_) | ureq::Error::Timeout(_) | ureq::Error::ConnectionFailed
     ) && !is_tls_failure(e)
+}
+
+/// A layer stream that survives a dropped connection: when the body ends
+/// before the descriptor's size, or a read fails, the blob is requested
+/// again from the byte reached (`Range`), up to
+/// [`RegistryOptions::retries`] times per blob with the same backoff. The
+/// caller's digest check covers the joined bytes.
+struct Resuming<'a> {
+    registry: &'a Registry,
+    digest: String,
+    size: u64,
+    pos: u64,
+    resumes: u32,
+    inner: Box<dyn Read + Send + 'static>,
+}
+
+impl Read for Resuming<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let failure = match self.inner.read(buf) {
+                Ok(0) if self.pos < self.size && !buf.is_empty() => None,
+                Ok(n) => {
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => Some(e),
+            };
+            if self.resumes >= self.registry.options.retries {
+                // Out of retries: a short blob is the caller's size error,
+                // a failed read is this read's error.
+                return match failure {
+                    Some(e) => Err(e),
+                    None => Ok(0),
+                };
+            }
+            self.resumes += 1;
+            self.registry.backoff(self.resumes);
+            self.inner = self
+                .registry
+                .get_blob(&self.digest, self.pos, self.size.saturating_add(1))
+                .map_err(std::io::Error::other)?;
+        }
+    }
 }
 
 /// A manifest or index as fetched.
@@ -1048,7 +1136,14 @@ impl ImageSource for Registry {
         if sha256_hex(digest).is_err() {
             return Err(self.protocol_error(format!("blob {digest}"), "not a sha256 digest"));
         }
-        Ok(self.get_blob(digest, size.saturating_add(1))?)
+        Ok(Box::new(Resuming {
+            registry: self,
+            digest: digest.to_string(),
+            size,
+            pos: 0,
+            resumes: 0,
+            inner: self.get_blob(digest, 0, size.saturating_add(1))?,
+        }))
     }
 
     /// The last seal listed beside `manifest_digest` that reads cleanly
