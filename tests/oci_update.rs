@@ -1,0 +1,353 @@
+//! `sealctl update` on the host: a directory stands in for the physical
+//! root, another for the ESP, and the image is an OCI layout made by
+//! `umoci` from a tree that ships a kernel and an initramfs at
+//! `/usr/lib/modules/<kver>/` and a base command line at
+//! `/usr/lib/kernel/cmdline`.
+//!
+//! Checked: a seal by an untrusted key and a base command line that names a
+//! digest stage nothing (ESP and repository as they were); without
+//! fs-verity support on the root, an update without `--no-verity` fails and
+//! stages nothing; an update stages exactly one counted Type #1 entry whose
+//! `options` end in the sealed digest, with the boot files copied byte for
+//! byte; the same update again (also after systemd-boot renamed the entry to
+//! `+2-1`) changes nothing; another entry text under the same name is
+//! refused; an image whose `/usr/lib/sealroot/uki.efi` is not a UKI stages
+//! nothing.
+//!
+//! Needs root and `umoci`: missing is a failure under `CI=true`, a printed
+//! SKIP otherwise.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+mod common;
+
+use common::{assert_success, key, missing, sealctl, text};
+
+const KVER: &str = "6.1.0-sealtest";
+const BASE_CMDLINE: &str = "console=ttyS0 root=LABEL=root rootfstype=ext4";
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", text(&out));
+}
+
+fn umoci(dir: &Path, args: &[&str]) {
+    run(Command::new("umoci").current_dir(dir).args(args));
+}
+
+fn ready() -> bool {
+    if !rustix::process::geteuid().is_root() {
+        missing("root (umoci unpack/repack keeps ownership)");
+        return false;
+    }
+    if !common::have("umoci") {
+        missing("umoci (scripts/packages/oci.txt)");
+        return false;
+    }
+    true
+}
+
+/// Every path under `dir` with its bytes (directories: None); `{}` when
+/// `dir` does not exist.
+fn listing(dir: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd {
+            let e = e.unwrap();
+            let m = fs::symlink_metadata(e.path()).unwrap();
+            let rel = e.path().strip_prefix(dir).unwrap().to_path_buf();
+            if rel == Path::new("oci-cache") {
+                continue;
+            }
+            if m.is_dir() {
+                out.insert(rel, None);
+                stack.push(e.path());
+            } else if m.file_type().is_symlink() {
+                out.insert(
+                    rel,
+                    Some(
+                        fs::read_link(e.path())
+                            .unwrap()
+                            .into_os_string()
+                            .into_encoded_bytes(),
+                    ),
+                );
+            } else {
+                out.insert(rel, Some(fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Layout `L` with `v1` (kernel, initramfs, cmdline) and `nouki` (v1 plus
+/// a `/usr/lib/sealroot/uki.efi` that is no PE file). Returns the boot
+/// files' bytes.
+fn make_layout(w: &Path) -> (Vec<u8>, Vec<u8>) {
+    umoci(w, &["init", "--layout", "L"]);
+    umoci(w, &["new", "--image", "L:v1"]);
+    umoci(w, &["unpack", "--image", "L:v1", "B1"]);
+    let rootfs = w.join("B1/rootfs");
+    let modules = rootfs.join("usr/lib/modules").join(KVER);
+    fs::create_dir_all(&modules).unwrap();
+    fs::create_dir_all(rootfs.join("usr/lib/kernel")).unwrap();
+    fs::create_dir_all(rootfs.join("etc")).unwrap();
+    // Not real kernels: update copies bytes, it does not boot them.
+    let kernel: Vec<u8> = (0..90_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let initramfs: Vec<u8> = (0..20_000u32).map(|i| (i * 13 % 253) as u8).collect();
+    fs::write(modules.join("vmlinuz"), &kernel).unwrap();
+    fs::write(modules.join("initramfs.img"), &initramfs).unwrap();
+    fs::write(
+        rootfs.join("usr/lib/kernel/cmdline"),
+        format!("{BASE_CMDLINE}\n"),
+    )
+    .unwrap();
+    fs::write(rootfs.join("etc/hostname"), "b\n").unwrap();
+    umoci(w, &["repack", "--image", "L:v1", "B1"]);
+
+    umoci(w, &["unpack", "--image", "L:v1", "B2"]);
+    let sealroot = w.join("B2/rootfs/usr/lib/sealroot");
+    fs::create_dir_all(&sealroot).unwrap();
+    fs::write(sealroot.join("uki.efi"), vec![0x4du8; 5000]).unwrap();
+    umoci(w, &["repack", "--image", "L:nouki", "B2"]);
+    (kernel, initramfs)
+}
+
+/// `sealctl oci seal` of `image` with `key_name`: (digest hex, seal json).
+fn oci_seal(image: &str, key_name: &str, out: &Path) -> (String, PathBuf) {
+    fs::create_dir_all(out).unwrap();
+    let o = sealctl(&[
+        "oci",
+        "seal",
+        "--image",
+        image,
+        "--key",
+        &key(key_name),
+        "--serial",
+        "5",
+        "--os",
+        "testos",
+        "--version",
+        "2.0",
+        "--no-created",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_success(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let hex = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("digest "))
+        .unwrap()
+        .to_owned();
+    let json = out.join(format!("{hex}.json"));
+    (hex, json)
+}
+
+fn update(from: &str, root: &Path, esp: &Path, seal: &Path, extra: &[&str]) -> Output {
+    let pub_key = key("sealroot-test.pub.pem");
+    let mut args = vec![
+        "update",
+        "--from",
+        from,
+        "--repo",
+        root.to_str().unwrap(),
+        "--esp",
+        esp.to_str().unwrap(),
+        "--trusted-key",
+        &pub_key,
+        "--seal",
+        seal.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    sealctl(&args)
+}
+
+#[test]
+fn update_stages_one_counted_entry_and_refusals_stage_nothing() {
+    if !ready() {
+        return;
+    }
+    let w = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci-update");
+    let _ = fs::remove_dir_all(&w);
+    fs::create_dir_all(&w).unwrap();
+    let (kernel, initramfs) = make_layout(&w);
+    let v1 = format!("oci:{}:v1", w.join("L").display());
+    let nouki = format!("oci:{}:nouki", w.join("L").display());
+    let (hex, seal) = oci_seal(&v1, "sealroot-test.pem", &w.join("seals"));
+    let (_, foreign) = oci_seal(&v1, "other-test.pem", &w.join("foreign"));
+    let (hex_nouki, seal_nouki) = oci_seal(&nouki, "sealroot-test.pem", &w.join("seals"));
+
+    let root = w.join("root");
+    let esp = w.join("esp");
+    fs::create_dir_all(&root).unwrap();
+    fs::create_dir_all(esp.join("EFI/Linux")).unwrap();
+    fs::write(esp.join("EFI/Linux/sealroot-a.efi"), b"A's UKI").unwrap();
+    let esp_start = listing(&esp);
+
+    let refused = |what: &str, o: Output, needle: &str| {
+        assert!(!o.status.success(), "{what}: accepted: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.starts_with("sealctl update: ") && err.contains(needle),
+            "{what}: {err}"
+        );
+    };
+
+    // A seal by a key the machine does not trust: nothing anywhere.
+    let o = update(&v1, &root, &esp, &foreign, &["--no-verity"]);
+    refused("untrusted seal", o, "untrusted key");
+    assert_eq!(listing(&esp), esp_start, "untrusted seal: the ESP changed");
+    assert!(
+        listing(&root)
+            .keys()
+            .all(|p| !p.starts_with("composefs/images")),
+        "untrusted seal: an image was published: {:?}",
+        listing(&root).keys().collect::<Vec<_>>()
+    );
+
+    // A base command line naming a digest: refused before the pull.
+    let root_before = listing(&root);
+    let o = update(
+        &v1,
+        &root,
+        &esp,
+        &seal,
+        &[
+            "--no-verity",
+            "--cmdline",
+            "root=LABEL=root composefs.digest=v1-sha256-12:00",
+        ],
+    );
+    refused("digest in --cmdline", o, "names a digest");
+    assert_eq!(listing(&esp), esp_start);
+    assert_eq!(
+        listing(&root),
+        root_before,
+        "digest in --cmdline: the root changed"
+    );
+
+    // With fs-verity required: on a root whose filesystem lacks it (this
+    // host's), the update fails after the pull and stages nothing.
+    let o = update(&v1, &root, &esp, &seal, &[]);
+    if o.status.success() {
+        eprintln!("this filesystem has fs-verity: the update staged with it");
+    } else {
+        refused("no fs-verity", o, "fs-verity");
+        assert_eq!(listing(&esp), esp_start, "no fs-verity: the ESP changed");
+    }
+    // Start again from an empty root for the checks that follow.
+    fs::remove_dir_all(&root).unwrap();
+    fs::create_dir_all(&root).unwrap();
+    fs::remove_dir_all(&esp).unwrap();
+    fs::create_dir_all(esp.join("EFI/Linux")).unwrap();
+    fs::write(esp.join("EFI/Linux/sealroot-a.efi"), b"A's UKI").unwrap();
+
+    // The update: one counted entry, the digest last in options.
+    let o = update(&v1, &root, &esp, &seal, &["--no-verity"]);
+    assert_success(&o);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), hex);
+    let entries: Vec<String> = fs::read_dir(esp.join("loader/entries"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let name = format!("sealroot-5-{}", &hex[..12]);
+    assert_eq!(entries, [format!("{name}+3.conf")]);
+    let entry = esp.join("loader/entries").join(&entries[0]);
+    let entry_text = fs::read_to_string(&entry).unwrap();
+    let want = format!(
+        "title testos 2.0 (serial 5, {short})\nsort-key sealroot\nversion 5\n\
+         linux /sealroot/{hex}/vmlinuz\ninitrd /sealroot/{hex}/initramfs.img\n\
+         options {BASE_CMDLINE} composefs.digest=v1-sha256-12:{hex}\n",
+        short = &hex[..12]
+    );
+    assert_eq!(entry_text, want);
+    assert_eq!(
+        entry_text.matches("composefs").count(),
+        1,
+        "one digest word"
+    );
+    assert_eq!(
+        fs::read(esp.join(format!("sealroot/{hex}/vmlinuz"))).unwrap(),
+        kernel
+    );
+    assert_eq!(
+        fs::read(esp.join(format!("sealroot/{hex}/initramfs.img"))).unwrap(),
+        initramfs
+    );
+    // Exactly: A's UKI, the boot files, the entry; no temporaries.
+    let names: Vec<String> = listing(&esp)
+        .keys()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let mut expected = vec![
+        "EFI".to_string(),
+        "EFI/Linux".into(),
+        "EFI/Linux/sealroot-a.efi".into(),
+        "loader".into(),
+        "loader/entries".into(),
+        format!("loader/entries/{name}+3.conf"),
+        "sealroot".into(),
+        format!("sealroot/{hex}"),
+        format!("sealroot/{hex}/initramfs.img"),
+        format!("sealroot/{hex}/vmlinuz"),
+    ];
+    expected.sort();
+    assert_eq!(names, expected);
+    // The repository has the image, its seal and the deployment's state.
+    assert!(root.join(format!("composefs/images/{hex}")).exists());
+    assert!(root.join(format!("composefs/seals/{hex}.json")).is_file());
+    assert!(root.join(format!("state/deploy/{hex}/var")).is_dir());
+    let o = sealctl(&[
+        "verify",
+        "--repo",
+        root.to_str().unwrap(),
+        "--key",
+        &key("sealroot-test.pub.pem"),
+        &hex,
+    ]);
+    assert_success(&o);
+
+    // The same update again: nothing changes on the ESP or in the root.
+    let esp_after = listing(&esp);
+    let root_after = listing(&root);
+    let o = update(&v1, &root, &esp, &seal, &["--no-verity"]);
+    assert_success(&o);
+    assert!(text(&o).contains("already staged"), "{}", text(&o));
+    assert_eq!(listing(&esp), esp_after);
+    assert_eq!(listing(&root), root_after);
+    // Also once systemd-boot has started counting (+2-1).
+    let tried = esp.join(format!("loader/entries/{name}+2-1.conf"));
+    fs::rename(&entry, &tried).unwrap();
+    let esp_tried = listing(&esp);
+    let o = update(&v1, &root, &esp, &seal, &["--no-verity"]);
+    assert_success(&o);
+    assert!(text(&o).contains("(trying)"), "{}", text(&o));
+    assert_eq!(listing(&esp), esp_tried);
+
+    // Same name, other entry text: refused, nothing replaced.
+    let o = update(
+        &v1,
+        &root,
+        &esp,
+        &seal,
+        &["--no-verity", "--cmdline", "console=ttyS1"],
+    );
+    refused(
+        "same name, other text",
+        o,
+        "already on the ESP with other content",
+    );
+    assert_eq!(listing(&esp), esp_tried);
+
+    // An image whose /usr/lib/sealroot/uki.efi is no UKI: nothing staged.
+    let o = update(&nouki, &root, &esp, &seal_nouki, &["--no-verity"]);
+    refused("not a UKI", o, "is not a UKI");
+    assert_eq!(listing(&esp), esp_tried);
+    assert!(!esp.join(format!("sealroot/{hex_nouki}")).exists());
+}
