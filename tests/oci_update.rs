@@ -4,8 +4,8 @@
 //! `/usr/lib/modules/<kver>/` and a base command line at
 //! `/usr/lib/kernel/cmdline`.
 //!
-//! Checked: a seal by an untrusted key and a base command line that names a
-//! digest stage nothing (ESP and repository as they were); without
+//! Checked: a seal by an untrusted key, a base command line that names a
+//! digest and an ESP directory with no `EFI/` (nothing mounted) stage nothing (ESP and repository as they were); without
 //! fs-verity support on the root, an update without `--no-verity` fails and
 //! stages nothing; an update stages exactly one counted Type #1 entry whose
 //! `options` end in the sealed digest, with the boot files copied byte for
@@ -230,6 +230,18 @@ fn update_stages_one_counted_entry_and_refusals_stage_nothing() {
         listing(&root),
         root_before,
         "digest in --cmdline: the root changed"
+    );
+
+    // An ESP mount point with nothing mounted (no EFI/): refused first.
+    let unmounted = w.join("unmounted-esp");
+    fs::create_dir_all(&unmounted).unwrap();
+    let o = update(&v1, &root, &unmounted, &seal, &["--no-verity"]);
+    refused("unmounted ESP", o, "is not a mounted EFI system partition");
+    assert_eq!(listing(&unmounted), BTreeMap::new());
+    assert_eq!(
+        listing(&root),
+        root_before,
+        "unmounted ESP: the root changed"
     );
 
     // With fs-verity required: on a root whose filesystem lacks it (this

@@ -4,7 +4,8 @@
 //!
 //! Contract:
 //! - Nothing is written before the arguments are checked (entry name,
-//!   tries, the base command line). Then, in this order:
+//!   tries, the base command line, an `EFI/` directory on the ESP, so an
+//!   unmounted mount point is refused). Then, in this order:
 //!   1. [`crate::oci::pull::pull`] (the one owner of pulling): the seal is
 //!      verified before any layer is read, the image is accepted only with
 //!      the sealed digest. A refused pull leaves the repository and the ESP
@@ -79,6 +80,11 @@ pub enum UpdateError {
         cmdline: String,
         reason: &'static str,
     },
+    #[error(
+        "{} is not a mounted EFI system partition (it has no EFI/ directory); mount the ESP and give its mount point",
+        .path.display()
+    )]
+    NotAnEsp { path: PathBuf },
     #[error("{0}")]
     Pull(#[from] OciError),
     #[error("install into {root}: {error}", root = .root.display())]
@@ -245,6 +251,13 @@ pub fn update<S: ImageSource>(
     }
     if let Some(c) = &opts.cmdline {
         check_cmdline(c)?;
+    }
+    // An unmounted /efi is an empty directory of the root: staging there
+    // would boot nothing, so look for the ESP's EFI/ before pulling.
+    if !opts.esp.join("EFI").is_dir() {
+        return Err(UpdateError::NotAnEsp {
+            path: opts.esp.clone(),
+        });
     }
     let pulled = pull(source, root, opts.pull)?;
     let digest = pulled.digest;
