@@ -12,7 +12,10 @@
 //! byte; the same update again (also after systemd-boot renamed the entry to
 //! `+2-1`) changes nothing; another entry text under the same name is
 //! refused; an image whose `/usr/lib/sealroot/uki.efi` is not a UKI stages
-//! nothing.
+//! nothing. And SIGKILLs at scattered moments (mostly while the boot files
+//! and the entry are written) never leave a partial entry or boot file
+//! under its final name, and a rerun completes (a copy written in place
+//! instead of through a temporary fails this within a few rounds).
 //!
 //! Needs root and `umoci`: missing is a failure under `CI=true`, a printed
 //! SKIP otherwise.
@@ -362,4 +365,165 @@ fn update_stages_one_counted_entry_and_refusals_stage_nothing() {
     refused("not a UKI", o, "is not a UKI");
     assert_eq!(listing(&esp), esp_tried);
     assert!(!esp.join(format!("sealroot/{hex_nouki}")).exists());
+}
+
+/// `sealctl update` SIGKILLed at scattered moments (pull, install, the copy
+/// of a 24 MiB kernel, the entry): the ESP never holds an entry whose boot
+/// files are incomplete or whose text is partial, and a rerun completes
+/// with exactly one entry and no temporaries left.
+#[test]
+fn killed_update_never_stages_a_partial_entry_and_a_rerun_completes() {
+    if !ready() {
+        return;
+    }
+    let w = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci-update-kill");
+    let _ = fs::remove_dir_all(&w);
+    fs::create_dir_all(&w).unwrap();
+    umoci(&w, &["init", "--layout", "L"]);
+    umoci(&w, &["new", "--image", "L:big"]);
+    umoci(&w, &["unpack", "--image", "L:big", "B"]);
+    let rootfs = w.join("B/rootfs");
+    let modules = rootfs.join("usr/lib/modules").join(KVER);
+    fs::create_dir_all(&modules).unwrap();
+    let mut rng = common::Rng::seeded(0x0dd);
+    let kernel: Vec<u8> = (0..24 << 20).map(|_| rng.step() as u8).collect();
+    let initramfs: Vec<u8> = (0..4 << 20).map(|_| rng.step() as u8).collect();
+    fs::write(modules.join("vmlinuz"), &kernel).unwrap();
+    fs::write(modules.join("initramfs.img"), &initramfs).unwrap();
+    umoci(&w, &["repack", "--image", "L:big", "B"]);
+    let from = format!("oci:{}:big", w.join("L").display());
+    let (hex, seal) = oci_seal(&from, "sealroot-test.pem", &w.join("seals"));
+
+    let pub_key = key("sealroot-test.pub.pem");
+    let args = |root: &Path, esp: &Path| -> Vec<String> {
+        [
+            "update",
+            "--from",
+            &from,
+            "--repo",
+            root.to_str().unwrap(),
+            "--esp",
+            esp.to_str().unwrap(),
+            "--trusted-key",
+            &pub_key,
+            "--seal",
+            seal.to_str().unwrap(),
+            "--no-verity",
+            "--cmdline",
+            BASE_CMDLINE,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let fresh_esp = |esp: &Path| {
+        let _ = fs::remove_dir_all(esp);
+        fs::create_dir_all(esp.join("EFI/BOOT")).unwrap();
+    };
+    let entry_name = format!("sealroot-5-{}+3.conf", &hex[..12]);
+    let files_dir = |esp: &Path| esp.join("sealroot").join(&hex);
+
+    // How long a whole update takes here.
+    let (scratch_root, scratch_esp) = (w.join("scratch-root"), w.join("scratch-esp"));
+    fresh_esp(&scratch_esp);
+    let t0 = std::time::Instant::now();
+    let o = sealctl(
+        &args(&scratch_root, &scratch_esp)
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>(),
+    );
+    assert_success(&o);
+    let full = t0.elapsed().as_micros() as u64;
+    // And once the image is in the root: the install and the staging.
+    fresh_esp(&scratch_esp);
+    let t0 = std::time::Instant::now();
+    let o = sealctl(
+        &args(&scratch_root, &scratch_esp)
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>(),
+    );
+    assert_success(&o);
+    let warm = t0.elapsed().as_micros() as u64;
+    let want = fs::read(scratch_esp.join("loader/entries").join(&entry_name)).unwrap();
+
+    let (root, esp) = (w.join("root"), w.join("esp"));
+    let (mut round, mut landed) = (0, 0);
+    while common::more_kill_rounds(round, 16, landed) {
+        round += 1;
+        fresh_esp(&esp);
+        let a = args(&root, &esp);
+        let child = common::spawn_sealctl_quiet(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+        // The first kill falls anywhere in a whole update (most likely the
+        // pull); the later ones in the second half of what a rerun does
+        // (reading the boot files, copying them, the entry), where a
+        // non-atomic copy shows (a 10 ms window of about 250 ms here).
+        let at = if round == 1 {
+            1 + rng.next(full.max(2))
+        } else {
+            warm / 2 + rng.next((warm * 3 / 5).max(2))
+        };
+        if !common::kill_after(child, at) {
+            landed += 1;
+        }
+        // Whatever the moment: an entry, if any, is whole, and so are the
+        // files it names.
+        let entries: Vec<String> = fs::read_dir(esp.join("loader/entries"))
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .filter(|n| n.ends_with(".conf"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !entries.is_empty() {
+            assert_eq!(entries, std::slice::from_ref(&entry_name), "round {round}");
+            let text = fs::read(esp.join("loader/entries").join(&entry_name)).unwrap();
+            assert_eq!(text, want, "round {round}: a partial entry");
+        }
+        // A boot file under its name is whole; with an entry, both are there.
+        for (f, data) in [("vmlinuz", &kernel), ("initramfs.img", &initramfs)] {
+            match fs::read(files_dir(&esp).join(f)) {
+                Ok(found) => assert!(
+                    found == *data,
+                    "round {round}: partial {f} ({} of {} bytes)",
+                    found.len(),
+                    data.len()
+                ),
+                Err(e) => assert!(
+                    entries.is_empty(),
+                    "round {round}: an entry without its {f}: {e}"
+                ),
+            }
+        }
+        // The rerun completes: one entry, no temporaries, the image verifies.
+        let o = sealctl(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+        assert_success(&o);
+        assert_eq!(
+            fs::read(esp.join("loader/entries").join(&entry_name)).unwrap(),
+            want
+        );
+        for dir in [esp.join("loader/entries"), files_dir(&esp)] {
+            let names: Vec<String> = fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            assert!(
+                names.iter().all(|n| !n.starts_with(".tmp")),
+                "round {round}: temporaries left in {}: {names:?}",
+                dir.display()
+            );
+        }
+        let o = sealctl(&[
+            "verify",
+            "--repo",
+            root.to_str().unwrap(),
+            "--key",
+            &pub_key,
+            &hex,
+        ]);
+        assert_success(&o);
+    }
+    eprintln!("{landed} of {round} kills landed before the update finished");
+    assert!(landed > 0, "no kill landed mid-update in {round} rounds");
 }
