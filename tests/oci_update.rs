@@ -12,7 +12,9 @@
 //! byte; the same update again (also after systemd-boot renamed the entry to
 //! `+2-1`) changes nothing; another entry text under the same name is
 //! refused; an image whose `/usr/lib/sealroot/uki.efi` is not a UKI stages
-//! nothing. And SIGKILLs at scattered moments (mostly while the boot files
+//! nothing; a UKI without `.cmdline` (systemd-stub plus sections, by
+//! `objcopy`) at that path is staged as an `efi` entry, one with `.cmdline`
+//! is refused. And SIGKILLs at scattered moments (mostly while the boot files
 //! and the entry are written) never leave a partial entry or boot file
 //! under its final name, and a rerun completes (a copy written in place
 //! instead of through a temporary fails this within a few rounds).
@@ -526,4 +528,112 @@ fn killed_update_never_stages_a_partial_entry_and_a_rerun_completes() {
     }
     eprintln!("{landed} of {round} kills landed before the update finished");
     assert!(landed > 0, "no kill landed mid-update in {round} rounds");
+}
+
+/// A UKI made the classic way (`objcopy` adding `.osrel`, `.linux` and
+/// `.initrd`, and `.cmdline` when given, to systemd-stub).
+fn objcopy_uki(w: &Path, stub: &Path, out: &Path, cmdline: Option<&str>) {
+    fs::write(w.join("osrel"), "ID=testos\nVERSION_ID=2\n").unwrap();
+    fs::write(w.join("linux"), vec![0x5au8; 40_000]).unwrap();
+    fs::write(w.join("initrd"), vec![0xa5u8; 10_000]).unwrap();
+    let mut cmd = Command::new("objcopy");
+    cmd.current_dir(w);
+    let mut sections = vec![(".osrel", "osrel", "0x20000")];
+    if let Some(c) = cmdline {
+        fs::write(w.join("cmdline"), c).unwrap();
+        sections.push((".cmdline", "cmdline", "0x30000"));
+    }
+    sections.push((".linux", "linux", "0x2000000"));
+    sections.push((".initrd", "initrd", "0x3000000"));
+    for (name, file, vma) in sections {
+        cmd.args([
+            "--add-section",
+            &format!("{name}={file}"),
+            "--change-section-vma",
+            &format!("{name}={vma}"),
+        ]);
+    }
+    cmd.arg(stub).arg(out);
+    run(&mut cmd);
+}
+
+/// An image that ships `/usr/lib/sealroot/uki.efi` (no `.cmdline`) is
+/// staged as an `efi` entry with the digest in `options`; one whose UKI has
+/// a `.cmdline` is refused with nothing staged.
+#[test]
+fn update_stages_the_uki_shipped_in_the_image() {
+    if !ready() {
+        return;
+    }
+    let stub = Path::new("/usr/lib/systemd/boot/efi/linuxx64.efi.stub");
+    if !stub.is_file() || !common::have("objcopy") {
+        missing("systemd-stub (systemd-boot-efi) and objcopy (binutils)");
+        return;
+    }
+    let w = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci-update-uki");
+    let _ = fs::remove_dir_all(&w);
+    fs::create_dir_all(&w).unwrap();
+    umoci(&w, &["init", "--layout", "L"]);
+    umoci(&w, &["new", "--image", "L:base"]);
+    for (tag, cmdline) in [("uki", None), ("ukicmd", Some("console=ttyS0"))] {
+        let bundle = format!("B-{tag}");
+        umoci(&w, &["unpack", "--image", "L:base", &bundle]);
+        let dir = w.join(&bundle).join("rootfs/usr/lib/sealroot");
+        fs::create_dir_all(&dir).unwrap();
+        objcopy_uki(&w, stub, &dir.join("uki.efi"), cmdline);
+        fs::create_dir_all(w.join(&bundle).join("rootfs/usr/lib/kernel")).unwrap();
+        fs::write(
+            w.join(&bundle).join("rootfs/usr/lib/kernel/cmdline"),
+            BASE_CMDLINE,
+        )
+        .unwrap();
+        umoci(&w, &["repack", "--image", &format!("L:{tag}"), &bundle]);
+    }
+    let uki = fs::read(w.join("B-uki/rootfs/usr/lib/sealroot/uki.efi")).unwrap();
+    let layout = w.join("L");
+    let (hex, seal) = oci_seal(
+        &format!("oci:{}:uki", layout.display()),
+        "sealroot-test.pem",
+        &w.join("seals"),
+    );
+    let (_, seal_cmd) = oci_seal(
+        &format!("oci:{}:ukicmd", layout.display()),
+        "sealroot-test.pem",
+        &w.join("seals"),
+    );
+    let (root, esp) = (w.join("root"), w.join("esp"));
+    fs::create_dir_all(esp.join("EFI/BOOT")).unwrap();
+    let start = listing(&esp);
+
+    let o = update(
+        &format!("oci:{}:ukicmd", layout.display()),
+        &root,
+        &esp,
+        &seal_cmd,
+        &["--no-verity"],
+    );
+    assert!(!o.status.success(), "a UKI with .cmdline: {}", text(&o));
+    assert!(text(&o).contains("has a .cmdline section"), "{}", text(&o));
+    assert_eq!(listing(&esp), start);
+
+    let o = update(
+        &format!("oci:{}:uki", layout.display()),
+        &root,
+        &esp,
+        &seal,
+        &["--no-verity", "--tries", "2", "--name", "os-b"],
+    );
+    assert_success(&o);
+    let entry = fs::read_to_string(esp.join("loader/entries/os-b+2.conf")).unwrap();
+    assert_eq!(
+        entry,
+        format!(
+            "title testos 2.0 (serial 5, {short})\nsort-key sealroot\nversion 5\n\
+             efi /sealroot/{hex}/uki.efi\n\
+             options {BASE_CMDLINE} composefs.digest=v1-sha256-12:{hex}\n",
+            short = &hex[..12]
+        )
+    );
+    assert!(fs::read(esp.join(format!("sealroot/{hex}/uki.efi"))).unwrap() == uki);
+    assert_eq!(fs::read_dir(esp.join("loader/entries")).unwrap().count(), 1);
 }

@@ -129,6 +129,8 @@ pub enum UpdateError {
     },
     #[error("image {}: /{UKI_PATH} is not a UKI: {error}", .digest.to_hex())]
     NotUki { digest: Box<Digest>, error: PeError },
+    #[error("image {}: /{UKI_PATH} is a PE file without a .linux section, not a UKI", .digest.to_hex())]
+    UkiWithoutKernel { digest: Box<Digest> },
     #[error(
         "image {}: /{UKI_PATH} has a .cmdline section ({cmdline:?}); a UKI inside the image cannot name the image's own digest, so it must leave the command line to the entry",
         .digest.to_hex()
@@ -494,6 +496,11 @@ fn boot_files(
             digest: Box::new(*digest),
             error,
         })?;
+        if !info.has_linux {
+            return Err(UpdateError::UkiWithoutKernel {
+                digest: Box::new(*digest),
+            });
+        }
         if let Some(cmdline) = info.cmdline {
             return Err(UpdateError::UkiHasCmdline {
                 digest: Box::new(*digest),
