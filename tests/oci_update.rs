@@ -346,6 +346,29 @@ fn update_stages_one_counted_entry_and_refusals_stage_nothing() {
     assert_success(&o);
     assert!(text(&o).contains("(trying)"), "{}", text(&o));
     assert_eq!(listing(&esp), esp_tried);
+    // `sealctl uki entries` lists it beside A's UKI.
+    let o = sealctl(&["uki", "entries", "--esp", esp.to_str().unwrap(), "--json"]);
+    assert_success(&o);
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ids: Vec<(String, String, u64)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap().to_owned(),
+                e["state"].as_str().unwrap().to_owned(),
+                e["type"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("sealroot-a.efi".to_string(), "good".to_string(), 2),
+            (format!("{name}.conf"), "trying".to_string(), 1)
+        ]
+    );
 
     // Same name, other entry text: refused, nothing replaced.
     let o = update(

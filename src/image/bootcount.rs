@@ -88,6 +88,12 @@ impl EntryName {
         format!("{}.conf", &efi[..efi.len() - 4])
     }
 
+    /// A Type #1 entry's identity, the same in every counter state
+    /// (`<stem>.conf`).
+    pub fn type1_id(&self) -> String {
+        format!("{}.conf", self.stem)
+    }
+
     fn parse_base(base: &str) -> Option<EntryName> {
         if base.is_empty() || base.starts_with('.') {
             return None;
@@ -341,6 +347,7 @@ mod tests {
         let e = EntryName::parse_type1("os-2+1-2.conf").unwrap();
         assert_eq!(e, n("os-2", Some(1), Some(2)));
         assert_eq!(e.type1_file_name(), "os-2+1-2.conf");
+        assert_eq!(e.type1_id(), "os-2.conf");
         assert_eq!(
             EntryName::parse_type1("os-2.CONF"),
             Some(n("os-2", None, None))

@@ -17,7 +17,9 @@
 //! without `--tries`). See docs/uki.md, "A/B updates and automatic fallback".
 //!
 //! `sealctl uki entries --esp ESP [--json]`: the Type #2 entries on an ESP
-//! and what their counters say (good, trying with N left, bad).
+//! (`EFI/Linux/*.efi`), then the Type #1 ones (`loader/entries/*.conf`, as
+//! `sealctl update` stages them), and what their counters say (good, trying
+//! with N left, bad).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,7 +39,7 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Place a sealed UKI on an ESP as a Type #2 entry, with boot counting.
     Stage(StageArgs),
-    /// List the Type #2 entries on an ESP and their boot-counting state.
+    /// List the Type #2 and Type #1 entries on an ESP and their boot-counting state.
     Entries(EntriesArgs),
 }
 
@@ -388,7 +390,14 @@ fn stage(args: StageArgs) -> ExitCode {
 }
 
 fn entries(args: EntriesArgs) -> ExitCode {
-    let list = match bootcount::entries(&args.esp) {
+    let list = match bootcount::entries(&args.esp).and_then(|t2| {
+        let t1 = bootcount::type1_entries(&args.esp)?;
+        Ok(t2
+            .into_iter()
+            .map(|(n, p)| (n.id(), 2, n, p))
+            .chain(t1.into_iter().map(|(n, p)| (n.type1_id(), 1, n, p)))
+            .collect::<Vec<_>>())
+    }) {
         Ok(l) => l,
         Err(e) => return crate::fail("uki entries", e),
     };
@@ -396,9 +405,10 @@ fn entries(args: EntriesArgs) -> ExitCode {
     if args.json {
         let v: Vec<serde_json::Value> = list
             .iter()
-            .map(|(n, p)| {
+            .map(|(id, kind, n, p)| {
                 serde_json::json!({
-                    "id": n.id(),
+                    "id": id,
+                    "type": kind,
                     "file": p.display().to_string(),
                     "state": n.state().to_string(),
                     "tries_left": n.left,
@@ -409,14 +419,14 @@ fn entries(args: EntriesArgs) -> ExitCode {
         out = serde_json::to_string_pretty(&v).unwrap_or_else(|_| "[]".into());
         out.push('\n');
     } else {
-        for (n, p) in &list {
+        for (id, _, n, p) in &list {
             let state = match (n.state(), n.left, n.done) {
                 (bootcount::EntryState::Trying, Some(l), d) => {
                     format!("trying ({l} left, {} done)", d.unwrap_or(0))
                 }
                 (s, _, _) => s.to_string(),
             };
-            out.push_str(&format!("{:<40} {state:<24} {}\n", n.id(), p.display()));
+            out.push_str(&format!("{id:<40} {state:<24} {}\n", p.display()));
         }
     }
     let _ = write!(std::io::stdout().lock(), "{out}");
