@@ -18,9 +18,9 @@
 //! - `fs/overlayfs/util.c`, `ovl_validate_verity()` /
 //!   `ovl_ensure_verity_loaded()` (prefix `overlayfs: `): `lower file '…'
 //!   has no fs-verity digest`, `… has the wrong fs-verity digest`, `…
-//!   failed to load fs-verity info`, and in `fs/overlayfs/namei.c` the
-//!   metacopy digest checks (`… verity` in the same prefix). Any
-//!   `overlayfs:` record naming `verity` counts.
+//!   failed to load fs-verity info`. Any `overlayfs:` record naming
+//!   `verity` counts (a mount with `verity=require` logs none when all is
+//!   well: every good boot of tests/ab/run passes the check).
 //!
 //! The result goes to a JSON status file (default
 //! `/run/sealroot/integrity.json`) and, one line per error, to stderr (the
