@@ -237,6 +237,22 @@ fn update_stages_one_counted_entry_and_refusals_stage_nothing() {
         "digest in --cmdline: the root changed"
     );
 
+    // A sort-key that would add a line to the entry: refused before the pull.
+    let o = update(
+        &v1,
+        &root,
+        &esp,
+        &seal,
+        &["--no-verity", "--sort-key", "x\nlinux /evil"],
+    );
+    refused("bad --sort-key", o, "sort-key");
+    assert_eq!(listing(&esp), esp_start);
+    assert_eq!(
+        listing(&root),
+        root_before,
+        "bad --sort-key: the root changed"
+    );
+
     // An ESP mount point with nothing mounted (no EFI/): refused first.
     let unmounted = w.join("unmounted-esp");
     fs::create_dir_all(&unmounted).unwrap();
@@ -369,6 +385,13 @@ fn update_stages_one_counted_entry_and_refusals_stage_nothing() {
             (format!("{name}.conf"), "trying".to_string(), 1)
         ]
     );
+
+    // A boot file that went missing is restored by a rerun, the entry kept.
+    fs::remove_file(esp.join(format!("sealroot/{hex}/initramfs.img"))).unwrap();
+    let o = update(&v1, &root, &esp, &seal, &["--no-verity"]);
+    assert_success(&o);
+    assert!(text(&o).contains("already staged"), "{}", text(&o));
+    assert_eq!(listing(&esp), esp_tried);
 
     // Same name, other entry text: refused, nothing replaced.
     let o = update(

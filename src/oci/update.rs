@@ -30,8 +30,9 @@
 //!      `composefs.digest=v1-<alg>-12:<hex>`, the only digest word on it.
 //! - An entry with the same name already on the ESP (in any counter state)
 //!   with exactly the text this update would write makes the update a
-//!   no-op for the ESP ([`Staged::Already`]); one with other text is
-//!   refused ([`UpdateError::EntryExists`]) and nothing is replaced.
+//!   no-op for the ESP ([`Staged::Already`]; only boot files that went
+//!   missing are written again); one with other text is refused
+//!   ([`UpdateError::EntryExists`]) before anything is written on the ESP.
 //! - A killed update leaves at most temporaries (removed by the next
 //!   writer) and complete files nobody lists; rerunning it completes it.
 
@@ -73,6 +74,8 @@ const MAX_CMDLINE_FILE: u64 = 64 << 10;
 pub enum UpdateError {
     #[error("entry name {name:?} is not usable: 1 to {max} characters of [A-Za-z0-9._-], not starting with '.'", max = bootcount::MAX_NAME)]
     BadName { name: String },
+    #[error("sort-key {sort_key:?} is not usable: 1 to {max} characters of [A-Za-z0-9._-], not starting with '.'", max = bootcount::MAX_NAME)]
+    BadSortKey { sort_key: String },
     #[error("--tries 0 would stage an entry that systemd-boot treats as bad from the start")]
     ZeroTries,
     #[error("the base command line {cmdline:?} is not usable: {reason}")]
@@ -251,6 +254,11 @@ pub fn update<S: ImageSource>(
     if opts.tries == 0 {
         return Err(UpdateError::ZeroTries);
     }
+    if bootcount::check_stem(&opts.sort_key).is_err() {
+        return Err(UpdateError::BadSortKey {
+            sort_key: opts.sort_key.clone(),
+        });
+    }
     if let Some(c) = &opts.cmdline {
         check_cmdline(c)?;
     }
@@ -331,25 +339,21 @@ pub fn update<S: ImageSource>(
         .iter()
         .map(|f| (format!("/{}", f.image_path), dir.join(f.esp_name)))
         .collect();
-    // Already staged?
+    // An entry of this name with other text: refused before any write.
+    // The same text: already staged (its boot files are restored below if
+    // they went missing, nothing else is written).
+    let mut already = None;
     for (existing, path) in bootcount::type1_entries(&opts.esp)? {
         if existing.stem.eq_ignore_ascii_case(&name) {
-            let same = std::fs::read(&path).is_ok_and(|t| t == entry_text.as_bytes());
-            if !same {
+            if std::fs::read(&path).ok().as_deref() != Some(entry_text.as_bytes()) {
                 return Err(UpdateError::EntryExists { name, path });
             }
-            return Ok(UpdateReport {
-                pull: pulled,
-                install,
-                kind,
-                entry: path,
-                staged: Staged::Already(existing.state()),
-                options,
-                boot_files: boot_paths,
-            });
+            already = Some((existing.state(), path));
+            break;
         }
     }
-    // The boot files, each atomically; then the entry, the commit point.
+    // The boot files, each atomically (only when missing or different);
+    // then the entry, the commit point.
     std::fs::create_dir_all(&dir).map_err(|error| StageError::Io {
         op: "create",
         path: dir.clone(),
@@ -361,6 +365,17 @@ pub fn update<S: ImageSource>(
         if std::fs::read(&dst).ok().as_deref() != Some(&f.data[..]) {
             fileio::write_atomic(&dst, &f.data, None)?;
         }
+    }
+    if let Some((state, path)) = already {
+        return Ok(UpdateReport {
+            pull: pulled,
+            install,
+            kind,
+            entry: path,
+            staged: Staged::Already(state),
+            options,
+            boot_files: boot_paths,
+        });
     }
     let entries = opts.esp.join(bootcount::TYPE1_DIR);
     std::fs::create_dir_all(&entries).map_err(|error| StageError::Io {
