@@ -7,7 +7,7 @@
 //!
 //! | module | concern |
 //! |---|---|
-//! | [`source`] | the [`source::ImageSource`] trait: where manifests and blobs come from |
+//! | [`source`] | the [`source::ImageSource`] trait: where manifests and blobs come from; [`AnySource`]: a reference (`oci:…` or `docker://…`) opened as its store |
 //! | [`layer_cache`] | the layers a repository has read, replayed instead of fetched |
 //! | [`layout`] | an OCI image-layout directory (`oci:DIR[:REF]`) as a source |
 //! | [`flatten`] | layer tars applied in order onto one tree (whiteouts, hard links, xattrs) |
@@ -19,7 +19,9 @@
 //! Every store of OCI content (an image-layout directory, a registry) is read
 //! through [`source::ImageSource`], so flattening, sealing and pulling are
 //! written once and never know where the bytes came from. Every blob is
-//! checked against its descriptor's digest and size as it streams.
+//! checked against its descriptor's digest and size as it streams. A
+//! reference as a user writes it is read in one place, [`AnySource::open`],
+//! which every subcommand that takes one uses.
 
 pub mod flatten;
 pub mod layer_cache;
@@ -29,3 +31,5 @@ pub mod registry;
 pub mod seal_artifact;
 pub mod source;
 pub mod update;
+
+pub use source::{AnySource, AnySourceError};
