@@ -22,6 +22,7 @@ mod mkcomposefs;
 mod oci;
 mod pcr;
 mod pull;
+mod pull_flags;
 mod push_seal;
 mod registry_flags;
 mod sign;

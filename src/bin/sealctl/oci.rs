@@ -16,14 +16,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use sealroot::image::repo::{MtimePolicy, Repo};
+use sealroot::image::repo::Repo;
 use sealroot::keys;
-use sealroot::oci::layout::{attach_seal, LayoutSource};
+use sealroot::oci::layout::attach_seal;
 use sealroot::oci::pull::{seal_image, ImageOptions};
 use sealroot::oci::registry::referrers::fallback_tag;
-use sealroot::oci::registry::Registry;
 use sealroot::oci::seal_artifact::{SealPair, Subject};
-use sealroot::oci::source::ImageSource;
+use sealroot::oci::AnySource;
+
+use crate::pull_flags::mtime_policy;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -72,29 +73,25 @@ pub fn run(cmd: Command) -> ExitCode {
 }
 
 fn seal(args: SealArgs) -> Result<(), String> {
-    if args.image.starts_with("docker://") {
-        let source =
-            Registry::open(&args.image, &args.registry.options()).map_err(|e| e.to_string())?;
-        seal_from(&source, args, |subject, pair| {
-            let pushed = source
+    let source =
+        AnySource::open(&args.image, &args.registry.options()).map_err(|e| e.to_string())?;
+    seal_from(&source, args, |subject, pair| match &source {
+        AnySource::Registry(registry) => {
+            let pushed = registry
                 .push_seal_for(subject, pair)
                 .map_err(|e| e.to_string())?;
             if !pushed.referrers_api {
                 println!("referrers-tag {}", fallback_tag(&pushed.subject));
             }
             Ok(pushed.artifact)
-        })
-    } else {
-        let source = LayoutSource::parse(&args.image).map_err(|e| e.to_string())?;
-        seal_from(&source, args, |subject, pair| {
-            attach_seal(&source, subject, pair).map_err(|e| e.to_string())
-        })
-    }
+        }
+        AnySource::Layout(layout) => attach_seal(layout, subject, pair).map_err(|e| e.to_string()),
+    })
 }
 
 /// Seal `source`'s image; `attach` stores the seal beside it (`--attach`).
-fn seal_from<S: ImageSource>(
-    source: &S,
+fn seal_from(
+    source: &AnySource,
     args: SealArgs,
     attach: impl FnOnce(&Subject<'_>, &SealPair) -> Result<String, String>,
 ) -> Result<(), String> {
@@ -108,11 +105,7 @@ fn seal_from<S: ImageSource>(
         ))?;
     let repo = args.repo.map(Repo::new);
     let opts = ImageOptions {
-        mtimes: if args.use_epoch {
-            MtimePolicy::Zero
-        } else {
-            MtimePolicy::AsFound
-        },
+        mtimes: mtime_policy(args.use_epoch),
         progress: true,
         ..Default::default()
     };

@@ -6,43 +6,27 @@
 //! (fs-verity on), and stage its boot entry with a boot counter, so the
 //! next boot is a trial that falls back on failure
 //! (`sealroot::oci::update`; docs/oci.md, "Updating a running machine").
-//! Prints the digest; the entry, its state and the options on stderr.
+//! Prints the digest; the entry, its state and the options on stderr. The
+//! flags it shares with `sealctl pull` are in pull_flags.rs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use sealroot::image::repo::{MtimePolicy, Repo};
-use sealroot::keys;
-use sealroot::oci::layout::LayoutSource;
-use sealroot::oci::pull::PullOptions;
-use sealroot::oci::registry::Registry;
-use sealroot::oci::source::ImageSource;
+use sealroot::image::repo::Repo;
 use sealroot::oci::update::{update, Staged, UpdateOptions};
+
+use crate::pull_flags::PullFlags;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The image: oci:DIR[:REF] (an OCI image layout) or
-    /// docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX] (a registry).
-    #[arg(long)]
-    from: String,
     #[command(flatten)]
-    registry: crate::registry_flags::RegistryFlags,
+    pull: PullFlags,
     /// The physical root (holds composefs/ and state/), mounted read-write.
     #[arg(long)]
     repo: PathBuf,
     /// The mounted EFI system partition.
     #[arg(long)]
     esp: PathBuf,
-    /// Trusted public key (SPKI PEM); repeat for several.
-    #[arg(long = "trusted-key", required = true)]
-    trusted_keys: Vec<PathBuf>,
-    /// The seal manifest (<hex>.json, <hex>.sig beside it); default: the
-    /// seal stored beside the image.
-    #[arg(long)]
-    seal: Option<PathBuf>,
-    /// Refuse seals with a serial below this.
-    #[arg(long, default_value_t = 0)]
-    floor: u64,
     /// Tries systemd-boot gives the new entry before falling back.
     #[arg(long, default_value_t = 3)]
     tries: u32,
@@ -64,53 +48,19 @@ pub struct Args {
     /// refuses the image until `sealctl install` enables it).
     #[arg(long)]
     no_verity: bool,
-    /// Fetch every layer, ignoring the repository's layer cache.
-    #[arg(long)]
-    no_layer_cache: bool,
-    /// Record every mtime as 0 (as the sealer's `oci seal --use-epoch`).
-    #[arg(long)]
-    use_epoch: bool,
 }
 
 fn run_update(args: Args) -> Result<(), String> {
-    if args.from.starts_with("docker://") {
-        let source =
-            Registry::open(&args.from, &args.registry.options()).map_err(|e| e.to_string())?;
-        update_from(&source, args)
-    } else {
-        let source = LayoutSource::parse(&args.from).map_err(|e| e.to_string())?;
-        update_from(&source, args)
-    }
-}
-
-fn update_from<S: ImageSource>(source: &S, args: Args) -> Result<(), String> {
-    let mut trusted = Vec::new();
-    for path in &args.trusted_keys {
-        trusted.push(keys::load_public_key(path).map_err(|e| e.to_string())?);
-    }
-    let seal = args
-        .seal
-        .as_deref()
-        .map(crate::pull::read_seal)
-        .transpose()?;
+    let source = args.pull.source()?;
+    let trusted = args.pull.trusted_keys()?;
+    let pull = args.pull.options(&trusted)?;
     let root = Repo::new(&args.repo);
     let progress = sealroot::image::progress::Progress::new("install");
     let result = update(
-        source,
+        &source,
         &root,
         UpdateOptions {
-            pull: PullOptions {
-                keys: &trusted,
-                floor: args.floor,
-                seal,
-                mtimes: if args.use_epoch {
-                    MtimePolicy::Zero
-                } else {
-                    MtimePolicy::AsFound
-                },
-                progress: true,
-                layer_cache: !args.no_layer_cache,
-            },
+            pull,
             esp: args.esp.clone(),
             tries: args.tries,
             name: args.name.clone(),
@@ -126,7 +76,7 @@ fn update_from<S: ImageSource>(source: &S, args: Args) -> Result<(), String> {
     println!("{}", r.pull.digest.to_hex());
     eprintln!(
         "pulled {} (serial {}, {} layers, {} from the layer cache): {} objects added, {} already present",
-        args.from,
+        args.pull.from,
         r.pull.serial,
         r.pull.layers,
         r.pull.layers_cached,
