@@ -11,10 +11,8 @@
 //! `sealroot::oci::pull`). Prints the digest and what was added. The flags
 //! it shares with `sealctl update` are in pull_flags.rs.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use sealroot::image::repo::Repo;
 use sealroot::oci::pull::pull;
 
 use crate::pull_flags::PullFlags;
@@ -23,17 +21,12 @@ use crate::pull_flags::PullFlags;
 pub struct Args {
     #[command(flatten)]
     pull: PullFlags,
-    /// Repository root (holds composefs/).
-    #[arg(long)]
-    repo: PathBuf,
 }
 
 fn run_pull(args: Args) -> Result<(), String> {
-    let source = args.pull.source()?;
-    let trusted = args.pull.trusted_keys()?;
-    let options = args.pull.options(&trusted)?;
-    let repo = Repo::new(&args.repo);
-    let report = pull(&source, &repo, options).map_err(|e| e.to_string())?;
+    let report = args.pull.pull_with(|source, repo, options| {
+        pull(source, repo, options).map_err(|e| e.to_string())
+    })?;
     println!("{}", report.digest.to_hex());
     eprintln!(
         "pulled {} ({} layers, {} from the layer cache, manifest {}): serial {}, key {}; image {} bytes, {} objects added ({} bytes), {} already present; seal {}",

@@ -1,17 +1,17 @@
 //! The flags every subcommand that pulls a sealed image flattens in
 //! (`sealctl pull`, `sealctl update`): the image (`--from` and the registry
-//! flags), what to trust (`--trusted-key`, `--seal`, `--floor`) and how to
-//! read it (`--use-epoch`, `--no-layer-cache`).
+//! flags), the repository it goes into (`--repo`), what to trust
+//! (`--trusted-key`, `--seal`, `--floor`) and how to read it
+//! (`--use-epoch`, `--no-layer-cache`).
 //!
-//! [`PullFlags::source`] opens `--from` with `sealroot::oci::AnySource`
-//! (the one reader of references); [`PullFlags::trusted_keys`] and
-//! [`PullFlags::options`] make the library's [`PullOptions`].
+//! [`PullFlags::pull_with`] opens `--from` with `sealroot::oci::AnySource`
+//! (the one reader of references) and makes the library's [`PullOptions`].
 
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::VerifyingKey;
 use sealroot::image::fileio;
-use sealroot::image::repo::MtimePolicy;
+use sealroot::image::repo::{MtimePolicy, Repo};
 use sealroot::keys;
 use sealroot::oci::pull::PullOptions;
 use sealroot::oci::seal_artifact::SealPair;
@@ -28,6 +28,10 @@ pub struct PullFlags {
     pub from: String,
     #[command(flatten)]
     pub registry: RegistryFlags,
+    /// Repository root (holds composefs/); for `update`, the physical root
+    /// (also holds state/), mounted read-write.
+    #[arg(long)]
+    pub repo: PathBuf,
     /// Trusted public key (SPKI PEM); repeat for several.
     #[arg(long = "trusted-key", required = true)]
     pub trusted_keys: Vec<PathBuf>,
@@ -48,29 +52,29 @@ pub struct PullFlags {
 }
 
 impl PullFlags {
-    /// `--from`, opened as a layout or a registry.
-    pub fn source(&self) -> Result<AnySource, String> {
-        AnySource::open(&self.from, &self.registry.options()).map_err(|e| e.to_string())
-    }
-
-    /// Every `--trusted-key`, loaded.
-    pub fn trusted_keys(&self) -> Result<Vec<VerifyingKey>, String> {
-        self.trusted_keys
+    /// Open `--from`, load the trusted keys and read `--seal` (in that
+    /// order, the first failure ending it), and hand `f` the source, the
+    /// repository `--repo` and the [`PullOptions`] they make.
+    pub fn pull_with<T>(
+        &self,
+        f: impl FnOnce(&AnySource, &Repo, PullOptions<'_>) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let source =
+            AnySource::open(&self.from, &self.registry.options()).map_err(|e| e.to_string())?;
+        let keys = self
+            .trusted_keys
             .iter()
             .map(|path| keys::load_public_key(path).map_err(|e| e.to_string()))
-            .collect()
-    }
-
-    /// What the pull trusts and how it reads the image; reads `--seal`.
-    pub fn options<'a>(&self, keys: &'a [VerifyingKey]) -> Result<PullOptions<'a>, String> {
-        Ok(PullOptions {
-            keys,
+            .collect::<Result<Vec<VerifyingKey>, String>>()?;
+        let options = PullOptions {
+            keys: &keys,
             floor: self.floor,
             seal: self.seal.as_deref().map(read_seal).transpose()?,
             mtimes: mtime_policy(self.use_epoch),
             progress: true,
             layer_cache: !self.no_layer_cache,
-        })
+        };
+        f(&source, &Repo::new(&self.repo), options)
     }
 }
 

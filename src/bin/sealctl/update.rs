@@ -12,7 +12,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use sealroot::image::repo::Repo;
 use sealroot::oci::update::{update, Staged, UpdateOptions};
 
 use crate::pull_flags::PullFlags;
@@ -21,9 +20,6 @@ use crate::pull_flags::PullFlags;
 pub struct Args {
     #[command(flatten)]
     pull: PullFlags,
-    /// The physical root (holds composefs/ and state/), mounted read-write.
-    #[arg(long)]
-    repo: PathBuf,
     /// The mounted EFI system partition.
     #[arg(long)]
     esp: PathBuf,
@@ -51,15 +47,9 @@ pub struct Args {
 }
 
 fn run_update(args: Args) -> Result<(), String> {
-    let source = args.pull.source()?;
-    let trusted = args.pull.trusted_keys()?;
-    let pull = args.pull.options(&trusted)?;
-    let root = Repo::new(&args.repo);
-    let progress = sealroot::image::progress::Progress::new("install");
-    let result = update(
-        &source,
-        &root,
-        UpdateOptions {
+    let r = args.pull.pull_with(|source, root, pull| {
+        let progress = sealroot::image::progress::Progress::new("install");
+        let options = UpdateOptions {
             pull,
             esp: args.esp.clone(),
             tries: args.tries,
@@ -68,11 +58,11 @@ fn run_update(args: Args) -> Result<(), String> {
             kver: args.kver.clone(),
             sort_key: args.sort_key.clone(),
             verity: !args.no_verity,
-        },
-        &progress,
-    );
-    progress.finish();
-    let r = result.map_err(|e| e.to_string())?;
+        };
+        let result = update(source, root, options, &progress);
+        progress.finish();
+        result.map_err(|e| e.to_string())
+    })?;
     println!("{}", r.pull.digest.to_hex());
     eprintln!(
         "pulled {} (serial {}, {} layers, {} from the layer cache): {} objects added, {} already present",
