@@ -36,7 +36,7 @@
 //! - A killed update leaves at most temporaries (removed by the next
 //!   writer) and complete files nobody lists; rerunning it completes it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
 use crate::image::bootcount::{self, EntryName, EntryState, StageError};
@@ -354,12 +354,7 @@ pub fn update<S: ImageSource>(
     }
     // The boot files, each atomically (only when missing or different);
     // then the entry, the commit point.
-    std::fs::create_dir_all(&dir).map_err(|error| StageError::Io {
-        op: "create",
-        path: dir.clone(),
-        error,
-    })?;
-    fileio::remove_stale_temps(&dir)?;
+    prepare_dir(&dir)?;
     for f in &files {
         let dst = dir.join(f.esp_name);
         if std::fs::read(&dst).ok().as_deref() != Some(&f.data[..]) {
@@ -378,12 +373,7 @@ pub fn update<S: ImageSource>(
         });
     }
     let entries = opts.esp.join(bootcount::TYPE1_DIR);
-    std::fs::create_dir_all(&entries).map_err(|error| StageError::Io {
-        op: "create",
-        path: entries.clone(),
-        error,
-    })?;
-    fileio::remove_stale_temps(&entries)?;
+    prepare_dir(&entries)?;
     let file_name = EntryName {
         stem: name,
         left: Some(opts.tries),
@@ -563,6 +553,18 @@ fn boot_files(
         });
     }
     Ok((BootKind::Kernel { kver }, files))
+}
+
+/// Create `dir` (with its parents) and remove the temporaries a killed
+/// update left in it, before anything is written there.
+fn prepare_dir(dir: &Path) -> Result<(), UpdateError> {
+    std::fs::create_dir_all(dir).map_err(|error| StageError::Io {
+        op: "create",
+        path: dir.to_path_buf(),
+        error,
+    })?;
+    fileio::remove_stale_temps(dir)?;
+    Ok(())
 }
 
 #[cfg(test)]
