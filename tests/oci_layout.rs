@@ -33,54 +33,27 @@ use std::process::Command;
 
 mod common;
 
-use common::{assert_success, key, missing, sealctl, text};
+use common::{
+    assert_success, key, listing, oci_seal, run, sealctl, text, umoci, verify_with_test_key,
+    work_dir,
+};
 use sha2::{Digest as _, Sha256};
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", text(&out));
-}
 
 fn sh(script: &str) {
     run(Command::new("sh").args(["-euc", script]));
 }
 
-fn umoci(dir: &Path, args: &[&str]) {
-    run(Command::new("umoci").current_dir(dir).args(args));
-}
-
-fn work_dir(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// Whether everything this test needs is here (else SKIP / CI failure).
 fn ready() -> bool {
-    if !rustix::process::geteuid().is_root() {
-        missing("root (device nodes and security.capability in layers)");
-        return false;
-    }
-    for tool in ["umoci", "setcap", "setfattr"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
-            missing(&format!("{tool} (scripts/packages/oci.txt)"));
-            return false;
-        }
-    }
-    true
+    common::oci_ready(
+        "device nodes and security.capability in layers",
+        &["umoci", "setcap", "setfattr"],
+    )
 }
 
 /// Build the layout with tags v1, v2, v3, v3z (module docs).
 fn make_layout(w: &Path) {
-    umoci(w, &["init", "--layout", "L"]);
-    umoci(w, &["new", "--image", "L:v1"]);
-    umoci(w, &["unpack", "--image", "L:v1", "B1"]);
+    common::umoci_new_image(w, "v1", "B1");
     let long_dir = "d".repeat(120);
     let long_file = "f".repeat(200);
     sh(&format!(
@@ -178,6 +151,13 @@ fn blob_path(layout: &Path, digest: &str) -> PathBuf {
         .join(digest.strip_prefix("sha256:").unwrap())
 }
 
+/// A copy of `layout` at `dest` (an earlier one replaced); returns `dest`.
+fn copy_layout(layout: &Path, dest: &Path) -> PathBuf {
+    let _ = fs::remove_dir_all(dest);
+    run(Command::new("cp").arg("-a").arg(layout).arg(dest));
+    dest.to_path_buf()
+}
+
 fn manifest_of(layout: &Path, tag: &str) -> (String, serde_json::Value) {
     let index: serde_json::Value =
         serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
@@ -221,34 +201,6 @@ fn add_zstd_variant(layout: &Path, tag: &str, new: &str, tar: &[u8]) {
     fs::write(&path, serde_json::to_vec(&index).unwrap()).unwrap();
 }
 
-/// `sealctl oci seal` of `image`: (digest hex, seal json path).
-fn oci_seal(image: &str, key_path: &str, out: &Path, extra: &[&str]) -> (String, PathBuf) {
-    fs::create_dir_all(out).unwrap();
-    let mut args = vec![
-        "oci",
-        "seal",
-        "--image",
-        image,
-        "--key",
-        key_path,
-        "--no-created",
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let o = sealctl(&args);
-    assert_success(&o);
-    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-    let hex = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("digest "))
-        .unwrap()
-        .to_owned();
-    let json = out.join(format!("{hex}.json"));
-    assert!(json.is_file(), "{stdout}");
-    (hex, json)
-}
-
 /// The oracle: `umoci unpack` then `sealctl build` of the rootfs.
 fn oracle(w: &Path, tag: &str, epoch: bool) -> String {
     let bundle = format!("U-{tag}");
@@ -268,32 +220,6 @@ fn oracle(w: &Path, tag: &str, epoch: bool) -> String {
     let o = sealctl(&args);
     assert_success(&o);
     String::from_utf8_lossy(&o.stdout).trim().to_owned()
-}
-
-/// Every path under `dir` with its size (directories: None), for "the
-/// repository is as it was".
-fn listing(dir: &Path) -> BTreeMap<PathBuf, Option<u64>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let m = fs::symlink_metadata(e.path()).unwrap();
-            let rel = e.path().strip_prefix(dir).unwrap().to_path_buf();
-            // The layer cache is a pull's memo, not repository content
-            // (a refused pull may drop entries it used).
-            if rel == Path::new("oci-cache") {
-                continue;
-            }
-            if m.is_dir() {
-                out.insert(rel, None);
-                stack.push(e.path());
-            } else {
-                out.insert(rel, Some(m.len()));
-            }
-        }
-    }
-    out
 }
 
 fn pull(from: &str, repo: &Path, seal: Option<&Path>, extra: &[&str]) -> std::process::Output {
@@ -381,15 +307,7 @@ fn pull_reproduces_the_sealed_image_and_refuses_bad_cases() {
     let o = pull(&v2, &repo, None, &[]);
     assert_success(&o);
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), d2);
-    let o = sealctl(&[
-        "verify",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--key",
-        &key("sealroot-test.pub.pem"),
-        &d2,
-    ]);
-    assert_success(&o);
+    assert_success(&verify_with_test_key(&repo, &d2));
 
     // The refusals, each leaving the repository as it was.
     let before = listing(&repo);
@@ -433,9 +351,7 @@ fn pull_reproduces_the_sealed_image_and_refuses_bad_cases() {
         .unwrap()
         .to_owned();
     for (what, needle) in [("corrupt", "digest"), ("truncated", "bytes")] {
-        let copy = w.join(format!("L-{what}"));
-        let _ = fs::remove_dir_all(&copy);
-        run(Command::new("cp").arg("-a").arg(&layout).arg(&copy));
+        let copy = copy_layout(&layout, &w.join(format!("L-{what}")));
         let blob = blob_path(&copy, &last);
         let mut data = fs::read(&blob).unwrap();
         if what == "corrupt" {
@@ -465,15 +381,7 @@ fn pull_reproduces_the_sealed_image_and_refuses_bad_cases() {
         .join("composefs/seals")
         .join(format!("{d3}.json"))
         .is_file());
-    let o = sealctl(&[
-        "verify",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--key",
-        &key("sealroot-test.pub.pem"),
-        &d3,
-    ]);
-    assert_success(&o);
+    assert_success(&verify_with_test_key(&repo, &d3));
     // The pulled image is the oracle's image, byte for byte.
     let oracle_digest = oracle(&w, "v3", false);
     assert_eq!(oracle_digest, d3);
@@ -492,9 +400,7 @@ fn pull_reproduces_the_sealed_image_and_refuses_bad_cases() {
         .iter()
         .map(|l| l["digest"].as_str().unwrap().to_owned())
         .collect();
-    let bare = w.join("L-bare");
-    let _ = fs::remove_dir_all(&bare);
-    run(Command::new("cp").arg("-a").arg(&layout).arg(&bare));
+    let bare = copy_layout(&layout, &w.join("L-bare"));
     for d in &lower {
         fs::remove_file(blob_path(&bare, d)).unwrap();
     }
@@ -542,9 +448,7 @@ fn killed_pull_leaves_the_repository_usable_and_a_rerun_completes() {
         return;
     }
     let w = work_dir("oci-layout-kill");
-    umoci(&w, &["init", "--layout", "L"]);
-    umoci(&w, &["new", "--image", "L:big"]);
-    umoci(&w, &["unpack", "--image", "L:big", "B"]);
+    common::umoci_new_image(&w, "big", "B");
     sh(&format!(
         r#"cd {w}/B/rootfs
 mkdir -p data
@@ -571,16 +475,7 @@ for i in $(seq 1 240); do head -c 131072 /dev/urandom > data/f$i; done
     ]);
     assert_success(&o);
     let base_digest = String::from_utf8_lossy(&o.stdout).trim().to_owned();
-    let verify = |d: &str| {
-        sealctl(&[
-            "verify",
-            "--repo",
-            repo.to_str().unwrap(),
-            "--key",
-            &key("sealroot-test.pub.pem"),
-            d,
-        ])
-    };
+    let verify = |d: &str| verify_with_test_key(&repo, d);
     let pub_key = key("sealroot-test.pub.pem");
     let args = [
         "pull",

@@ -22,81 +22,29 @@
 //! Needs root and `umoci`: missing is a failure under `CI=true`, a printed
 //! SKIP otherwise.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
 
-use common::{assert_success, key, missing, sealctl, text};
+use common::{
+    assert_success, key, listing, missing, run, sealctl, text, umoci, verify_with_test_key,
+    work_dir,
+};
 
 const KVER: &str = "6.1.0-sealtest";
 const BASE_CMDLINE: &str = "console=ttyS0 root=LABEL=root rootfstype=ext4";
 
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", text(&out));
-}
-
-fn umoci(dir: &Path, args: &[&str]) {
-    run(Command::new("umoci").current_dir(dir).args(args));
-}
-
 fn ready() -> bool {
-    if !rustix::process::geteuid().is_root() {
-        missing("root (umoci unpack/repack keeps ownership)");
-        return false;
-    }
-    if !common::have("umoci") {
-        missing("umoci (scripts/packages/oci.txt)");
-        return false;
-    }
-    true
-}
-
-/// Every path under `dir` with its bytes (directories: None); `{}` when
-/// `dir` does not exist.
-fn listing(dir: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd {
-            let e = e.unwrap();
-            let m = fs::symlink_metadata(e.path()).unwrap();
-            let rel = e.path().strip_prefix(dir).unwrap().to_path_buf();
-            if rel == Path::new("oci-cache") {
-                continue;
-            }
-            if m.is_dir() {
-                out.insert(rel, None);
-                stack.push(e.path());
-            } else if m.file_type().is_symlink() {
-                out.insert(
-                    rel,
-                    Some(
-                        fs::read_link(e.path())
-                            .unwrap()
-                            .into_os_string()
-                            .into_encoded_bytes(),
-                    ),
-                );
-            } else {
-                out.insert(rel, Some(fs::read(e.path()).unwrap()));
-            }
-        }
-    }
-    out
+    common::oci_ready("umoci unpack/repack keeps ownership", &["umoci"])
 }
 
 /// Layout `L` with `v1` (kernel, initramfs, cmdline) and `nouki` (v1 plus
 /// a `/usr/lib/sealroot/uki.efi` that is no PE file). Returns the boot
 /// files' bytes.
 fn make_layout(w: &Path) -> (Vec<u8>, Vec<u8>) {
-    umoci(w, &["init", "--layout", "L"]);
-    umoci(w, &["new", "--image", "L:v1"]);
-    umoci(w, &["unpack", "--image", "L:v1", "B1"]);
+    common::umoci_new_image(w, "v1", "B1");
     let rootfs = w.join("B1/rootfs");
     let modules = rootfs.join("usr/lib/modules").join(KVER);
     fs::create_dir_all(&modules).unwrap();
@@ -123,40 +71,16 @@ fn make_layout(w: &Path) -> (Vec<u8>, Vec<u8>) {
     (kernel, initramfs)
 }
 
-/// `sealctl oci seal` of `image` with `key_name`: (digest hex, seal json).
+/// `sealctl oci seal` of `image` with `key_name` (serial 5, testos 2.0):
+/// (digest hex, seal json).
 fn oci_seal(image: &str, key_name: &str, out: &Path) -> (String, PathBuf) {
-    fs::create_dir_all(out).unwrap();
-    let o = sealctl(&[
-        "oci",
-        "seal",
-        "--image",
-        image,
-        "--key",
-        &key(key_name),
-        "--serial",
-        "5",
-        "--os",
-        "testos",
-        "--version",
-        "2.0",
-        "--no-created",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert_success(&o);
-    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-    let hex = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("digest "))
-        .unwrap()
-        .to_owned();
-    let json = out.join(format!("{hex}.json"));
-    (hex, json)
+    let fields = ["--serial", "5", "--os", "testos", "--version", "2.0"];
+    common::oci_seal(image, &key(key_name), out, &fields)
 }
 
-fn update(from: &str, root: &Path, esp: &Path, seal: &Path, extra: &[&str]) -> Output {
-    let pub_key = key("sealroot-test.pub.pem");
-    let mut args = vec![
+/// The arguments of `sealctl update` of `from` (trusting the test key).
+fn update_args(from: &str, root: &Path, esp: &Path, seal: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
         "update",
         "--from",
         from,
@@ -165,12 +89,18 @@ fn update(from: &str, root: &Path, esp: &Path, seal: &Path, extra: &[&str]) -> O
         "--esp",
         esp.to_str().unwrap(),
         "--trusted-key",
-        &pub_key,
+        &key("sealroot-test.pub.pem"),
         "--seal",
         seal.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    sealctl(&args)
+    ]
+    .map(String::from)
+    .into();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn update(from: &str, root: &Path, esp: &Path, seal: &Path, extra: &[&str]) -> Output {
+    sealctl(&update_args(from, root, esp, seal, extra))
 }
 
 #[test]
@@ -178,9 +108,7 @@ fn update_stages_one_counted_entry_and_refusals_stage_nothing() {
     if !ready() {
         return;
     }
-    let w = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci-update");
-    let _ = fs::remove_dir_all(&w);
-    fs::create_dir_all(&w).unwrap();
+    let w = work_dir("oci-update");
     let (kernel, initramfs) = make_layout(&w);
     let v1 = format!("oci:{}:v1", w.join("L").display());
     let nouki = format!("oci:{}:nouki", w.join("L").display());
@@ -216,54 +144,40 @@ fn update_stages_one_counted_entry_and_refusals_stage_nothing() {
         listing(&root).keys().collect::<Vec<_>>()
     );
 
-    // A base command line naming a digest: refused before the pull.
+    // Refused before the pull, the ESP and the root as they were: a base
+    // command line naming a digest, a sort-key that would add a line to the
+    // entry, an ESP mount point with nothing mounted (no EFI/).
     let root_before = listing(&root);
-    let o = update(
-        &v1,
-        &root,
-        &esp,
-        &seal,
-        &[
-            "--no-verity",
-            "--cmdline",
-            "root=LABEL=root composefs.digest=v1-sha256-12:00",
-        ],
-    );
-    refused("digest in --cmdline", o, "names a digest");
-    assert_eq!(listing(&esp), esp_start);
-    assert_eq!(
-        listing(&root),
-        root_before,
-        "digest in --cmdline: the root changed"
-    );
-
-    // A sort-key that would add a line to the entry: refused before the pull.
-    let o = update(
-        &v1,
-        &root,
-        &esp,
-        &seal,
-        &["--no-verity", "--sort-key", "x\nlinux /evil"],
-    );
-    refused("bad --sort-key", o, "sort-key");
-    assert_eq!(listing(&esp), esp_start);
-    assert_eq!(
-        listing(&root),
-        root_before,
-        "bad --sort-key: the root changed"
-    );
-
-    // An ESP mount point with nothing mounted (no EFI/): refused first.
     let unmounted = w.join("unmounted-esp");
     fs::create_dir_all(&unmounted).unwrap();
-    let o = update(&v1, &root, &unmounted, &seal, &["--no-verity"]);
-    refused("unmounted ESP", o, "is not a mounted EFI system partition");
-    assert_eq!(listing(&unmounted), BTreeMap::new());
-    assert_eq!(
-        listing(&root),
-        root_before,
-        "unmounted ESP: the root changed"
-    );
+    let digest_cmdline = "root=LABEL=root composefs.digest=v1-sha256-12:00";
+    for (what, esp, extra, needle) in [
+        (
+            "digest in --cmdline",
+            &esp,
+            &["--cmdline", digest_cmdline][..],
+            "names a digest",
+        ),
+        (
+            "bad --sort-key",
+            &esp,
+            &["--sort-key", "x\nlinux /evil"],
+            "sort-key",
+        ),
+        (
+            "unmounted ESP",
+            &unmounted,
+            &[],
+            "is not a mounted EFI system partition",
+        ),
+    ] {
+        let esp_before = listing(esp);
+        let mut args = vec!["--no-verity"];
+        args.extend_from_slice(extra);
+        refused(what, update(&v1, &root, esp, &seal, &args), needle);
+        assert_eq!(listing(esp), esp_before, "{what}: the ESP changed");
+        assert_eq!(listing(&root), root_before, "{what}: the root changed");
+    }
 
     // With fs-verity required: on a root whose filesystem lacks it (this
     // host's), the update fails after the pull and stages nothing.
@@ -336,15 +250,7 @@ fn update_stages_one_counted_entry_and_refusals_stage_nothing() {
     assert!(root.join(format!("composefs/images/{hex}")).exists());
     assert!(root.join(format!("composefs/seals/{hex}.json")).is_file());
     assert!(root.join(format!("state/deploy/{hex}/var")).is_dir());
-    let o = sealctl(&[
-        "verify",
-        "--repo",
-        root.to_str().unwrap(),
-        "--key",
-        &key("sealroot-test.pub.pem"),
-        &hex,
-    ]);
-    assert_success(&o);
+    assert_success(&verify_with_test_key(&root, &hex));
 
     // The same update again: nothing changes on the ESP or in the root.
     let esp_after = listing(&esp);
@@ -424,12 +330,8 @@ fn killed_update_never_stages_a_partial_entry_and_a_rerun_completes() {
     if !ready() {
         return;
     }
-    let w = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci-update-kill");
-    let _ = fs::remove_dir_all(&w);
-    fs::create_dir_all(&w).unwrap();
-    umoci(&w, &["init", "--layout", "L"]);
-    umoci(&w, &["new", "--image", "L:big"]);
-    umoci(&w, &["unpack", "--image", "L:big", "B"]);
+    let w = work_dir("oci-update-kill");
+    common::umoci_new_image(&w, "big", "B");
     let rootfs = w.join("B/rootfs");
     let modules = rootfs.join("usr/lib/modules").join(KVER);
     fs::create_dir_all(&modules).unwrap();
@@ -442,28 +344,7 @@ fn killed_update_never_stages_a_partial_entry_and_a_rerun_completes() {
     let from = format!("oci:{}:big", w.join("L").display());
     let (hex, seal) = oci_seal(&from, "sealroot-test.pem", &w.join("seals"));
 
-    let pub_key = key("sealroot-test.pub.pem");
-    let args = |root: &Path, esp: &Path| -> Vec<String> {
-        [
-            "update",
-            "--from",
-            &from,
-            "--repo",
-            root.to_str().unwrap(),
-            "--esp",
-            esp.to_str().unwrap(),
-            "--trusted-key",
-            &pub_key,
-            "--seal",
-            seal.to_str().unwrap(),
-            "--no-verity",
-            "--cmdline",
-            BASE_CMDLINE,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
+    let extra = ["--no-verity", "--cmdline", BASE_CMDLINE];
     let fresh_esp = |esp: &Path| {
         let _ = fs::remove_dir_all(esp);
         fs::create_dir_all(esp.join("EFI/BOOT")).unwrap();
@@ -471,29 +352,16 @@ fn killed_update_never_stages_a_partial_entry_and_a_rerun_completes() {
     let entry_name = format!("sealroot-5-{}+3.conf", &hex[..12]);
     let files_dir = |esp: &Path| esp.join("sealroot").join(&hex);
 
-    // How long a whole update takes here.
+    // How long a whole update takes here (`full`), and once the image is
+    // in the root (`warm`: the install and the staging).
     let (scratch_root, scratch_esp) = (w.join("scratch-root"), w.join("scratch-esp"));
-    fresh_esp(&scratch_esp);
-    let t0 = std::time::Instant::now();
-    let o = sealctl(
-        &args(&scratch_root, &scratch_esp)
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>(),
-    );
-    assert_success(&o);
-    let full = t0.elapsed().as_micros() as u64;
-    // And once the image is in the root: the install and the staging.
-    fresh_esp(&scratch_esp);
-    let t0 = std::time::Instant::now();
-    let o = sealctl(
-        &args(&scratch_root, &scratch_esp)
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>(),
-    );
-    assert_success(&o);
-    let warm = t0.elapsed().as_micros() as u64;
+    let timed_update = || {
+        fresh_esp(&scratch_esp);
+        let t0 = std::time::Instant::now();
+        assert_success(&update(&from, &scratch_root, &scratch_esp, &seal, &extra));
+        t0.elapsed().as_micros() as u64
+    };
+    let (full, warm) = (timed_update(), timed_update());
     let want = fs::read(scratch_esp.join("loader/entries").join(&entry_name)).unwrap();
 
     let (root, esp) = (w.join("root"), w.join("esp"));
@@ -501,8 +369,7 @@ fn killed_update_never_stages_a_partial_entry_and_a_rerun_completes() {
     while common::more_kill_rounds(round, 16, landed) {
         round += 1;
         fresh_esp(&esp);
-        let a = args(&root, &esp);
-        let child = common::spawn_sealctl_quiet(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+        let child = common::spawn_sealctl_quiet(&update_args(&from, &root, &esp, &seal, &extra));
         // The first kill falls anywhere in a whole update (most likely the
         // pull); the later ones in the second half of what a rerun does
         // (reading the boot files, copying them, the entry), where a
@@ -545,8 +412,7 @@ fn killed_update_never_stages_a_partial_entry_and_a_rerun_completes() {
             }
         }
         // The rerun completes: one entry, no temporaries, the image verifies.
-        let o = sealctl(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
-        assert_success(&o);
+        assert_success(&update(&from, &root, &esp, &seal, &extra));
         assert_eq!(
             fs::read(esp.join("loader/entries").join(&entry_name)).unwrap(),
             want
@@ -562,15 +428,7 @@ fn killed_update_never_stages_a_partial_entry_and_a_rerun_completes() {
                 dir.display()
             );
         }
-        let o = sealctl(&[
-            "verify",
-            "--repo",
-            root.to_str().unwrap(),
-            "--key",
-            &pub_key,
-            &hex,
-        ]);
-        assert_success(&o);
+        assert_success(&verify_with_test_key(&root, &hex));
     }
     eprintln!("{landed} of {round} kills landed before the update finished");
     assert!(landed > 0, "no kill landed mid-update in {round} rounds");
@@ -616,9 +474,7 @@ fn update_stages_the_uki_shipped_in_the_image() {
         missing("systemd-stub (systemd-boot-efi) and objcopy (binutils)");
         return;
     }
-    let w = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oci-update-uki");
-    let _ = fs::remove_dir_all(&w);
-    fs::create_dir_all(&w).unwrap();
+    let w = work_dir("oci-update-uki");
     umoci(&w, &["init", "--layout", "L"]);
     umoci(&w, &["new", "--image", "L:base"]);
     for (tag, cmdline) in [("uki", None), ("ukicmd", Some("console=ttyS0"))] {

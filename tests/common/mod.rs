@@ -2,6 +2,9 @@
 //! crate and uses only some of these, hence the module-wide `dead_code`.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::Duration;
@@ -153,7 +156,7 @@ pub fn sealctl_cmd() -> Command {
 }
 
 /// Start `sealctl args` with stdout and stderr discarded.
-pub fn spawn_sealctl_quiet(args: &[&str]) -> Child {
+pub fn spawn_sealctl_quiet<S: AsRef<OsStr>>(args: &[S]) -> Child {
     sealctl_cmd()
         .args(args)
         .stdout(std::process::Stdio::null())
@@ -163,7 +166,7 @@ pub fn spawn_sealctl_quiet(args: &[&str]) -> Child {
 }
 
 /// Run `sealctl args` with `SOURCE_DATE_EPOCH` removed, or set to `sde`.
-pub fn sealctl_sde(args: &[&str], sde: Option<&str>) -> Output {
+pub fn sealctl_sde<S: AsRef<OsStr>>(args: &[S], sde: Option<&str>) -> Output {
     let mut c = sealctl_cmd();
     c.args(args).env_remove("SOURCE_DATE_EPOCH");
     if let Some(v) = sde {
@@ -173,7 +176,7 @@ pub fn sealctl_sde(args: &[&str], sde: Option<&str>) -> Output {
 }
 
 /// Run `sealctl args` with `SOURCE_DATE_EPOCH` removed.
-pub fn sealctl(args: &[&str]) -> Output {
+pub fn sealctl<S: AsRef<OsStr>>(args: &[S]) -> Output {
     sealctl_sde(args, None)
 }
 
@@ -386,4 +389,122 @@ pub fn openssl_dgst(alg: &str, data: &[u8]) -> Vec<u8> {
     let out = child.wait_with_output().expect("openssl dgst");
     assert!(out.status.success(), "openssl dgst -{alg}: {}", text(&out));
     out.stdout
+}
+
+/// Run `cmd`; fail the test with its output unless it succeeds.
+#[track_caller]
+pub fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", text(&out));
+}
+
+/// An empty directory `name` under the integration tests' scratch
+/// directory (`CARGO_TARGET_TMPDIR`), emptied first if a run left it.
+pub fn work_dir(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Every path under `dir` with its bytes (directories: None; symlinks:
+/// their target), for "the repository (or ESP) is as it was"; `{}` when
+/// `dir` does not exist. A top-level `oci-cache` is left out: the layer
+/// cache is a pull's memo, not repository content (a refused pull may drop
+/// entries it used).
+pub fn listing(dir: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd {
+            let e = e.unwrap();
+            let m = fs::symlink_metadata(e.path()).unwrap();
+            let rel = e.path().strip_prefix(dir).unwrap().to_path_buf();
+            if rel == Path::new("oci-cache") {
+                continue;
+            }
+            if m.is_dir() {
+                out.insert(rel, None);
+                stack.push(e.path());
+            } else if m.file_type().is_symlink() {
+                let target = fs::read_link(e.path()).unwrap();
+                out.insert(rel, Some(target.into_os_string().into_encoded_bytes()));
+            } else {
+                out.insert(rel, Some(fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// `sealctl verify --repo REPO --key <the test public key> HEX`.
+pub fn verify_with_test_key(repo: &Path, hex: &str) -> Output {
+    sealctl(&[
+        "verify",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--key",
+        &key("sealroot-test.pub.pem"),
+        hex,
+    ])
+}
+
+// OCI image layouts made by umoci (tests/oci_layout.rs, tests/oci_update.rs).
+
+/// Whether an OCI test can run: root (`root_for` says why it is needed)
+/// and every tool of `tools` (scripts/packages/oci.txt); else [`missing`]
+/// (a failure under CI) and false.
+pub fn oci_ready(root_for: &str, tools: &[&str]) -> bool {
+    if !rustix::process::geteuid().is_root() {
+        missing(&format!("root ({root_for})"));
+        return false;
+    }
+    if let Some(tool) = tools.iter().find(|t| !have(t)) {
+        missing(&format!("{tool} (scripts/packages/oci.txt)"));
+        return false;
+    }
+    true
+}
+
+/// `umoci args`, run in `dir`.
+pub fn umoci(dir: &Path, args: &[&str]) {
+    run(Command::new("umoci").current_dir(dir).args(args));
+}
+
+/// A new layout `W/L` holding the empty image `L:tag`, unpacked by
+/// `umoci unpack` into the bundle `W/bundle` (its tree: `W/bundle/rootfs`).
+pub fn umoci_new_image(w: &Path, tag: &str, bundle: &str) {
+    umoci(w, &["init", "--layout", "L"]);
+    umoci(w, &["new", "--image", &format!("L:{tag}")]);
+    umoci(w, &["unpack", "--image", &format!("L:{tag}"), bundle]);
+}
+
+/// `sealctl oci seal --image IMAGE --key KEY --no-created --out OUT
+/// EXTRA...`: (digest hex, path of the seal manifest written to `out`).
+pub fn oci_seal(image: &str, key_path: &str, out: &Path, extra: &[&str]) -> (String, PathBuf) {
+    fs::create_dir_all(out).unwrap();
+    let mut args = vec![
+        "oci",
+        "seal",
+        "--image",
+        image,
+        "--key",
+        key_path,
+        "--no-created",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let o = sealctl(&args);
+    assert_success(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let hex = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("digest "))
+        .unwrap()
+        .to_owned();
+    let json = out.join(format!("{hex}.json"));
+    assert!(json.is_file(), "{stdout}");
+    (hex, json)
 }
