@@ -7,6 +7,8 @@
 //!   forge a second `sealroot:` line.
 //! - `/dev/kmsg` is opened once, on first use. When it cannot be opened (a
 //!   test on a host, a container) every line goes to stderr instead.
+//!   [`open_early`] (PID 1, before `/dev` is mounted) tries it without
+//!   marking it tried, so a failure there is retried by the next record.
 //! - When this process is not PID 1 every line is also mirrored to stderr as
 //!   `sealroot: message`, so tests and the systemd journal (which captures a
 //!   service's stderr) read exactly the text the kernel log holds.
@@ -112,6 +114,23 @@ pub fn log(level: Level, message: &str) {
     if mirror || !kmsg_ok {
         let _ = writeln!(std::io::stderr().lock(), "{text}");
     }
+}
+
+/// PID 1 before `/dev` is mounted: open `/dev/kmsg` now if the initramfs
+/// carries the node, so the first line does not wait for the mounts. True
+/// when it is open; when it is not, nothing is marked as tried and the next
+/// record opens it again (after devtmpfs is mounted).
+pub fn open_early() -> bool {
+    let mut sink = match SINK.lock() {
+        Ok(sink) => sink,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if sink.kmsg.is_none() {
+        sink.kmsg = open_kmsg();
+        sink.records = 0;
+        sink.tried = sink.kmsg.is_some();
+    }
+    sink.kmsg.is_some()
 }
 
 pub fn err(message: &str) {

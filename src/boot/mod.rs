@@ -957,12 +957,22 @@ fn pid1_fail(policy: FailurePolicy, reason: &str) -> ! {
 /// switch root into the init the boot policy allows. Never returns: a
 /// refusal follows the config's failure policy.
 pub fn run_pid1(started: Instant) -> ! {
+    // The first line goes out before the API mounts when the initramfs has a
+    // /dev/kmsg node (issue 21: the kernel's "Run /init" -> first line is
+    // then start-up alone); without one it follows the devtmpfs mount.
+    let starting = format!("sealroot {VERSION} starting as PID 1");
+    let early = log::open_early();
+    if early {
+        log::info(&starting);
+    }
     if let Err(e) = switchroot::mount_api_filesystems() {
         let reason = e.to_string();
         log::err(&format!("refusing to boot: {reason}"));
         pid1_fail(FailurePolicy::Halt, &reason);
     }
-    log::info(&format!("sealroot {VERSION} starting as PID 1"));
+    if !early {
+        log::info(&starting);
+    }
     let ctx = RefusalCtx::new();
     let cfg = match config::load(Path::new(config::CONFIG_PATH)) {
         Ok(c) => c.unwrap_or_default(),

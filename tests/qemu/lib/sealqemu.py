@@ -343,7 +343,7 @@ if [ -d /sys/class/tpm/tpm0 ]; then
 fi
 # The kernel's own timestamps of handing over to /init and of sealroot's
 # composed root (scripts/bench boot compares those with a plain guest's).
-dmesg | awk '/Run \/init as init process|sealroot: composed root ready/ { print "SEALTEST: kmsg " $0 }'
+dmesg | awk '/Run \/init as init process|sealroot: sealroot .* starting as PID 1|sealroot: composed root ready/ { print "SEALTEST: kmsg " $0 }'
 echo "SEALTEST: status-begin"
 cat /run/sealroot/status.json 2>&1
 echo
