@@ -18,7 +18,10 @@ init, in the same guest, runs interleaved rounds (the order alternating):
 Before every timed read the page cache, dentries and inodes are dropped
 (sync; echo 3 > /proc/sys/vm/drop_caches), so every read is cold. One
 untimed warm-up round, then READCOST_RUNS (else BENCH_RUNS, else 5) timed
-rounds; median, spread and the ratio of medians, as scripts/bench prints.
+rounds. READCOST_HASH=sha512 builds the image and objects with SHA-512
+fs-verity (sealctl build --hash-alg). A third side reads the fs-verity objects themselves
+(/sysroot/composefs/objects: ext4 with fs-verity, no overlay, no EROFS), to
+split fs-verity's cost from the overlay's; median, spread and the ratio of medians, as scripts/bench prints.
 """
 
 import os
@@ -43,16 +46,22 @@ INIT = r"""#!/bin/sh
 export PATH=/bin:/sbin
 [ -r /proc/mounts ] || mount -t proc proc /proc
 echo "READCOST: root $(awk '$2=="/" {t=$3} END {print t}' /proc/mounts) $(awk '$2=="/" {o=$4} END {print o}' /proc/mounts)"
-S=""; P=/sysroot/plain
+O=/sysroot/composefs/objects
 big() { for i in BIGLIST; do printf '%s ' "$1/big/b$i"; done; }
 for n in ROUNDS; do
-  if [ $((n % 2)) = 0 ]; then order="sealed plain"; else order="plain sealed"; fi
+  case $((n % 3)) in
+    0) order="sealed plain objects" ;; 1) order="plain objects sealed" ;; *) order="objects sealed plain" ;;
+  esac
   for who in $order; do
-    if [ $who = sealed ]; then d=$S; else d=$P; fi
+    case $who in
+      sealed) tree=/data; files=$(big "") ;;
+      plain) tree=/sysroot/plain/data; files=$(big /sysroot/plain) ;;
+      objects) tree=$O; files="BIGOBJECTS" ;;
+    esac
     sync; echo 3 > /proc/sys/vm/drop_caches
-    echo "READCOST: seq $who $n $(readcost seq $d/data 2>&1)"
+    echo "READCOST: seq $who $n $(readcost seq $tree 2>&1)"
     sync; echo 3 > /proc/sys/vm/drop_caches
-    echo "READCOST: rand $who $n $(readcost rand $((n + 1)) NREADS $(big $d) 2>&1)"
+    echo "READCOST: rand $who $n $(readcost rand $((n + 1)) NREADS $files 2>&1)"
   done
 done
 echo "READCOST: done"
@@ -72,6 +81,9 @@ def main():
     t0 = time.monotonic()
     runs = runs_from_env()
     tree = Path(os.environ.get("READCOST_TREE") or "/usr/lib/python3.11")
+    alg = os.environ.get("READCOST_HASH") or "sha256"
+    if alg not in ("sha256", "sha512"):
+        raise RuntimeError(f"READCOST_HASH must be sha256 or sha512, not {alg}")
     work = q.BUILD / "bench" / "readcost"
     work.mkdir(parents=True, exist_ok=True)
     kernel = q.ensure_kernel()
@@ -84,6 +96,15 @@ def main():
     init = (INIT.replace("ROUNDS", " ".join(str(n) for n in range(runs + 1)))
             .replace("BIGLIST", " ".join(str(i) for i in range(BIG_FILES)))
             .replace("NREADS", str(RAND_READS)))
+    # The same big files as the fs-verity objects they are stored as: ext4
+    # with fs-verity, no overlay and no EROFS (object path: digest[:2]/rest).
+    objs = []
+    for i in range(BIG_FILES):
+        (root / "big").mkdir(exist_ok=True)
+        (root / "big" / f"b{i}").write_bytes(random.Random(100 + i).randbytes(BIG_BYTES))
+        d = q.fsverity_digest(root / "big" / f"b{i}", alg)
+        objs.append(f"/sysroot/composefs/objects/{d[:2]}/{d[2:]}")
+    init = init.replace("BIGOBJECTS", " ".join(objs))
     (root / "sbin/init").write_text(init)
     # The tree read in the seq rounds: regular files and directories only
     # (symlinks and special files left out), as the host has it.
@@ -92,11 +113,15 @@ def main():
                     ignore=lambda d, names: [n for n in names
                                              if Path(d, n).is_symlink() or not (Path(d, n).is_file()
                                                                                  or Path(d, n).is_dir())])
-    (root / "big").mkdir()
-    for i in range(BIG_FILES):
-        (root / "big" / f"b{i}").write_bytes(random.Random(100 + i).randbytes(BIG_BYTES))
     stage = work / "stage"
-    _, digest = s.seal_into_stage(sealctl, root, stage, s.TEST_KEY)
+    if stage.exists():
+        shutil.rmtree(stage)
+    repo = stage / "staging" / "repo"
+    repo.mkdir(parents=True)
+    out = q.run([sealctl, "build", root, "--repo", repo, "--sign", s.TEST_KEY, "--hash-alg", alg],
+                capture_output=True, text=True).stdout
+    digest = s._digest_from(out, repo)
+    (stage / "staging" / "install").write_text(digest + "\n")
     (stage / "plain").mkdir()
     shutil.copytree(root / "data", stage / "plain" / "data", symlinks=True)
     shutil.copytree(root / "big", stage / "plain" / "big")
@@ -108,20 +133,23 @@ def main():
 
     initrd = q.sealroot_initramfs(work / "initramfs.cpio", sealroot)
     append = (f"console=ttyS0 panic=-1 loglevel=4 root=/dev/vda rootfstype=ext4 "
-              f"composefs.digest=v1-sha256-12:{digest}")
+              f"composefs.digest=v1-{alg}-12:{digest}")
     r = q.boot(kernel, initrd, append, [disk], work / "readcost.log", timeout=600 + 300 * runs,
                stop_after="READCOST: done")
     if not r.has(r"READCOST: done"):
         raise RuntimeError(f"the read-cost guest did not finish (log {r.log})")
     m = re.search(r"READCOST: root (\S+) (\S+)", r.text)
-    res = {(k, w): [] for k in ("seq", "rand") for w in ("sealed", "plain")}
-    for kind, who, n, rest in re.findall(r"READCOST: (seq|rand) (sealed|plain) (\d+) (.*)", r.text):
+    res = {(k, w): [] for k in ("seq", "rand") for w in ("sealed", "plain", "objects")}
+    obj_bytes = []
+    for kind, who, n, rest in re.findall(r"READCOST: (seq|rand) (sealed|plain|objects) (\d+) (.*)", r.text):
         f = rest.split()
         if len(f) != 3 or not all(x.isdigit() for x in f):
             raise RuntimeError(f"{kind} {who} round {n} failed: {rest.strip()} (log {r.log})")
         if int(n) == 0:
             continue
-        if kind == "seq" and int(f[1]) != data_bytes:
+        if kind == "seq" and who == "objects":
+            obj_bytes.append(int(f[1]))
+        elif kind == "seq" and int(f[1]) != data_bytes:
             raise RuntimeError(f"{kind} {who} round {n} read {f[1]} bytes, not {data_bytes} (log {r.log})")
         res[(kind, who)].append(int(f[0]) / 1e6)
     for k, v in res.items():
@@ -133,20 +161,26 @@ def main():
           f"QEMU guest (TCG, 1 vCPU; 1 warm-up round, then {runs} interleaved, order alternating; caches "
           f"dropped before every read)")
     print(f"  guest: kernel {q.KDIR.joinpath('version').read_text().strip()}; root "
-          f"{m.group(1) if m else '?'} ({m.group(2) if m else '?'}); image {digest[:16]}…, SHA-256, "
+          f"{m.group(1) if m else '?'} ({m.group(2) if m else '?'}); image {digest[:16]}…, {alg.upper()}, "
           f"4096-byte fs-verity blocks; the plain copy on the same ext4 (/sysroot/plain)")
     print(f"  seq: {tree} as /data, {files} files, {mb:.1f} MB, every file read whole")
     print(stat_line("seq, sealed root (overlay+EROFS+fs-verity)", res[("seq", "sealed")]))
     print(stat_line("seq, plain ext4 copy", res[("seq", "plain")]))
     print(ratio_line("seq, sealed / plain", res[("seq", "sealed")], res[("seq", "plain")]))
+    ob = statistics.median(obj_bytes) / 1e6
+    mo = statistics.median(res[("seq", "objects")])
+    print(stat_line(f"seq, the objects directory ({ob:.1f} MB)", res[("seq", "objects")]))
+    print(f"  seq throughput, medians: sealed {mb / statistics.median(res[('seq', 'sealed')]) * 1000:.1f} MB/s,"
+          f" plain {mb / statistics.median(res[('seq', 'plain')]) * 1000:.1f} MB/s, objects directly"
+          f" (ext4 + fs-verity, no overlay) {ob / mo * 1000:.1f} MB/s (it also holds the EROFS image)")
     print(f"  rand: {RAND_READS} preads of 4096 bytes over {BIG_FILES} files of {BIG_BYTES >> 20} MiB")
     print(stat_line("rand 4 KiB, sealed root", res[("rand", "sealed")]))
     print(stat_line("rand 4 KiB, plain ext4 copy", res[("rand", "plain")]))
+    print(stat_line("rand 4 KiB, the same objects directly", res[("rand", "objects")]))
     print(ratio_line("rand, sealed / plain", res[("rand", "sealed")], res[("rand", "plain")]))
-    ms = statistics.median(res[("seq", "sealed")])
-    mp = statistics.median(res[("seq", "plain")])
-    print(f"  seq throughput, medians: sealed {mb / ms * 1000:.1f} MB/s, plain {mb / mp * 1000:.1f} MB/s;"
-          f" {time.monotonic() - t0:.0f} s for the readcost part")
+    print(ratio_line("rand, objects directly / plain", res[("rand", "objects")], res[("rand", "plain")]))
+    print(ratio_line("rand, sealed / objects directly", res[("rand", "sealed")], res[("rand", "objects")]))
+    print(f"  {time.monotonic() - t0:.0f} s for the readcost part")
     return 0
 
 
