@@ -3,12 +3,14 @@
 `composefs-setup-root` and `composefs-ctl` (which provides `cfsctl`),
 version PEER_VERSION, are installed with `cargo install --locked --root
 build/peers` the first time something asks for them and reused while
-cargo's own record (build/peers/.crates.toml) names that version. The
+cargo's own record (build/peers/.crates2.json) names that version and the
+features asked for (cfsctl: `oci`). The
 interop suite (tests/interop/run) and the boot bench (bootbench.py, run by
 `scripts/bench boot`) both get their peers here, so they run the same
 binaries.
 """
 
+import json
 import os
 import re
 import shutil
@@ -20,21 +22,44 @@ import scenarios as s
 
 PEER_VERSION = "0.9.4"
 PEERS = q.BUILD / "peers"
-# (crate, binary, extra `cargo install` arguments). cfsctl's default
-# features (OCI, containers-storage, ostree, FUSE) are not needed to build
-# a repository from a directory and triple the build.
+# (crate, binary, cargo features). cfsctl's other default features
+# (containers-storage, ostree, FUSE) are not needed to build a repository
+# from a directory or to read an OCI image layout (`oci`, the OCI
+# differential of tests/interop/oci_differential.py) and triple the build;
+# with `oci` the first install took 8.5 min on 2 cores shared with a build.
 PEER_CRATES = [
-    ("composefs-setup-root", "composefs-setup-root", []),
-    ("composefs-ctl", "cfsctl", ["--no-default-features"]),
+    ("composefs-setup-root", "composefs-setup-root", None),
+    ("composefs-ctl", "cfsctl", ["oci"]),
 ]
 
 
 def installed_peers():
-    """crate -> version, from cargo's own record of build/peers."""
-    f = PEERS / ".crates.toml"
+    """crate -> (version, features, no_default_features), from cargo's own
+    record of build/peers."""
+    f = PEERS / ".crates2.json"
     if not f.exists():
         return {}
-    return {m.group(1): m.group(2) for m in re.finditer(r'^"(\S+) (\S+) \(', f.read_text(), re.M)}
+    try:
+        installs = json.loads(f.read_text()).get("installs", {})
+    except ValueError:
+        return {}
+    have = {}
+    for key, rec in installs.items():
+        m = re.match(r"(\S+) (\S+) \(", key)
+        if m:
+            have[m.group(1)] = (m.group(2), set(rec.get("features") or ()),
+                                bool(rec.get("no_default_features")))
+    return have
+
+
+def _wanted(have, crate, features):
+    """Whether HAVE records CRATE at PEER_VERSION built with FEATURES (None:
+    the crate's defaults; a list: no defaults, these features at least)."""
+    if crate not in have or have[crate][0] != PEER_VERSION:
+        return False
+    if features is None:
+        return not have[crate][2]
+    return set(features) <= have[crate][1]
 
 
 def ensure_peers(log_dir, binaries=None):
@@ -44,11 +69,12 @@ def ensure_peers(log_dir, binaries=None):
     INTEROP_NO_INSTALL=1 uses only what is already installed."""
     have = installed_peers()
     bins, why = {}, {}
-    for crate, binary, extra in PEER_CRATES:
+    for crate, binary, features in PEER_CRATES:
         if binaries is not None and binary not in binaries:
             continue
         path = PEERS / "bin" / binary
-        if have.get(crate) != PEER_VERSION or not path.exists():
+        extra = [] if features is None else ["--no-default-features", "--features", ",".join(features)]
+        if not _wanted(have, crate, features) or not path.exists():
             if os.environ.get("INTEROP_NO_INSTALL"):
                 why[binary] = f"{crate} {PEER_VERSION} is not in {PEERS} and INTEROP_NO_INSTALL is set"
                 bins[binary] = None
