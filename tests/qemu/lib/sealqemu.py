@@ -25,6 +25,7 @@ import re
 import shutil
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -449,12 +450,18 @@ def debugfs_exists(img, path):
 
 
 def debugfs_replace(img, path, data, tmpdir):
-    """Replace PATH in the image by a new inode holding DATA (no fs-verity)."""
-    tmp = Path(tmpdir) / ("replace-" + path.replace("/", "_"))
-    tmp.write_bytes(data)
-    out = debugfs(img, f"rm {path}", f"write {tmp} {path}", f"sif {path} uid 0", f"sif {path} gid 0")
-    tmp.unlink()
-    return out
+    """Replace PATH in the image by a new inode holding DATA (no fs-verity).
+    The staging file has a name of its own: scenarios running side by side
+    replace the same PATH in their own images (a shared name let one
+    scenario write another's seal into its disk)."""
+    fd, name = tempfile.mkstemp(prefix="replace-", dir=tmpdir)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return debugfs(img, f"rm {path}", f"write {tmp} {path}", f"sif {path} uid 0", f"sif {path} gid 0")
+    finally:
+        tmp.unlink()
 
 
 # ---------------------------------------------------------------- QEMU
