@@ -258,11 +258,12 @@ def firstline_times(r):
 
 # ------------------------------------------------------------ main
 
-def runs_from_env():
-    v = os.environ.get("BENCH_BOOT_RUNS") or os.environ.get("BENCH_RUNS") or "5"
+def runs_from_env(part_var="BENCH_BOOT_RUNS"):
+    """Timed rounds: the part's own variable, else BENCH_RUNS, else 5."""
+    v = os.environ.get(part_var) or os.environ.get("BENCH_RUNS") or "5"
     n = int(v)
     if n < 1:
-        raise RuntimeError(f"BENCH_BOOT_RUNS/BENCH_RUNS must be at least 1, not {v}")
+        raise RuntimeError(f"{part_var}/BENCH_RUNS must be at least 1, not {v}")
     return n
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sealqemu as q  # noqa: E402
 import scenarios as s  # noqa: E402
-from bootbench import stat_line, ratio_line  # noqa: E402
+from bootbench import stat_line, ratio_line, runs_from_env  # noqa: E402
 
 BIG_FILES = 4
 BIG_BYTES = 8 * 1024 * 1024
@@ -69,17 +69,9 @@ poweroff -f
 """
 
 
-def runs_from_env():
-    v = os.environ.get("READCOST_RUNS") or os.environ.get("BENCH_RUNS") or "5"
-    n = int(v)
-    if n < 1:
-        raise RuntimeError(f"READCOST_RUNS/BENCH_RUNS must be at least 1, not {v}")
-    return n
-
-
 def main():
     t0 = time.monotonic()
-    runs = runs_from_env()
+    runs = runs_from_env("READCOST_RUNS")
     tree = Path(os.environ.get("READCOST_TREE") or "/usr/lib/python3.11")
     alg = os.environ.get("READCOST_HASH") or "sha256"
     if alg not in ("sha256", "sha512"):
