@@ -155,13 +155,12 @@ fn scan_inner(
     // Everything but directories is finished by the workers (content,
     // digest, symlink target, xattrs) while the walk goes on: the walk's
     // readdir and stat calls overlap the hashing instead of preceding it.
-    let mut ids: Vec<InodeId> = Vec::new();
-    // With a cache: the key of each work item that is a regular file over
-    // 64 bytes, from the walk's stat.
-    let mut keys: Vec<Option<FileKey>> = Vec::new();
+    // With a cache: each regular file over 64 bytes with its key from the
+    // walk's stat, in walk order (the next cache is made from them).
+    let mut keyed: Vec<(InodeId, FileKey)> = Vec::new();
     // Files of LARGE_FILE or more run after the rest, one at a time, each
     // on all cores.
-    let mut large: Vec<WorkItem> = Vec::new();
+    let mut large: Vec<Found> = Vec::new();
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<ScanError>> = Mutex::new(None);
     let fail = |e: ScanError| {
@@ -170,9 +169,9 @@ fn scan_inner(
             fe.get_or_insert(e);
         }
     };
-    let (tx, rx) = std::sync::mpsc::channel::<WorkItem>();
+    let (tx, rx) = std::sync::mpsc::channel::<Found>();
     let rx = Mutex::new(rx);
-    let mut results: Vec<(usize, Finished)> = Vec::new();
+    let mut results: Vec<(InodeId, Finished)> = Vec::new();
     let walked = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
@@ -191,7 +190,7 @@ fn scan_inner(
                         }
                         let cached = cache.zip(item.key.as_ref());
                         match finish_one(&item.path, &item.job, opts, store, &mut buf, cached) {
-                            Ok(f) => mine.push((item.index, f)),
+                            Ok(f) => mine.push((item.id, f)),
                             Err(e) => {
                                 fail(e);
                                 break;
@@ -203,17 +202,12 @@ fn scan_inner(
             })
             .collect();
         let walked = walk(root, &mut tree, opts, cache.is_some(), &failed, |item| {
-            ids.push(item.id);
-            keys.push(item.key);
-            let job = WorkItem {
-                index: ids.len() - 1,
-                path: item.path,
-                job: item.job,
-                key: item.key,
-            };
-            if matches!(job.job, Job::Hash(size) if size >= LARGE_FILE) {
-                large.push(job);
-            } else if tx.send(job).is_err() {
+            if let Some(key) = item.key {
+                keyed.push((item.id, key));
+            }
+            if matches!(item.job, Job::Hash(size) if size >= LARGE_FILE) {
+                large.push(item);
+            } else if tx.send(item).is_err() {
                 // Every worker has stopped: one failed, its error is kept.
                 failed.store(true, Ordering::Relaxed);
             }
@@ -237,36 +231,30 @@ fn scan_inner(
     for item in &large {
         let cached = cache.zip(item.key.as_ref());
         let f = finish_one(&item.path, &item.job, opts, store, &mut buf, cached)?;
-        results.push((item.index, f));
+        results.push((item.id, f));
     }
-    let (reused, hashed) = apply_results(&mut tree, &ids, results);
+    let (reused, hashed) = apply_results(&mut tree, results);
     let mut record = ScanRecord {
         started,
         reused,
         hashed,
         ..Default::default()
     };
-    for (id, key) in ids.iter().zip(&keys) {
-        if let (Some(key), InodeKind::Regular(r)) = (key, &tree.inodes[*id].kind) {
-            if let Some(digest) = r.digest {
-                record.files.push(Observed { key: *key, digest });
-            }
+    for (id, key) in keyed {
+        if let InodeKind::Regular(RegularFile {
+            digest: Some(digest),
+            ..
+        }) = tree.inodes[id].kind
+        {
+            record.files.push(Observed { key, digest });
         }
     }
     Ok((tree, record))
 }
 
-/// A non-directory the walk found, as the walk hands it over.
+/// A non-directory the walk found: the workers' unit of work.
 struct Found {
     id: InodeId,
-    path: PathBuf,
-    job: Job,
-    key: Option<FileKey>,
-}
-
-/// One non-directory for a worker: its index in the walk's order.
-struct WorkItem {
-    index: usize,
     path: PathBuf,
     job: Job,
     key: Option<FileKey>,
@@ -552,9 +540,9 @@ fn finish_one(
 
 /// Put what the workers found into the tree; returns how many digests were
 /// reused from the cache and how many were computed.
-fn apply_results(tree: &mut Tree, ids: &[InodeId], results: Vec<(usize, Finished)>) -> (u64, u64) {
+fn apply_results(tree: &mut Tree, results: Vec<(InodeId, Finished)>) -> (u64, u64) {
     let (mut reused, mut hashed) = (0, 0);
-    for (i, f) in results {
+    for (id, f) in results {
         if f.digest.is_some() {
             if f.reused {
                 reused += 1;
@@ -562,7 +550,7 @@ fn apply_results(tree: &mut Tree, ids: &[InodeId], results: Vec<(usize, Finished
                 hashed += 1;
             }
         }
-        let inode = &mut tree.inodes[ids[i]];
+        let inode = &mut tree.inodes[id];
         inode.xattrs = f.xattrs;
         match &mut inode.kind {
             InodeKind::Regular(r) => {
