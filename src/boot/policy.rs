@@ -32,7 +32,13 @@
 //!   `'` and `\` (a backslash is no separator today, but systemd's escape
 //!   handling has changed before and no allowed word needs one): with
 //!   those bytes every reader above splits the line at exactly the spaces, into the same words ([`PolicyError::ForbiddenByte`]
-//!   names the first other byte and its offset). `tests/cmdline_readers.rs`
+//!   names the first other byte and its offset). One exception, because
+//!   systemd-boot makes it: the line may *start* with `initrd=` words whose
+//!   value is an EFI path (`initrd=\sealroot\<hex>\initramfs.img`, one per
+//!   `initrd` line of a Type #1 entry, [`is_efi_initrd_path`]); there each
+//!   backslash is followed by a path byte, never by a space, quote,
+//!   backslash or the end, so even a reader that took it for an escape
+//!   would split the line at the same places. `tests/cmdline_readers.rs`
 //!   and the `cmdline_readers` fuzz target check that claim against models
 //!   of each reader.
 //! - Values of entries that accept any value (`key=`) may hold only
@@ -435,16 +441,59 @@ pub fn validate_init(init: &str) -> Result<(), PolicyError> {
 
 /// The command line's byte grammar under `signed`: the first byte that is
 /// neither the space nor printable ASCII, or is a quote or a backslash.
+/// The one place a backslash may stand is the leading run of boot-loader
+/// `initrd=` words ([`loader_initrd_prefix`]).
 pub fn check_line_bytes(line: &[u8]) -> Result<(), PolicyError> {
-    match line.iter().position(|&b| {
+    let start = loader_initrd_prefix(line);
+    match line[start..].iter().position(|&b| {
         !(b == b' ' || (0x21..=0x7e).contains(&b)) || matches!(b, b'"' | b'\'' | b'\\')
     }) {
-        Some(offset) => Err(PolicyError::ForbiddenByte {
-            offset,
-            byte: line[offset],
+        Some(i) => Err(PolicyError::ForbiddenByte {
+            offset: start + i,
+            byte: line[start + i],
         }),
         None => Ok(()),
     }
+}
+
+/// Longest EFI path accepted in a boot loader's `initrd=` word.
+pub const MAX_EFI_INITRD_PATH: usize = 256;
+
+/// Whether `value` is an EFI file path as systemd-boot writes one into the
+/// `initrd=` words it puts in front of a Type #1 entry's options: one or
+/// more components, each a backslash followed by at least one of
+/// `[A-Za-z0-9._+-]`. A backslash is therefore never followed by a space,
+/// a quote, another backslash or the end of the word, so a reader that
+/// took it for an escape would still see the same word boundaries.
+pub fn is_efi_initrd_path(value: &[u8]) -> bool {
+    let path_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-');
+    value.len() <= MAX_EFI_INITRD_PATH
+        && value.first() == Some(&b'\\')
+        && value[1..]
+            .split(|&b| b == b'\\')
+            .all(|c| !c.is_empty() && c.iter().all(|&b| path_byte(b)))
+}
+
+/// The length of the line's leading run of `initrd=<EFI path>` words (each
+/// with the space after it): systemd-boot 254 prepends one such word per
+/// `initrd` line of a Type #1 entry (`initrd=\sealroot\<hex>\initramfs.img`,
+/// the path with backslashes). Only these words, only at the start, and
+/// only in that exact shape may carry a backslash; anywhere else the byte
+/// grammar refuses it.
+fn loader_initrd_prefix(line: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(rest) = line[at..].strip_prefix(b"initrd=") {
+        let len = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+        if !is_efi_initrd_path(&rest[..len]) {
+            break;
+        }
+        at += "initrd=".len() + len;
+        // The separating space(s) are checked by the grammar as usual.
+        while line.get(at) == Some(&b' ') {
+            at += 1;
+        }
+    }
+    at
 }
 
 /// Whether `b` may appear in the value of an any-value entry.
@@ -564,7 +613,10 @@ impl BootPolicy {
             if let Some(e) = cmdline::insecure_marker(key, v) {
                 return Err(PolicyError::InsecureDigest(e));
             }
-            if let Some(b) = v.bytes().find(|&b| !safe_value_byte(b)) {
+            // An `initrd=` path in EFI form got past the byte grammar only
+            // at the start of the line, in exactly that shape.
+            let efi_initrd = key == "initrd" && is_efi_initrd_path(v.as_bytes());
+            if let Some(b) = v.bytes().find(|&b| !safe_value_byte(b) && !efi_initrd) {
                 return Err(PolicyError::UnsafeValue {
                     word: cmdline::capped(key, value),
                     byte: b,
@@ -731,6 +783,58 @@ mod tests {
         }
         let e = p.check_bytes(b"BOOT_IMAGE=x\xa0y").unwrap_err().to_string();
         assert!(e.contains("0xa0 at offset 12"), "{e}");
+    }
+
+    /// systemd-boot 254 puts `initrd=<EFI path>` in front of a Type #1
+    /// entry's options (the `%ls initrd=%ls` format in its binary): those
+    /// words, and only those, may carry backslashes.
+    #[test]
+    fn boot_loader_initrd_words_carry_backslashes_only_at_the_start() {
+        let p = BootPolicy::default();
+        let good = [
+            format!("initrd=\\sealroot\\{HEX}\\initramfs.img root=/dev/vda composefs.digest=v1-sha256-12:{HEX}"),
+            format!("initrd=\\a\\microcode.img initrd=\\sealroot\\{HEX}\\initramfs.img  quiet"),
+            "initrd=\\EFI\\x\\initrd-6.12.9+bpo-cloud_amd64".to_string(),
+            "initrd=\\initrd.img".to_string(),
+        ];
+        for line in &good {
+            assert_eq!(p.check(line), Ok(()), "{line}");
+        }
+        let bad: &[(&str, usize)] = &[
+            // Not at the start: after any other word the grammar is the usual one.
+            ("quiet initrd=\\sealroot\\initramfs.img", 13),
+            ("initrd=/x/y initrd=\\sealroot\\initramfs.img", 19),
+            // A backslash before a space, the end, another backslash or a
+            // quote: the whole word is not a path, so its first backslash is
+            // refused.
+            ("initrd=\\a\\ systemd.debug_shell", 7),
+            ("initrd=\\a\\", 7),
+            ("initrd=\\\\a", 7),
+            ("initrd=\\a\\'x'", 7),
+            ("initrd=\\a\\\"x", 7),
+            // A key that only looks like it.
+            ("Initrd=\\a", 7),
+            ("initrd.x=\\a", 9),
+            ("BOOT_IMAGE=\\vmlinuz", 11),
+            // A byte outside the path bytes makes the word no path either.
+            ("initrd=\\a*b", 7),
+            ("initrd=\\a:b", 7),
+        ];
+        for &(line, offset) in bad {
+            assert_eq!(
+                p.check(line),
+                Err(PolicyError::ForbiddenByte {
+                    offset,
+                    byte: b'\\'
+                }),
+                "{line}"
+            );
+        }
+        let long = format!("initrd=\\{}", "a".repeat(MAX_EFI_INITRD_PATH));
+        assert!(matches!(
+            p.check(&long),
+            Err(PolicyError::ForbiddenByte { offset: 7, .. })
+        ));
     }
 
     #[test]
