@@ -33,12 +33,14 @@
 //!   handling has changed before and no allowed word needs one): with
 //!   those bytes every reader above splits the line at exactly the spaces, into the same words ([`PolicyError::ForbiddenByte`]
 //!   names the first other byte and its offset). One exception, because
-//!   systemd-boot makes it: the line may *start* with `initrd=` words whose
-//!   value is an EFI path (`initrd=\sealroot\<hex>\initramfs.img`, one per
-//!   `initrd` line of a Type #1 entry, [`is_efi_initrd_path`]); there each
-//!   backslash is followed by a path byte, never by a space, quote,
-//!   backslash or the end, so even a reader that took it for an escape
-//!   would split the line at the same places. `tests/cmdline_readers.rs`
+//!   systemd-boot makes it, and only for a vendor who opts in with the
+//!   entry [`LOADER_INITRD_ENTRY`] (`initrd=\`): the line may *start* with
+//!   `initrd=` words whose value is an EFI path
+//!   (`initrd=\sealroot\<hex>\initramfs.img`, one per `initrd` line of a
+//!   Type #1 `linux` entry, [`is_efi_initrd_path`]); there each backslash is
+//!   followed by a path byte, never by a space, quote, backslash or the
+//!   end, so even a reader that took it for an escape would split the line
+//!   at the same places. `tests/cmdline_readers.rs`
 //!   and the `cmdline_readers` fuzz target check that claim against models
 //!   of each reader.
 //! - Values of entries that accept any value (`key=`) may hold only
@@ -367,6 +369,9 @@ pub fn validate_entry(entry: &str) -> Result<(), PolicyError> {
             reason,
         })
     };
+    if entry == LOADER_INITRD_ENTRY {
+        return Ok(());
+    }
     if entry.is_empty() {
         return bad("is empty");
     }
@@ -441,10 +446,13 @@ pub fn validate_init(init: &str) -> Result<(), PolicyError> {
 
 /// The command line's byte grammar under `signed`: the first byte that is
 /// neither the space nor printable ASCII, or is a quote or a backslash.
-/// The one place a backslash may stand is the leading run of boot-loader
-/// `initrd=` words ([`loader_initrd_prefix`]).
+/// (A policy with [`LOADER_INITRD_ENTRY`] lets backslashes through in the
+/// line's leading boot-loader `initrd=` words: [`BootPolicy::check_bytes`].)
 pub fn check_line_bytes(line: &[u8]) -> Result<(), PolicyError> {
-    let start = loader_initrd_prefix(line);
+    forbidden_byte_from(line, 0)
+}
+
+fn forbidden_byte_from(line: &[u8], start: usize) -> Result<(), PolicyError> {
     match line[start..].iter().position(|&b| {
         !(b == b' ' || (0x21..=0x7e).contains(&b)) || matches!(b, b'"' | b'\'' | b'\\')
     }) {
@@ -455,6 +463,17 @@ pub fn check_line_bytes(line: &[u8]) -> Result<(), PolicyError> {
         None => Ok(()),
     }
 }
+
+/// The allowlist entry by which a vendor accepts the `initrd=<EFI path>`
+/// words systemd-boot puts at the start of a Type #1 `linux` entry's
+/// options (one per `initrd` line, the path with backslashes:
+/// `initrd=\sealroot\<hex>\initramfs.img`). Off by default: such entries
+/// load an initramfs from the disk that nothing verifies, so a build meant
+/// for UKIs gains nothing from it and keeps refusing a backslash anywhere
+/// (should a future stub combine an entry's initrd with the UKI's own, the
+/// byte grammar still refuses the boot). A build whose initramfs is started
+/// from such entries (`sealctl update`'s kernel and initramfs form) needs it.
+pub const LOADER_INITRD_ENTRY: &str = "initrd=\\";
 
 /// Longest EFI path accepted in a boot loader's `initrd=` word.
 pub const MAX_EFI_INITRD_PATH: usize = 256;
@@ -479,7 +498,7 @@ pub fn is_efi_initrd_path(value: &[u8]) -> bool {
 /// `initrd` line of a Type #1 entry (`initrd=\sealroot\<hex>\initramfs.img`,
 /// the path with backslashes). Only these words, only at the start, and
 /// only in that exact shape may carry a backslash; anywhere else the byte
-/// grammar refuses it.
+/// grammar refuses it. Used only by a policy with [`LOADER_INITRD_ENTRY`].
 fn loader_initrd_prefix(line: &[u8]) -> usize {
     let mut at = 0;
     while let Some(rest) = line[at..].strip_prefix(b"initrd=") {
@@ -562,6 +581,12 @@ impl BootPolicy {
             .eq(DEFAULT_INITS.iter().copied())
     }
 
+    /// Whether the vendor accepts systemd-boot's leading `initrd=<EFI
+    /// path>` words ([`LOADER_INITRD_ENTRY`]).
+    pub fn accepts_loader_initrd(&self) -> bool {
+        self.extra_allow.iter().any(|e| e == LOADER_INITRD_ENTRY)
+    }
+
     /// Whether one word is allowed.
     pub fn allows(&self, key: &str, value: Option<&str>) -> bool {
         if key == "init" {
@@ -586,7 +611,12 @@ impl BootPolicy {
     /// [`PolicyError::ForbiddenByte`] is an offset in what the boot loader
     /// passed.
     pub fn check_bytes(&self, line: &[u8]) -> Result<(), PolicyError> {
-        check_line_bytes(line)?;
+        let start = if self.accepts_loader_initrd() {
+            loader_initrd_prefix(line)
+        } else {
+            0
+        };
+        forbidden_byte_from(line, start)?;
         // All printable ASCII now, so this cannot fail.
         let text = std::str::from_utf8(line).map_err(|e| PolicyError::ForbiddenByte {
             offset: e.valid_up_to(),
@@ -615,7 +645,8 @@ impl BootPolicy {
             }
             // An `initrd=` path in EFI form got past the byte grammar only
             // at the start of the line, in exactly that shape.
-            let efi_initrd = key == "initrd" && is_efi_initrd_path(v.as_bytes());
+            let efi_initrd =
+                key == "initrd" && self.accepts_loader_initrd() && is_efi_initrd_path(v.as_bytes());
             if let Some(b) = v.bytes().find(|&b| !safe_value_byte(b) && !efi_initrd) {
                 return Err(PolicyError::UnsafeValue {
                     word: cmdline::capped(key, value),
@@ -786,11 +817,13 @@ mod tests {
     }
 
     /// systemd-boot 254 puts `initrd=<EFI path>` in front of a Type #1
-    /// entry's options (the `%ls initrd=%ls` format in its binary): those
-    /// words, and only those, may carry backslashes.
+    /// entry's options (the `%ls initrd=%ls` format in its binary): with the
+    /// vendor's [`LOADER_INITRD_ENTRY`], those words, and only those, may
+    /// carry backslashes.
     #[test]
     fn boot_loader_initrd_words_carry_backslashes_only_at_the_start() {
-        let p = BootPolicy::default();
+        let p = BootPolicy::new(vec![LOADER_INITRD_ENTRY.to_string()], None).unwrap();
+        assert!(p.accepts_loader_initrd() && !BootPolicy::default().accepts_loader_initrd());
         let good = [
             format!("initrd=\\sealroot\\{HEX}\\initramfs.img root=/dev/vda composefs.digest=v1-sha256-12:{HEX}"),
             format!("initrd=\\a\\microcode.img initrd=\\sealroot\\{HEX}\\initramfs.img  quiet"),
@@ -799,6 +832,20 @@ mod tests {
         ];
         for line in &good {
             assert_eq!(p.check(line), Ok(()), "{line}");
+            // Without the vendor's entry, the first backslash is refused.
+            assert_eq!(
+                BootPolicy::default().check(line),
+                Err(PolicyError::ForbiddenByte {
+                    offset: 7,
+                    byte: b'\\'
+                }),
+                "{line}"
+            );
+        }
+        // The entry is no pattern: it does not admit other backslashes.
+        assert!(validate_entry(LOADER_INITRD_ENTRY).is_ok());
+        for entry in ["initrd=\\a", "BOOT_IMAGE=\\", "initrd=\\\\"] {
+            assert!(validate_entry(entry).is_err(), "{entry}");
         }
         let bad: &[(&str, usize)] = &[
             // Not at the start: after any other word the grammar is the usual one.
