@@ -435,6 +435,36 @@ fn pull_reproduces_the_sealed_image_and_refuses_bad_cases() {
     assert_success(&o);
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), d3);
     assert!(!first.exists(), "the damaged entry was dropped");
+
+    // gc prunes the layer cache: in a fresh repository holding v2 and v3,
+    // `gc --keep` v3 removes the object of usr/share/sixty5 (65 bytes, not
+    // inlined; v3 whites it out), so the entry of v1's layer, which names
+    // it, can never be used again and goes; v2's layer entry stays usable.
+    let repo3 = w.join("repo3");
+    assert_success(&pull(&v2, &repo3, None, &[]));
+    assert_success(&pull(&v3, &repo3, Some(&seal3), &[]));
+    let entries = |repo: &Path| fs::read_dir(repo.join("oci-cache/layers")).unwrap().count();
+    assert_eq!(entries(&repo3), 3, "one entry per layer of v3");
+    let o = sealctl(&["gc", "--repo", repo3.to_str().unwrap(), "--keep", &d3]);
+    assert_success(&o);
+    assert!(
+        text(&o).contains("layer cache: removed 1 entry naming removed objects, kept 2"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(entries(&repo3), 2);
+    let v1_layer = cache_dir.join(format!(
+        "{}.sha256.json",
+        lower[0].strip_prefix("sha256:").unwrap()
+    ));
+    assert!(!repo3
+        .join("oci-cache/layers")
+        .join(v1_layer.file_name().unwrap())
+        .exists());
+    // v2 again: its second layer from the cache, the first fetched anew.
+    let o = pull(&v2, &repo3, None, &[]);
+    assert_success(&o);
+    assert!(text(&o).contains("1 from the layer cache"), "{}", text(&o));
 }
 
 /// A pull SIGKILLed at scattered moments: each time, what the repository

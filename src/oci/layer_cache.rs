@@ -19,13 +19,18 @@
 //!   digest, those entries are removed and the pull reads every layer again
 //!   ([`crate::oci::pull::pull`]), so a damaged entry costs one retry, never
 //!   a wrong image.
+//! - [`prune`] (run by `sealctl gc` after its removals) deletes the entries
+//!   that could never be used again: one naming an object the store no
+//!   longer holds, or one that does not parse. It never deletes an entry
+//!   whose objects are all present, so racing a pull that is writing its
+//!   entries (after committing their objects) loses nothing.
 
 use std::path::PathBuf;
 
 use crate::digest::HashAlgorithm;
 use crate::image::fileio::{self, FileIoError};
-use crate::image::repo::Repo;
-use crate::image::store::Batch;
+use crate::image::repo::{Repo, RepoError};
+use crate::image::store::{Batch, ObjectStore, StoreError};
 use crate::oci::flatten::{sha256_hex, Op};
 
 /// Format id of a cache entry.
@@ -56,28 +61,18 @@ impl LayerCache {
     /// The operations recorded for `layer`, if the entry is usable (module
     /// docs); the objects it needs are counted as existing in `batch`.
     pub fn load(&self, layer: &str, diff_id: &str, batch: &Batch<'_>) -> Option<Vec<Op>> {
-        let bytes = fileio::read_bounded(&self.path(layer)?, MAX_ENTRY).ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-        if v.get("format")?.as_str()? != FORMAT
-            || v.get("layer")?.as_str()? != layer
-            || v.get("diff_id")?.as_str()? != diff_id
-        {
+        let entry = read_entry(&self.path(layer)?, self.hash)?;
+        if entry.layer != layer || entry.diff_id != diff_id {
             return None;
         }
-        let ops: Vec<Op> = v
-            .get("ops")?
-            .as_array()?
-            .iter()
-            .map(|o| Op::from_json(o, self.hash))
-            .collect::<Option<_>>()?;
-        for op in &ops {
+        for op in &entry.ops {
             if let Some(d) = op.object() {
                 if !batch.add_existing(&d) {
                     return None;
                 }
             }
         }
-        Some(ops)
+        Some(entry.ops)
     }
 
     /// Record `ops` for `layer`.
@@ -106,4 +101,118 @@ impl LayerCache {
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// What [`prune`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Entries whose objects are all in the store.
+    pub kept: u64,
+    /// Entries removed (an object gone, or unreadable).
+    pub removed: u64,
+}
+
+/// Why [`prune`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{op} {path}: {error}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+/// Remove the layer-cache entries of `repo` (for its hash algorithm) that
+/// name an object the store no longer holds or do not parse; a repository
+/// without `meta.json` or without a cache has nothing to prune.
+pub fn prune(repo: &Repo) -> Result<PruneReport, PruneError> {
+    let mut report = PruneReport::default();
+    let Some(meta) = repo.read_meta()? else {
+        return Ok(report);
+    };
+    let hash = meta.hash_algorithm();
+    let cache = LayerCache::new(repo, hash);
+    let entries = match std::fs::read_dir(&cache.dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
+        Err(error) => {
+            return Err(PruneError::Io {
+                op: "read directory",
+                path: cache.dir.clone(),
+                error,
+            })
+        }
+    };
+    let store = ObjectStore::open(&repo.objects_dir())?;
+    let suffix = format!(".{}.json", hash.name());
+    for entry in entries {
+        let entry = entry.map_err(|error| PruneError::Io {
+            op: "read directory",
+            path: cache.dir.clone(),
+            error,
+        })?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str().filter(|n| n.ends_with(&suffix)) else {
+            // Another algorithm's entries, or temporaries of a writer.
+            continue;
+        };
+        let path = cache.dir.join(name);
+        if entry_objects_present(&path, hash, &store) {
+            report.kept += 1;
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => report.removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(PruneError::Io {
+                    op: "remove",
+                    path,
+                    error,
+                })
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// One parsed cache entry.
+struct Entry {
+    layer: String,
+    diff_id: String,
+    ops: Vec<Op>,
+}
+
+/// The entry at `path`, if it is one whole entry of this format.
+fn read_entry(path: &std::path::Path, hash: HashAlgorithm) -> Option<Entry> {
+    let bytes = fileio::read_bounded(path, MAX_ENTRY).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    if v.get("format")?.as_str()? != FORMAT {
+        return None;
+    }
+    let ops = v
+        .get("ops")?
+        .as_array()?
+        .iter()
+        .map(|o| Op::from_json(o, hash))
+        .collect::<Option<_>>()?;
+    Some(Entry {
+        layer: v.get("layer")?.as_str()?.to_string(),
+        diff_id: v.get("diff_id")?.as_str()?.to_string(),
+        ops,
+    })
+}
+
+/// Whether the entry at `path` parses and every object it names is in `store`.
+fn entry_objects_present(path: &std::path::Path, hash: HashAlgorithm, store: &ObjectStore) -> bool {
+    read_entry(path, hash).is_some_and(|e| {
+        e.ops
+            .iter()
+            .all(|op| op.object().is_none_or(|d| store.contains(&d)))
+    })
 }

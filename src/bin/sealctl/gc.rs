@@ -1,7 +1,8 @@
 //! `sealctl gc --repo REPO [--keep DIGEST]... [--dry-run]`: remove the
 //! images, seals, state directories and objects no kept image needs (by
-//! default every sealed image is kept). A progress line on a terminal, one
-//! summary line on stdout. Crash-safe: rerun it after any interruption
+//! default every sealed image is kept), then the OCI layer-cache entries
+//! that name removed objects. A progress line on a terminal, one summary
+//! line on stdout (and one for the layer cache when it removed entries). Crash-safe: rerun it after any interruption
 //! (see the library's `gc` module for the order and why).
 
 use std::path::PathBuf;
@@ -37,7 +38,8 @@ pub fn run(args: Args) -> ExitCode {
         dry_run: args.dry_run,
     };
     let progress = sealroot::image::progress::Progress::new("gc");
-    let result = gc::gc(&repo::Repo::new(&args.repo), &opts, &progress);
+    let repo = repo::Repo::new(&args.repo);
+    let result = gc::gc(&repo, &opts, &progress);
     progress.finish();
     match result {
         Ok(r) => {
@@ -50,6 +52,18 @@ pub fn run(args: Args) -> ExitCode {
                 println!(
                     "kept {k} image(s), dropped {d} image(s), removed {f} files, freed {b} bytes"
                 );
+                // The OCI layer cache outside composefs/: entries naming
+                // objects gc just removed can never be used again.
+                match sealroot::oci::layer_cache::prune(&repo) {
+                    Ok(p) if p.removed > 0 => println!(
+                        "layer cache: removed {} entr{} naming removed objects, kept {}",
+                        p.removed,
+                        if p.removed == 1 { "y" } else { "ies" },
+                        p.kept
+                    ),
+                    Ok(_) => {}
+                    Err(e) => return crate::fail("gc (layer cache)", e),
+                }
             }
             ExitCode::SUCCESS
         }
