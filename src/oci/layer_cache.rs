@@ -118,7 +118,7 @@ pub enum PruneError {
     #[error(transparent)]
     Repo(#[from] RepoError),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(Box<StoreError>),
     #[error("{op} {path}: {error}")]
     Io {
         op: &'static str,
@@ -148,7 +148,8 @@ pub fn prune(repo: &Repo) -> Result<PruneReport, PruneError> {
             })
         }
     };
-    let store = ObjectStore::open(&repo.objects_dir())?;
+    let store =
+        ObjectStore::open(&repo.objects_dir()).map_err(|e| PruneError::Store(Box::new(e)))?;
     let suffix = format!(".{}.json", hash.name());
     for entry in entries {
         let entry = entry.map_err(|error| PruneError::Io {
