@@ -55,7 +55,12 @@ impl LayerCache {
 
     fn path(&self, layer: &str) -> Option<PathBuf> {
         let hex = sha256_hex(layer).ok()?;
-        Some(self.dir.join(format!("{hex}.{}.json", self.hash.name())))
+        Some(self.dir.join(format!("{hex}{}", self.suffix())))
+    }
+
+    /// The end of this algorithm's entry names (`<layer hex>.<alg>.json`).
+    fn suffix(&self) -> String {
+        format!(".{}.json", self.hash.name())
     }
 
     /// The operations recorded for `layer`, if the entry is usable (module
@@ -150,19 +155,22 @@ pub fn prune(repo: &Repo) -> Result<PruneReport, PruneError> {
     };
     let store =
         ObjectStore::open(&repo.objects_dir()).map_err(|e| PruneError::Store(Box::new(e)))?;
-    let suffix = format!(".{}.json", hash.name());
+    let suffix = cache.suffix();
     for entry in entries {
         let entry = entry.map_err(|error| PruneError::Io {
             op: "read directory",
             path: cache.dir.clone(),
             error,
         })?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str().filter(|n| n.ends_with(&suffix)) else {
+        if !entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.ends_with(&suffix))
+        {
             // Another algorithm's entries, or temporaries of a writer.
             continue;
-        };
-        let path = cache.dir.join(name);
+        }
+        let path = entry.path();
         if entry_objects_present(&path, hash, &store) {
             report.kept += 1;
             continue;

@@ -2,8 +2,9 @@
 //! images, seals, state directories and objects no kept image needs (by
 //! default every sealed image is kept), then the OCI layer-cache entries
 //! that name removed objects. A progress line on a terminal, one summary
-//! line on stdout (and one for the layer cache when it removed entries). Crash-safe: rerun it after any interruption
-//! (see the library's `gc` module for the order and why).
+//! line on stdout (and one for the layer cache when it removed entries).
+//! Crash-safe: rerun it after any interruption (see the library's `gc`
+//! module for the order and why).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
