@@ -94,8 +94,13 @@ def cargo_build(sealroot_features=("test-keys",), target_dir=None, cmdline_allow
     run(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE)
     if not sealctl:
         return td / TARGET / "boot" / "sealroot", None
+    # sealctl never reads the compiled-in boot policy, but build.rs makes the
+    # crate depend on every SEALROOT_* build variable: built with a suite's
+    # allowlist, sealctl would recompile (about a minute) whenever the next
+    # suite's differs. Without them, one cached sealctl serves every suite.
+    tool_env = {k: v for k, v in env.items() if not k.startswith("SEALROOT_")}
     run(["cargo", "build", "-q", "--release", "--target", TARGET, "--bin", "sealctl"],
-        cwd=ROOT, env=env, stderr=subprocess.PIPE)
+        cwd=ROOT, env=tool_env, stderr=subprocess.PIPE)
     return td / TARGET / "boot" / "sealroot", td / TARGET / "release" / "sealctl"
 
 
