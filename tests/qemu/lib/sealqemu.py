@@ -722,40 +722,75 @@ def _boot_vm(kernel, initrd, append, disks, log_path, timeout, stop_after, memor
     for d in disks:
         cmd += ["-drive", f"file={d},if=virtio,format=raw,cache=unsafe"]
     cmd += extra_args
+    stop_re = re.compile(stop_after, re.M) if stop_after else None
+
+    def grace(text):
+        if FINISHED.search(text):
+            return 3
+        return 8 if stop_re and stop_re.search(text) else None
+
+    run = run_qemu(cmd, timeout, grace)
+    text = run.text().replace("\r", "")
+    # The command line may carry raw bytes (surrogate-escaped, as in argv).
+    Path(log_path).write_text(" ".join(cmd).encode(errors="surrogateescape").decode(errors="replace")
+                              + "\n\n" + text)
+    return BootResult(text, run.seconds, run.timed_out, log_path, run.qemu_signal)
+
+
+class QemuRun:
+    """What run_qemu saw: the console as (seconds since start, line bytes)
+    pairs, the wall time, whether the overall timeout ended it, and the
+    signal QEMU died of when the harness did not kill it (else None)."""
+
+    def __init__(self, lines, seconds, timed_out, qemu_signal):
+        self.lines, self.seconds, self.timed_out, self.qemu_signal = lines, seconds, timed_out, qemu_signal
+
+    def raw(self):
+        return b"".join(line for _, line in self.lines)
+
+    def text(self):
+        return self.raw().decode(errors="replace")
+
+    def firmware_console(self):
+        """The text with carriage returns and the ANSI escapes OVMF and
+        systemd-boot draw with removed, for matching lines."""
+        return ANSI_ESCAPE.sub("", self.text().replace("\r", ""))
+
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def run_qemu(cmd, timeout, grace):
+    """Run one QEMU process (console on its stdout) until it exits by itself,
+    TIMEOUT seconds pass, or a console line ends it early: GRACE(line text)
+    returns None, or the seconds to let the guest go on after that line
+    before QEMU is killed (its last messages, a clean power-off). Every
+    suite's QEMU runs go through here, so a kill, a timeout and QEMU dying
+    of a signal the harness did not send (a TCG segfault: the callers retry
+    that once) mean the same everywhere."""
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    chunks, done = [], threading.Event()
-    stop_re = re.compile(stop_after, re.M) if stop_after else None
-    deadline = [start + timeout]
-    timed_out = [False]
+    lines, deadline = [], [start + timeout]
 
     def reader():
         for line in iter(proc.stdout.readline, b""):
-            chunks.append(line)
-            t = line.decode(errors="replace")
-            if FINISHED.search(t):
-                deadline[0] = min(deadline[0], time.monotonic() + 3)
-            elif stop_re and stop_re.search(t):
-                deadline[0] = min(deadline[0], time.monotonic() + 8)
-        done.set()
+            now = time.monotonic()
+            lines.append((now - start, line))
+            g = grace(line.decode(errors="replace"))
+            if g is not None:
+                deadline[0] = min(deadline[0], now + g)
 
     th = threading.Thread(target=reader, daemon=True)
     th.start()
-    killed = False
+    timed_out = killed = False
     while proc.poll() is None:
         if time.monotonic() > deadline[0]:
-            if time.monotonic() > start + timeout:
-                timed_out[0] = True
+            timed_out = time.monotonic() > start + timeout
             proc.kill()
             killed = True
             break
         time.sleep(0.2)
     proc.wait()
+    th.join(5)
     qemu_signal = -proc.returncode if proc.returncode < 0 and not killed else None
-    done.wait(5)
-    secs = time.monotonic() - start
-    text = b"".join(chunks).decode(errors="replace").replace("\r", "")
-    # The command line may carry raw bytes (surrogate-escaped, as in argv).
-    Path(log_path).write_text(" ".join(cmd).encode(errors="surrogateescape").decode(errors="replace")
-                              + "\n\n" + text)
-    return BootResult(text, secs, timed_out[0], log_path, qemu_signal)
+    return QemuRun(list(lines), time.monotonic() - start, timed_out, qemu_signal)
