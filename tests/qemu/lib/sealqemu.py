@@ -764,10 +764,11 @@ def run_qemu(cmd, timeout, grace):
     """Run one QEMU process (console on its stdout) until it exits by itself,
     TIMEOUT seconds pass, or a console line ends it early: GRACE(line text)
     returns None, or the seconds to let the guest go on after that line
-    before QEMU is killed (its last messages, a clean power-off). Every
-    suite's QEMU runs go through here, so a kill, a timeout and QEMU dying
-    of a signal the harness did not send (a TCG segfault: the callers retry
-    that once) mean the same everywhere."""
+    before QEMU is killed (its last messages, a clean power-off). The Python
+    harnesses' QEMU runs (PID-1 boots, A/B, update, UKI) all go through
+    here, so a kill, a timeout and QEMU dying of a signal the harness did
+    not send (a TCG segfault: the callers retry that once) mean the same in
+    each. (tests/distro and tests/mkosi are shell and run QEMU their way.)"""
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines, deadline = [], [start + timeout]
