@@ -6,7 +6,6 @@ embedded into a prebuilt sealroot (built without any keys) with
 `sealctl embed-keys`, the packager's path; the test keys play no part.
 """
 
-import os
 import re
 import subprocess
 import sys
@@ -27,20 +26,14 @@ def main():
     work = q.BUILD / "demo"
     work.mkdir(parents=True, exist_ok=True)
     kernel = q.ensure_kernel()
-    env = dict(os.environ)
-    step("building sealctl (release, static musl)")
-    q.run(["cargo", "build", "-q", "--release", "--target", q.TARGET, "--bin", "sealctl"], cwd=q.ROOT,
-          env=env, stderr=subprocess.PIPE)
-    sealctl = q.ROOT / "target" / q.TARGET / "release" / "sealctl"
+    step("building sealctl (release, static musl) and sealroot (boot profile, no keys compiled in)")
+    built, sealctl = q.cargo_build(sealroot_features=())
     key = work / "demo-key"
     if not (work / "demo-key.pem").exists():
         step("generating the demo signing key (build/demo/demo-key.pem)")
         q.run([sealctl, "keygen", "--output", key], capture_output=True)
     pub = work / "demo-key.pub.pem"
-    step("building sealroot (no keys compiled in) and embedding the demo public key")
-    q.run(["cargo", "build", "-q", "--profile", "boot", "--no-default-features", "--target", q.TARGET,
-           "--bin", "sealroot"], cwd=q.ROOT, env=env, stderr=subprocess.PIPE)
-    built = q.ROOT / "target" / q.TARGET / "boot" / "sealroot"
+    step("embedding the demo public key into sealroot")
     sealroot = work / "sealroot"
     # The harness adds no_timer_check to every guest command line (see
     # sealqemu._boot): the only word beyond the boot policy's defaults.

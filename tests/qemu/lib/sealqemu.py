@@ -19,6 +19,7 @@ Facts relied on:
   verity only works inside the guest (the host kernel lacks fs-verity).
 """
 
+import hashlib
 import lzma
 import os
 import re
@@ -80,20 +81,25 @@ def cargo_build(sealroot_features=("test-keys",), target_dir=None, cmdline_allow
     sealroot build as SEALROOT_CMDLINE_ALLOW, added to the default boot
     policy; None leaves the environment's value alone. SEALCTL=False builds
     only sealroot (a second sealroot variant in its own TARGET_DIR) and
-    returns None for sealctl."""
+    returns None for sealctl.
+
+    The sealroot returned is this policy's own copy, named by the policy's
+    inputs (scripts/lib/build-boot-binary builds and copies it under the
+    target directory's lock): suites run side by side, and the build output
+    itself is rewritten by the next build with another policy."""
     env = dict(os.environ)
     td = Path(target_dir) if target_dir else ROOT / "target"
     env["CARGO_TARGET_DIR"] = str(td)
     if cmdline_allow is not None:
         env["SEALROOT_CMDLINE_ALLOW"] = cmdline_allow
     feats = ",".join(sealroot_features)
-    cmd = ["cargo", "build", "-q", "--profile", "boot", "--no-default-features",
-           "--target", TARGET, "--bin", "sealroot"]
-    if feats:
-        cmd += ["--features", feats]
-    run(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE)
+    policy = sorted((k, v) for k, v in env.items() if k.startswith("SEALROOT_"))
+    tag = hashlib.sha256(repr((feats, policy)).encode()).hexdigest()[:16]
+    sealroot = td / TARGET / "boot" / f"sealroot-{tag}"
+    run([ROOT / "scripts" / "lib" / "build-boot-binary", sealroot]
+        + (["--features", feats] if feats else []), cwd=ROOT, env=env, stderr=subprocess.PIPE)
     if not sealctl:
-        return td / TARGET / "boot" / "sealroot", None
+        return sealroot, None
     # sealctl never reads the compiled-in boot policy, but build.rs makes the
     # crate depend on every SEALROOT_* build variable: built with a suite's
     # allowlist, sealctl would recompile (about a minute) whenever the next
@@ -101,7 +107,7 @@ def cargo_build(sealroot_features=("test-keys",), target_dir=None, cmdline_allow
     tool_env = {k: v for k, v in env.items() if not k.startswith("SEALROOT_")}
     run(["cargo", "build", "-q", "--release", "--target", TARGET, "--bin", "sealctl"],
         cwd=ROOT, env=tool_env, stderr=subprocess.PIPE)
-    return td / TARGET / "boot" / "sealroot", td / TARGET / "release" / "sealctl"
+    return sealroot, td / TARGET / "release" / "sealctl"
 
 
 # ---------------------------------------------------------------- modules
