@@ -762,6 +762,22 @@ class QemuRun:
         systemd-boot draw with removed, for matching lines."""
         return ANSI_ESCAPE.sub("", self.text().replace("\r", ""))
 
+    def firmware_result(self, cmd, log_path):
+        """A firmware boot's BootResult: the log at LOG_PATH holds the
+        command and the console as the guest wrote it; the result's text
+        ends with what went wrong outside the guest (a timeout, QEMU dying of
+        a signal), so a check that fails on it says why. RAW keeps the serial
+        bytes: the text replaces bytes that are not UTF-8."""
+        text = self.firmware_console()
+        Path(log_path).write_text(" ".join(map(str, cmd)) + "\n\n" + text)
+        if self.timed_out:
+            text += "\n(timed out)\n"
+        if self.qemu_signal is not None:
+            text += f"\n(qemu-system-x86_64 died of signal {self.qemu_signal})\n"
+        r = BootResult(text, self.seconds, self.timed_out, log_path, self.qemu_signal)
+        r.raw = self.raw()
+        return r
+
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
