@@ -272,7 +272,7 @@ def main():
     runs = runs_from_env()
     work = q.BUILD / "bench" / "boot"
     work.mkdir(parents=True, exist_ok=True)
-    kernel = q.ensure_kernel()
+    kernel = q.direct_boot_kernel()
     bins, why = peers.ensure_peers(work, ["composefs-setup-root"])
     setup_root = bins.get("composefs-setup-root")
     if not setup_root:

@@ -25,7 +25,7 @@ def main():
     t0 = time.monotonic()
     work = q.BUILD / "demo"
     work.mkdir(parents=True, exist_ok=True)
-    kernel = q.ensure_kernel()
+    kernel = q.direct_boot_kernel()
     step("building sealctl (release, static musl) and sealroot (boot profile, no keys compiled in)")
     built, sealctl = q.cargo_build(sealroot_features=())
     key = work / "demo-key"

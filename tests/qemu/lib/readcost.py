@@ -78,7 +78,7 @@ def main():
         raise RuntimeError(f"READCOST_HASH must be sha256 or sha512, not {alg}")
     work = q.BUILD / "bench" / "readcost"
     work.mkdir(parents=True, exist_ok=True)
-    kernel = q.ensure_kernel()
+    kernel = q.direct_boot_kernel()
     sealroot, sealctl = q.cargo_build(cmdline_allow="no_timer_check")
     reader = work / "readcost"
     q.run(["gcc", "-static", "-O2", "-o", reader, s.HELPERS_DIR / "readcost.c"], capture_output=True)

@@ -102,7 +102,7 @@ class Fixture:
         self.dir = Path(workdir)
         self.sealroot = Path(sealroot)
         self.sealctl = Path(sealctl_bin)
-        self.kernel = q.ensure_kernel()
+        self.kernel = q.direct_boot_kernel()
         self.log = build_log
         self.d = {}           # name -> digest hex
         self.sums = {}        # guest path -> sha256 of the file content

@@ -67,7 +67,7 @@ def run(cmd, **kw):
 
 # The firmware of direct `-kernel` boots: QEMU's qboot, not the default
 # SeaBIOS. Booting the uncompressed kernel through its PVH entry
-# (ensure_kernel) under SeaBIOS, QEMU 7.2 puts the initrd where SeaBIOS's
+# (direct_boot_kernel) under SeaBIOS, QEMU 7.2 puts the initrd where SeaBIOS's
 # TPM allocations go: with a TPM attached the guest found its ACPI tables
 # overwritten, ran without ACPI, and saw no TPM (every TPM scenario failed).
 # qboot loads QEMU's ACPI tables low and leaves TPM start-up to the kernel
@@ -75,7 +75,7 @@ def run(cmd, **kw):
 DIRECT_BOOT_FIRMWARE = ["-bios", "/usr/share/qemu/qboot.rom"]
 
 
-def ensure_kernel():
+def direct_boot_kernel():
     """The kernel image for QEMU's direct `-kernel` boots: build/kernel's
     kernel uncompressed (vmlinux, booted through its PVH entry), which
     spares every TCG guest about 2 s of decompressing the bzImage
