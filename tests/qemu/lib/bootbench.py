@@ -29,11 +29,15 @@ main() measures, in one run, on one installed disk (the sealed demo root):
    init process" line to the composed root (the sealed demo root prints
    both kernel lines; the plain guest's dmesg does), so the plain guest's
    shell set-up before its first module counts as sealroot's start does.
-3. start-up: in the same interleaved rounds, a boot whose /init is a static
-   C program that only writes one /dev/kmsg line (helpers/firstline.c), in
-   an initramfs of sealroot's contents; the kernel's "Run /init" -> that
-   line, beside "Run /init" -> sealroot's first line ("starting as PID 1",
-   written before its API mounts).
+3. start-up: in the same interleaved rounds, two more boots, each in an
+   initramfs of sealroot's contents: one whose /init is a static C program
+   (musl) that only writes one /dev/kmsg line (helpers/firstline.c), and
+   one whose /init is a Rust std program built as sealroot is (static-pie,
+   the boot profile's codegen) that only writes one line and then execs the
+   C one (helpers/firstline.rs). The kernel's "Run /init" -> each line,
+   beside "Run /init" -> sealroot's first line ("starting as PID 1", written
+   before its API mounts), splits sealroot's start-up into the exec of any
+   static init, what Rust's runtime adds, and sealroot's own part.
 
 N is BENCH_BOOT_RUNS, else BENCH_RUNS, else 5. Every line gives the median,
 the spread (min-max) and n; each comparison the ratio of medians, in
@@ -47,6 +51,7 @@ import re
 import statistics
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -246,14 +251,38 @@ def sealroot_times(r):
     return out
 
 
-def firstline_times(r):
-    """Milliseconds from the kernel's "Run /init" to the minimal init's one
-    line (tests/qemu/helpers/firstline.c: FIRSTLINE: kmsg USEC TEXT)."""
+def firstline_times(r, line):
+    """Milliseconds from the kernel's "Run /init" to the minimal init's
+    "bench: LINE" record (tests/qemu/helpers/firstline.c reports them as
+    FIRSTLINE: kmsg USEC TEXT)."""
     t = {text: int(us) / 1000.0 for us, text in
-         re.findall(r"FIRSTLINE: kmsg (\d+) (Run /init|bench: first-line)", r.text)}
-    if "Run /init" not in t or "bench: first-line" not in t:
-        raise RuntimeError(f"the minimal init reported no line (log {r.log})")
-    return t["bench: first-line"] - t["Run /init"]
+         re.findall(r"FIRSTLINE: kmsg (\d+) (Run /init|bench: \S+)", r.text)}
+    if "Run /init" not in t or f"bench: {line}" not in t:
+        raise RuntimeError(f"the minimal init reported no '{line}' line (log {r.log})")
+    return t[f"bench: {line}"] - t["Run /init"]
+
+
+def build_rust_firstline(out):
+    """helpers/firstline.rs, compiled by rustc alone with the boot binary's
+    target flags (.cargo/config.toml) and codegen (Cargo.toml's boot profile
+    over release), so that its start-up is what sealroot's runtime costs."""
+    target = "x86_64-unknown-linux-musl"
+    config = tomllib.loads((q.ROOT / ".cargo" / "config.toml").read_text())
+    rustflags = config["target"][target]["rustflags"]
+    profiles = tomllib.loads((q.ROOT / "Cargo.toml").read_text())["profile"]
+    boot = {**profiles["release"], **profiles["boot"]}
+    if boot.get("inherits") != "release":
+        raise RuntimeError("Cargo.toml's boot profile no longer inherits release: update build_rust_firstline")
+    codegen = [f"opt-level={boot.get('opt-level', 3)}", f"panic={boot.get('panic', 'unwind')}",
+               f"codegen-units={boot.get('codegen-units', 16)}", f"lto={'fat' if boot.get('lto') else 'off'}"]
+    strip = boot.get("strip", False)
+    if strip:
+        codegen.append(f"strip={'symbols' if strip is True else strip}")
+    cmd = ["rustc", "--edition", "2021", "--target", target, *rustflags, "-o", out]
+    for c in codegen:
+        cmd += ["-C", c]
+    q.run([*cmd, s.HELPERS_DIR / "firstline.rs"], capture_output=True)
+    return out
 
 
 # ------------------------------------------------------------ main
@@ -317,17 +346,27 @@ def main():
     c.file("etc/bench-digest", digest.encode())
     c.file("init", PLAIN_INIT.encode(), 0o755)
     pinit = c.write(work / "plain.cpio")
-    # The start-up baseline: an /init that only writes one kmsg line (static,
-    # the host's gcc), in an initramfs holding what sealroot's holds (sealroot
-    # itself moved to /bin, the same modules), so the archive is as large.
+    # The start-up baselines: an /init that only writes one kmsg line (C,
+    # static, musl) and one built as sealroot is (Rust std, static-pie) that
+    # writes one line and execs the C one, each in an initramfs holding what
+    # sealroot's holds (sealroot itself moved to /bin, the same modules, both
+    # baselines), so the archives are as large.
     firstline = work / "firstline"
-    q.run(["gcc", "-static", "-Os", "-o", firstline, s.HELPERS_DIR / "firstline.c"], capture_output=True)
-    c = q.base_cpio()
-    c.file("bin/sealroot", Path(sealroot), 0o755)
-    for _, path in q.module_closure(q.SEALROOT_MODULES):
-        c.file(f"lib/modules/{path.name}", path)
-    c.file("init", firstline, 0o755)
-    finit = c.write(work / "firstline.cpio")
+    q.run(["musl-gcc", "-static", "-Os", "-o", firstline, s.HELPERS_DIR / "firstline.c"], capture_output=True)
+    rust_firstline = build_rust_firstline(work / "firstline-rust")
+
+    def baseline_cpio(init, name):
+        c = q.base_cpio()
+        c.file("bin/sealroot", Path(sealroot), 0o755)
+        for _, path in q.module_closure(q.SEALROOT_MODULES):
+            c.file(f"lib/modules/{path.name}", path)
+        c.file("bin/firstline", firstline, 0o755)
+        c.file("bin/firstline-rust", rust_firstline, 0o755)
+        c.file("init", init, 0o755)
+        return c.write(work / name)
+
+    finit = baseline_cpio(firstline, "firstline.cpio")
+    rinit = baseline_cpio(rust_firstline, "firstline-rust.cpio")
 
     def sealed_boot(i):
         r = q.boot(kernel, initrd, append, [disk], work / f"sealroot-{i}.log", timeout=180)
@@ -338,22 +377,26 @@ def main():
                    timeout=180, stop_after="BENCH: done")
         return plain_times(r)
 
-    def first_boot(i):
-        r = q.boot(kernel, finit, "console=ttyS0 panic=-1 loglevel=4", [], work / f"firstline-{i}.log",
+    def first_boot(i, initrd, name, line):
+        r = q.boot(kernel, initrd, "console=ttyS0 panic=-1 loglevel=4", [], work / f"{name}-{i}.log",
                    timeout=120, stop_after="FIRSTLINE: done")
-        return firstline_times(r)
+        return firstline_times(r, line)
 
-    sealed, plain, first = [], [], []
+    sealed, plain, first, first_rust = [], [], [], []
     for i in range(runs + 1):   # boot 0 of each is the untimed warm-up
         if i % 2 == 0:
             a, b = sealed_boot(i), plain_boot(i)
+            f = first_boot(i, finit, "firstline", "first-line")
+            fr = first_boot(i, rinit, "firstline-rust", "rust-line")
         else:
             b, a = plain_boot(i), sealed_boot(i)
-        f = first_boot(i)
+            fr = first_boot(i, rinit, "firstline-rust", "rust-line")
+            f = first_boot(i, finit, "firstline", "first-line")
         if i > 0:
             sealed.append(a)
             plain.append(b)
             first.append(f)
+            first_rust.append(fr)
 
     def col(rows, *keys):
         return [sum(x[k] for k in keys) for x in rows]
@@ -380,8 +423,11 @@ def main():
     # sealroot writes its first line before its API mounts (the initramfs
     # has a dev/kmsg node), so both figures are exec + program start-up.
     print(stat_line("start-up: Run /init -> sealroot's first line", col(sealed, "first_line")))
-    print(stat_line("start-up: Run /init -> minimal C init's line", first))
-    print(ratio_line("start-up, sealroot / minimal static init", col(sealed, "first_line"), first))
+    print(stat_line("start-up: Run /init -> minimal C init's line (musl)", first))
+    print(stat_line("start-up: Run /init -> minimal Rust init's line (std, static-pie)", first_rust))
+    print(ratio_line("start-up, sealroot / minimal C init", col(sealed, "first_line"), first))
+    print(ratio_line("start-up, sealroot / minimal Rust init", col(sealed, "first_line"), first_rust))
+    print(ratio_line("start-up, minimal Rust init / minimal C init", first_rust, first))
     print(stat_line("sealroot's first line -> composed, less state", [
         x["from_init"] - x["first_line"] - x["state"] for x in sealed]))
     print(stat_line("sealroot measure+verify+EROFS+overlay", comp_s))
@@ -398,8 +444,9 @@ def main():
           " sealroot does; its whole figure starts at its first module (after its shell's set-up),"
           " sealroot's at sealroot's start; the 'from /init' lines put both on the kernel's clock, from the"
           " kernel's 'Run /init' to the composed root ('composed root ready' / the overlay mount);"
-          " the start-up lines set sealroot's first kmsg line beside that of a static C /init that"
-          " only writes one line (tests/qemu/helpers/firstline.c) in an initramfs of the same contents."
+          " the start-up lines set sealroot's first kmsg line beside those of a static C /init (musl)"
+          " that only writes one line (tests/qemu/helpers/firstline.c) and of a Rust std /init built as"
+          " sealroot is (helpers/firstline.rs), each in an initramfs of the same contents."
           f" {time.monotonic() - t0:.0f} s for the boot part")
     return 0
 
