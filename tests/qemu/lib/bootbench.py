@@ -273,11 +273,15 @@ def build_rust_firstline(out):
     boot = {**profiles["release"], **profiles["boot"]}
     if boot.get("inherits") != "release":
         raise RuntimeError("Cargo.toml's boot profile no longer inherits release: update build_rust_firstline")
+
+    def flag(key, if_true, if_false):
+        # Cargo takes true/false or rustc's own word ("thin", "debuginfo").
+        v = boot.get(key, False)
+        return if_true if v is True else if_false if v is False else v
+
     codegen = [f"opt-level={boot.get('opt-level', 3)}", f"panic={boot.get('panic', 'unwind')}",
-               f"codegen-units={boot.get('codegen-units', 16)}", f"lto={'fat' if boot.get('lto') else 'off'}"]
-    strip = boot.get("strip", False)
-    if strip:
-        codegen.append(f"strip={'symbols' if strip is True else strip}")
+               f"codegen-units={boot.get('codegen-units', 16)}", f"lto={flag('lto', 'fat', 'off')}",
+               f"strip={flag('strip', 'symbols', 'none')}"]
     cmd = ["rustc", "--edition", "2021", "--target", target, *rustflags, "-o", out]
     for c in codegen:
         cmd += ["-C", c]
